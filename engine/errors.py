@@ -1,0 +1,55 @@
+"""Typed, user-facing failures.
+
+Every error here carries one sentence a person can act on. The CLI prints it
+on one line and exits 2; the GUI shows it in a banner. Anything that is not a
+MixdeskError is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class MixdeskError(Exception):
+    """Base class: a failure caused by input or environment, not by a bug."""
+
+
+class ModelFormatError(MixdeskError):
+    """A model folder is missing a file, or a file in it is damaged.
+
+    The message names the file.
+    """
+
+
+class UnsupportedModelError(MixdeskError):
+    """The model's architecture or a feature of its config is not supported."""
+
+
+class TokenizerError(ModelFormatError):
+    """The tokenizer files are missing or unreadable."""
+
+
+class InvalidRequestError(MixdeskError):
+    """A generation request is out of range (bad sampling value, prompt too long)."""
+
+
+class ContextOverflowError(InvalidRequestError):
+    """The prompt does not fit the model's context window."""
+
+
+class DemoBuildError(MixdeskError):
+    """The demo model could not be built (source weights missing, disk full)."""
+
+
+class NoGPUError(MixdeskError):
+    """A CUDA GPU was asked for and none is available."""
+
+
+class OutOfVRAMError(MixdeskError):
+    """The plan does not fit the VRAM budget; the message says what would fit."""
+
+
+class DownloadError(MixdeskError):
+    """A download failed (network, disk full, checksum)."""
+
+
+class GatedRepoError(DownloadError):
+    """The hub repo needs an access token the user has not given."""
