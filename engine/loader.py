@@ -1,0 +1,128 @@
+"""Load a model folder into our Transformer plus its tokenizer.
+
+The model is built on the meta device and its tensors are assigned straight
+from the memory-mapped shards, so nothing is allocated twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mixdesk.engine.checkpoint import Checkpoint, sanitize
+from mixdesk.engine.config import ModelArgs
+from mixdesk.engine.errors import ModelFormatError, NoGPUError, TokenizerError
+from mixdesk.engine.model import Transformer
+from mixdesk.engine.paths import demo_model_dir
+
+log = logging.getLogger("mixdesk.engine.loader")
+
+DEFAULT_CONTEXT = 4096  # the app's default window; the config's maximum is often far larger
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to generate.
+
+    Attributes:
+        path: the model folder.
+        args: its architecture.
+        model: our Transformer, KV cache allocated for `context` positions.
+        tokenizer: the folder's own Hugging Face tokenizer.
+        device: where the weights live.
+        dtype: compute dtype of unquantized tensors.
+        context: the KV cache length (prompt plus answer).
+    """
+
+    path: Path
+    args: ModelArgs
+    model: Transformer
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+    context: int
+
+
+def resolve_model_path(name: str | Path) -> Path:
+    """`demo` means the demo model in $MIXDESK_HOME; anything else is a folder."""
+    if str(name) == "demo":
+        return demo_model_dir()
+    return Path(name).expanduser()
+
+
+def load_tokenizer(folder: Path) -> Any:
+    """The folder's tokenizer, or a TokenizerError naming what is missing."""
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise TokenizerError(
+            f"{folder}: no tokenizer.json or tokenizer.model; copy the tokenizer files "
+            "from the model's hub repo into this folder"
+        )
+    from transformers import AutoTokenizer  # noqa: PLC0415 - heavy import, only when loading
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, KeyError, TypeError) as bad:
+        raise TokenizerError(f"{folder}: the tokenizer files cannot be read ({bad})") from None
+
+
+def load_model(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
+               context: int | None = None) -> LoadedModel:
+    """Read config, weights and tokenizer from a model folder.
+
+    Args:
+        path: a model folder, or "demo".
+        device: "cpu" or "cuda[:n]".
+        dtype: dtype for the weights and activations.
+        context: KV cache length; defaults to min(config maximum, 4096).
+
+    Returns:
+        The loaded model.
+    """
+    folder = resolve_model_path(path)
+    if str(path) == "demo" and not folder.is_dir():
+        raise ModelFormatError("the demo model is not built yet; run `mixdesk demo` first")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise NoGPUError("no CUDA GPU is available; use --device cpu")
+    args = ModelArgs.from_folder(folder)
+    tokenizer = load_tokenizer(folder)
+    checkpoint = Checkpoint(folder)
+    context = min(context or DEFAULT_CONTEXT, args.max_seq_len)
+
+    with torch.device("meta"):
+        model = Transformer(args)
+    state = _read_state(checkpoint, args, dtype)
+    expected = set(model.state_dict())
+    missing = sorted(expected - set(state))
+    if missing:
+        raise ModelFormatError(f"{folder}: checkpoint lacks {missing[0]} ({len(missing)} missing)")
+    unexpected = sorted(set(state) - expected)
+    if unexpected:
+        log.warning("ignoring %d unknown tensors, first %s", len(unexpected), unexpected[0])
+    for name, tensor in model.state_dict().items():
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise ModelFormatError(
+                f"{folder}: {name} has shape {tuple(state[name].shape)}, "
+                f"config.json implies {tuple(tensor.shape)}"
+            )
+    model.load_state_dict({k: v.to(device) for k, v in state.items() if k in expected},
+                          assign=True)
+    model.eval()
+    model.setup_cache(context)
+    return LoadedModel(folder, args, model, tokenizer, torch.device(device), dtype, context)
+
+
+def _read_state(checkpoint: Checkpoint, args: ModelArgs, dtype: torch.dtype
+                ) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for hub_name, tensor in checkpoint.tensors():
+        name = sanitize(hub_name)
+        if name is not None:
+            state[name] = tensor.to(dtype)
+    if "lm_head.weight" not in state and args.tie_embeddings and "embed_tokens.weight" in state:
+        state["lm_head.weight"] = state["embed_tokens.weight"]
+    return state

@@ -1,0 +1,193 @@
+"""Our Mixtral: one decoder for Mixtral, Mistral and Llama (dense = one expert).
+
+gpt-fast style: plain modules, a static KV cache allocated once, shape comments.
+Shapes: B batch, T new tokens, S cache length, D dim, H heads, K kv heads,
+Hd head dim, F ffn dim, E experts, A active experts (top_k), V vocab.
+
+Every weight matrix is an `nn.Linear` without bias, so quantized loading can
+swap a module for its low-bit twin without the model knowing.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mixdesk.engine.config import ModelArgs
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # normalise in fp32, as the reference does, then cast back before the scale
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class KVCache(nn.Module):
+    """Static cache: [B, K, S, Hd] for keys and values, allocated once."""
+
+    k: Tensor
+    v: Tensor
+
+    def __init__(self, batch: int, n_kv_heads: int, max_len: int, head_dim: int, *,
+                 dtype: torch.dtype, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        shape = (batch, n_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        # pos: [T]; k, v: [B, K, T, Hd]
+        self.k[:, :, pos] = k
+        self.v[:, :, pos] = v
+        return self.k, self.v
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float, device: torch.device | str | None = None
+                ) -> tuple[Tensor, Tensor]:
+    """cos and sin, [max_len, Hd], in the half-split layout of HF checkpoints."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device)
+                                .float() / head_dim))
+    t = torch.arange(max_len, dtype=torch.int64, device=device).float()
+    freqs = torch.outer(t, inv_freq)  # [S, Hd/2]
+    emb = torch.cat((freqs, freqs), dim=-1)  # [S, Hd]
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    # x: [B, H, T, Hd]; cos, sin: [T, Hd]
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return (x * cos.to(x.dtype)) + (rotated * sin.to(x.dtype))
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.q_proj = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
+        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, pos: Tensor) -> Tensor:
+        B, T, _ = x.shape  # noqa: N806
+        q = self.q_proj(x).view(B, T, self.n_heads, -1).transpose(1, 2)  # [B, H, T, Hd]
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, -1).transpose(1, 2)  # [B, K, T, Hd]
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, -1).transpose(1, 2)  # [B, K, T, Hd]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(pos, k, v)  # [B, K, S, Hd]
+        rep = self.n_heads // self.n_kv_heads
+        k = k.repeat_interleave(rep, dim=1)  # [B, H, S, Hd]
+        v = v.repeat_interleave(rep, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, Hd]
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class Expert(nn.Module):
+    """SwiGLU MLP: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, dim: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, ffn_dim, bias=False)
+        self.w2 = nn.Linear(ffn_dim, dim, bias=False)
+        self.w3 = nn.Linear(dim, ffn_dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class MoE(nn.Module):
+    """Top-k routed experts; softmax over all experts, then the top-k renormalised."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.top_k = args.top_k
+        self.gate = nn.Linear(args.dim, args.n_experts, bias=False) if args.is_moe else None
+        self.experts = nn.ModuleList(Expert(args.dim, args.ffn_dim) for _ in range(args.n_experts))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.gate is None:
+            return self.experts[0](x)
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # [N, D]
+        probs = F.softmax(self.gate(x), dim=-1, dtype=torch.float32)  # [N, E]
+        weights, chosen = torch.topk(probs, self.top_k, dim=-1)  # [N, A]
+        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+        out = torch.zeros_like(x)
+        # group tokens by expert: each expert runs once on all the tokens it was picked for
+        for e in chosen.unique().tolist():
+            rows, slot = torch.where(chosen == e)
+            out.index_add_(0, rows, self.experts[e](x[rows]) * weights[rows, slot, None])
+        return out.view(shape)
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.self_attn = Attention(args)
+        self.moe = MoE(args)
+        self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, pos: Tensor) -> Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, pos)
+        return h + self.moe(self.post_attention_layernorm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.max_len = 0
+        self.cos: Tensor | None = None
+        self.sin: Tensor | None = None
+
+    def blocks(self) -> list[Block]:
+        return [cast(Block, layer) for layer in self.layers]
+
+    def setup_cache(self, max_len: int, batch: int = 1) -> None:
+        """Allocate the KV cache and RoPE tables for `max_len` positions, once."""
+        param = self.embed_tokens.weight
+        self.max_len = max_len
+        for layer in self.blocks():
+            layer.self_attn.kv_cache = KVCache(batch, self.args.n_kv_heads, max_len,
+                                               self.args.head_dim, dtype=param.dtype,
+                                               device=param.device)
+        self.cos, self.sin = rope_tables(self.args.head_dim, max_len, self.args.rope_theta,
+                                         param.device)
+
+    def forward(self, tokens: Tensor, pos: Tensor) -> Tensor:
+        """Logits for `tokens` placed at cache positions `pos`.
+
+        Args:
+            tokens: [B, T] token ids.
+            pos: [T] their positions; the cache holds every earlier position.
+
+        Returns:
+            [B, T, V] logits.
+        """
+        assert self.cos is not None and self.sin is not None, "call setup_cache first"
+        x = self.embed_tokens(tokens)  # [B, T, D]
+        cos, sin = self.cos[pos], self.sin[pos]  # [T, Hd]
+        # causal mask over the whole static cache: position p sees 0..p
+        keys = torch.arange(self.max_len, device=pos.device)
+        mask = keys[None, :] <= pos[:, None]  # [T, S]
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, pos)
+        return self.lm_head(self.norm(x))
