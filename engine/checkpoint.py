@@ -118,7 +118,9 @@ def _read_weight_map(folder: Path) -> dict[str, str]:
             with safe_open(str(single), framework="pt") as handle:
                 return {k: SINGLE_NAME for k in handle.keys()}  # noqa: SIM118
         except (SafetensorError, OSError) as bad:
-            raise ModelFormatError(f"{single}: damaged or truncated safetensors file ({bad})") from None
+            raise ModelFormatError(
+                f"{single}: damaged or truncated safetensors file ({bad})"
+            ) from None
     raise ModelFormatError(f"{folder}: no {INDEX_NAME} or {SINGLE_NAME}, so there are no weights")
 
 
