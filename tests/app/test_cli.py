@@ -1,0 +1,154 @@
+"""The `mixdesk` command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mixdesk.engine.events import Done, SamplingParams
+from mixdesk.engine.generate import generate
+from mixdesk.engine.loader import load_model
+
+
+def mixdesk(*args: str, home: Path, stdin: str | None = None, timeout: float = 300
+            ) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MIXDESK_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "mixdesk.app.cli", *args], env=env,
+                          input=stdin, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def assert_user_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.fixture
+def broken_copy(tiny_mixtral: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "model"
+    shutil.copytree(tiny_mixtral, dest)
+    return dest
+
+
+def test_folder_without_config(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = mixdesk("generate", str(tmp_path / "empty"), "--prompt", "hi", home=tmp_path)
+    assert_user_error(result, "no config.json", "empty")
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    result = mixdesk("generate", str(tmp_path / "nope"), "--prompt", "hi", home=tmp_path)
+    assert_user_error(result, "no such model folder")
+
+
+def test_truncated_shard(broken_copy: Path, tmp_path: Path) -> None:
+    shard = sorted(broken_copy.glob("*.safetensors"))[-1]
+    with shard.open("r+b") as f:
+        f.truncate(shard.stat().st_size // 2)
+    result = mixdesk("generate", str(broken_copy), "--prompt", "hi", home=tmp_path)
+    assert_user_error(result, shard.name, "truncated")
+
+
+def test_missing_tokenizer(broken_copy: Path, tmp_path: Path) -> None:
+    for name in ("tokenizer.json", "tokenizer.model"):
+        (broken_copy / name).unlink(missing_ok=True)
+    result = mixdesk("generate", str(broken_copy), "--prompt", "hi", home=tmp_path)
+    assert_user_error(result, "no tokenizer.json")
+
+
+def test_unsupported_architecture(broken_copy: Path, tmp_path: Path) -> None:
+    config = json.loads((broken_copy / "config.json").read_text())
+    config["model_type"] = "gpt2"
+    (broken_copy / "config.json").write_text(json.dumps(config))
+    result = mixdesk("generate", str(broken_copy), "--prompt", "hi", home=tmp_path)
+    assert_user_error(result, "'gpt2' is not supported")
+
+
+def test_shape_that_disagrees_with_config(broken_copy: Path, tmp_path: Path) -> None:
+    config = json.loads((broken_copy / "config.json").read_text())
+    config["intermediate_size"] += 1
+    (broken_copy / "config.json").write_text(json.dumps(config))
+    result = mixdesk("generate", str(broken_copy), "--prompt", "hi", home=tmp_path)
+    assert_user_error(result, "has shape", "config.json implies")
+
+
+@pytest.mark.parametrize(("flags", "words"), [
+    (["--temperature", "abc"], ["--temperature", "invalid float"]),
+    (["--temperature", "-1"], ["temperature must be >= 0"]),
+    (["--top-p", "7"], ["top_p"]),
+    (["--max-new-tokens", "0"], ["max_new_tokens"]),
+    (["--context", "0"], ["--context"]),
+    (["--dtype", "int3"], ["--dtype"]),
+    (["--bogus"], ["unrecognized arguments"]),
+])
+def test_nonsense_flag_values(tiny_mixtral: Path, tmp_path: Path, flags: list[str],
+                              words: list[str]) -> None:
+    result = mixdesk("generate", str(tiny_mixtral), "--prompt", "hi", *flags, home=tmp_path)
+    assert_user_error(result, *words)
+
+
+def test_generate_json_equals_the_engine(tiny_mixtral: Path, tmp_path: Path) -> None:
+    result = mixdesk("generate", str(tiny_mixtral), "--prompt", "hello", "--temperature", "0",
+                     "--max-new-tokens", "12", "--json", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert set(out) >= {"token_ids", "text", "prompt_tokens", "ttft_s", "prefill_tps",
+                        "decode_tps"}
+    done = list(generate(load_model(tiny_mixtral), "hello",
+                         SamplingParams(temperature=0, max_new_tokens=12)))[-1]
+    assert isinstance(done, Done)
+    assert out["token_ids"] == list(done.token_ids)
+    assert out["text"] == done.text
+    assert out["prompt_tokens"] == done.stats.prompt_tokens
+
+
+def test_generate_streams_plain_text(tiny_mixtral: Path, tmp_path: Path) -> None:
+    json_run = mixdesk("generate", str(tiny_mixtral), "--prompt", "hello", "--temperature", "0",
+                       "--max-new-tokens", "12", "--json", home=tmp_path)
+    text_run = mixdesk("generate", str(tiny_mixtral), "--prompt", "hello", "--temperature", "0",
+                       "--max-new-tokens", "12", home=tmp_path)
+    assert text_run.returncode == 0
+    assert text_run.stdout == json.loads(json_run.stdout)["text"] + "\n"
+
+
+def test_chat_repl_answers_and_exits(tiny_mixtral: Path, tmp_path: Path) -> None:
+    result = mixdesk("chat", str(tiny_mixtral), "--temperature", "0", "--max-new-tokens", "8",
+                     home=tmp_path, stdin="hello\n/reset\nagain\n/exit\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("tok/s") == 2
+    assert "Traceback" not in result.stderr
+
+
+def test_chat_repl_ends_on_eof(tiny_mixtral: Path, tmp_path: Path) -> None:
+    result = mixdesk("chat", str(tiny_mixtral), "--max-new-tokens", "4", home=tmp_path,
+                     stdin="hi\n")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+def test_demo_answers_paris(smol_moe: Path, tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "demo").symlink_to(smol_moe)  # the built demo, as `mixdesk demo` leaves it
+    result = mixdesk("generate", "demo", "--chat", "--prompt", "What is the capital of France?",
+                     "--temperature", "0", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+
+
+@pytest.mark.slow
+def test_demo_prints_its_path_when_built(smol_moe: Path, tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "demo").symlink_to(smol_moe)
+    result = mixdesk("demo", home=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path / "models" / "demo")

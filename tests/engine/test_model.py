@@ -1,0 +1,87 @@
+"""Our model against transformers' own, in fp32: logits and 32 greedy steps."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import MistralForCausalLM, MixtralForCausalLM
+
+from mixdesk.engine.events import Done, SamplingParams, Token
+from mixdesk.engine.generate import generate
+from mixdesk.engine.loader import LoadedModel, load_model
+
+CASES = [
+    ("tiny_mixtral", MixtralForCausalLM),
+    ("dense_mistral", MistralForCausalLM),
+    pytest.param("smol_moe", MixtralForCausalLM, marks=pytest.mark.slow),
+]
+
+
+def _load_pair(request: pytest.FixtureRequest, fixture: str, reference_cls: type
+               ) -> tuple[LoadedModel, torch.nn.Module]:
+    folder: Path = request.getfixturevalue(fixture)
+    ours = load_model(folder, dtype=torch.float32, context=256)
+    theirs = reference_cls.from_pretrained(folder, dtype=torch.float32).eval()
+    return ours, theirs
+
+
+def _random_prompt(vocab: int, length: int) -> tuple[int, list[int]]:
+    seed = random.randrange(2**31)  # fresh every run; printed on failure
+    gen = torch.Generator().manual_seed(seed)
+    return seed, torch.randint(0, vocab, (length,), generator=gen).tolist()
+
+
+@pytest.mark.parametrize(("fixture", "reference_cls"), CASES)
+def test_logits_match_transformers(request: pytest.FixtureRequest, fixture: str,
+                                   reference_cls: type) -> None:
+    ours, theirs = _load_pair(request, fixture, reference_cls)
+    seed, prompt = _random_prompt(ours.args.vocab_size, 37)
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        expected = theirs(ids).logits[0]  # [T, V]
+        # prefill the first part, then feed the rest one token at a time through the cache
+        got = [ours.model(ids[:, :30], torch.arange(30))[0]]
+        got += [ours.model(ids[:, t:t + 1], torch.tensor([t]))[0] for t in range(30, 37)]
+    diff = (torch.cat(got) - expected).abs().max().item()
+    assert diff <= 1e-4, f"max abs logit diff {diff} (seed {seed})"
+
+
+@pytest.mark.parametrize(("fixture", "reference_cls"), CASES)
+def test_greedy_tokens_match_transformers_for_32_steps(
+        request: pytest.FixtureRequest, fixture: str, reference_cls: type) -> None:
+    ours, theirs = _load_pair(request, fixture, reference_cls)
+    seed, prompt = _random_prompt(ours.args.vocab_size, 11)
+    with torch.inference_mode():
+        expected = theirs.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False,
+                                   min_new_tokens=32, pad_token_id=0)[0, len(prompt):].tolist()
+        logits = ours.model(torch.tensor([prompt]), torch.arange(len(prompt)))[0, -1]
+        got = []
+        for step in range(32):
+            got.append(int(logits.argmax()))
+            pos = torch.tensor([len(prompt) + step])
+            logits = ours.model(torch.tensor([[got[-1]]]), pos)[0, -1]
+    assert got == expected, f"seed {seed}"
+
+
+@pytest.mark.slow
+def test_smol_moe_generate_matches_transformers_greedy_chat(smol_moe: Path) -> None:
+    """The whole path: chat template, our generate loop, EOS, text."""
+    ours = load_model(smol_moe, dtype=torch.float32, context=512)
+    theirs = MixtralForCausalLM.from_pretrained(smol_moe, dtype=torch.float32).eval()
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    events = list(generate(ours, messages, SamplingParams(temperature=0, max_new_tokens=32),
+                           chat=True))
+    done = events[-1]
+    assert isinstance(done, Done)
+    text = ours.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt = ours.tokenizer.encode(text, add_special_tokens=False)
+    with torch.inference_mode():
+        expected = theirs.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False,
+                                   eos_token_id=list(ours.args.eos_token_ids) or None,
+                                   pad_token_id=0)[0, len(prompt):].tolist()
+    assert list(done.token_ids) == expected
+    assert "Paris" in done.text
+    assert "".join(e.text for e in events if isinstance(e, Token)) == done.text
