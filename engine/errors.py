@@ -53,3 +53,19 @@ class DownloadError(MixdeskError):
 
 class GatedRepoError(DownloadError):
     """The hub repo needs an access token the user has not given."""
+
+
+class RecipeError(MixdeskError):
+    """A quantization recipe is unknown or does not fit the model."""
+
+
+class OutputFolderError(MixdeskError):
+    """An output folder is in use: not empty and not a job that can be resumed."""
+
+
+class DiskSpaceError(MixdeskError):
+    """Not enough free disk for the files a job will write; the message gives both sizes."""
+
+
+class JobCancelled(MixdeskError):
+    """A long job (quantization) was cancelled; running it again resumes it."""
