@@ -69,3 +69,15 @@ class DiskSpaceError(MixdeskError):
 
 class JobCancelled(MixdeskError):
     """A long job (quantization) was cancelled; running it again resumes it."""
+
+
+class ServerConfigError(MixdeskError):
+    """`mixdesk serve` cannot start as asked (open bind without an API key, port in use)."""
+
+
+class RemoteEngineError(MixdeskError):
+    """A remote OpenAI-compatible server cannot be reached or answered with an error."""
+
+
+class RemoteAuthError(RemoteEngineError):
+    """A remote server refused the API key (HTTP 401 or 403)."""
