@@ -121,11 +121,13 @@ class QuantSpec:
             raise RecipeError(f"axis={self.axis}; use 0 or 1")
         if self.meta_bits not in (8, None):
             raise RecipeError(f"meta_bits={self.meta_bits}; use 8, or None for fp16 meta")
+        if self.round_zero is None:  # resolve hqq's rule now, so specs compare by value
+            object.__setattr__(self, "round_zero", self.bits == 4)
 
     @property
     def zero_rounded(self) -> bool:
         # hqq's BaseQuantizeConfig (0.1.x and 0.2.x) rounds zero for 4-bit weights only
-        return self.bits == 4 if self.round_zero is None else self.round_zero
+        return bool(self.round_zero)
 
     def bits_per_weight(self) -> float:
         """Storage cost per weight, meta and meta-meta included (no padding)."""
