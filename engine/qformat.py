@@ -451,8 +451,10 @@ def _write_unit(path: Path, out: Mapping[str, torch.Tensor], weights: Mapping[st
                 ) -> dict[str, Any]:
     """Write `out` to `path` via a .partial file; return its job entry."""
     partial = path.with_name(path.name + ".partial")
+    # one metadata key: safetensors writes a map's keys in random order, and a resumed job
+    # must write the same bytes as an uninterrupted one
     save_file({k: v.contiguous() for k, v in out.items()}, str(partial),
-              metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)})
+              metadata={"format": f"{FORMAT_NAME}/{FORMAT_VERSION}"})
     with partial.open("rb") as handle:
         os.fsync(handle.fileno())
     os.replace(partial, path)
