@@ -1,0 +1,105 @@
+"""engine.hqq_import against a genuine hqq 0.1.8 checkpoint.
+
+tests/fixtures/data/hqq018-tiny-mixtral was written by hqq 0.1.8 itself
+(tests/fixtures/make_hqq018_fixture.py), with the HQQ Mixtral card's recipe,
+and records hqq 0.1.8's own logits and dequantized weights.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hqq.core.bitpack import BitPack
+from safetensors.torch import load_file
+
+from mixdesk.engine.config import ModelArgs
+from mixdesk.engine.errors import ModelFormatError
+from mixdesk.engine.hqq_import import import_hqq, unpack_hqq_codes
+from mixdesk.engine.model import Transformer
+from mixdesk.engine.qformat import MANIFEST_NAME, load_quantized_into
+from mixdesk.engine.quantize import QuantLinear
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "data" / "hqq018-tiny-mixtral"
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return import_hqq(FIXTURE, tmp_path_factory.mktemp("imp") / "card")
+
+
+@pytest.fixture(scope="module")
+def expected() -> dict[str, torch.Tensor]:
+    return load_file(FIXTURE / "expected.safetensors")
+
+
+def _load(folder: Path, dtype: torch.dtype) -> Transformer:
+    with torch.device("meta"):
+        model = Transformer(ModelArgs.from_folder(folder))
+    load_quantized_into(model, folder, "cpu", dtype)
+    model.setup_cache(32)
+    return model.eval()
+
+
+def test_import_keeps_the_card_recipe(imported: Path) -> None:
+    manifest = json.loads((imported / MANIFEST_NAME).read_text())
+    entries = {e["pattern"]: e["quant"] for e in manifest["recipe"]["entries"]}
+    attn = entries["layers.*.self_attn.*_proj.weight"]
+    experts = entries["layers.*.moe.experts.*.w[123].weight"]
+    assert (attn["bits"], attn["group"], attn["axis"]) == (4, 64, 0)
+    assert (experts["bits"], experts["group"], experts["axis"]) == (2, 8, 0)
+    assert experts["meta_bits"] == 8 and experts["meta_group"] == 128
+    assert manifest["quantizer"]["version"] == "0.1.x (imported)"
+    assert set(manifest["source"]["files"]) == {"qmodel.pt", "config.json"}
+    assert manifest["totals"]["bits_per_weight"]["experts"] == pytest.approx(4.0625)
+
+
+def test_weights_dequantize_exactly_as_hqq_018(imported: Path,
+                                               expected: dict[str, torch.Tensor]) -> None:
+    # same codes, same 8-bit meta, same fp16 arithmetic: bit-identical, no requantizing
+    model = _load(imported, torch.float16)
+    for name in ("layers.0.self_attn.q_proj.weight", "layers.0.moe.experts.1.w2.weight"):
+        layer = model.get_submodule(name.removesuffix(".weight"))
+        assert isinstance(layer, QuantLinear)
+        assert torch.equal(layer.dequantize(torch.float16).float(), expected[name]), name
+
+
+def test_logits_match_hqq_018(imported: Path, expected: dict[str, torch.Tensor]) -> None:
+    ids = expected["input_ids"]
+    ref = expected["logits"]  # hqq 0.1.8 + transformers 4.46, fp16 on the CPU
+    for dtype, atol in ((torch.float16, 1e-2), (torch.float32, 2e-2)):
+        model = _load(imported, dtype)
+        with torch.no_grad():
+            got = model(ids, torch.arange(ids.shape[1])).float()
+        torch.testing.assert_close(got, ref, atol=atol, rtol=0)
+        assert torch.equal(got.argmax(-1), ref.argmax(-1))
+
+
+@pytest.mark.parametrize(("bits", "packing"), [(8, "8bit_u8"), (4, "4bit_u8"), (3, "3bit_32"),
+                                               (2, "2bit_u8"), (1, "1bit_u8")])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_unpack_reads_every_hqq_packing(bits: int, packing: str, axis: int) -> None:
+    group, n = 16, 40
+    grouped = (group, n) if axis == 0 else (n, group)
+    codes = torch.randint(0, 2**bits, grouped, dtype=torch.uint8)
+    pack = {"8bit_u8": BitPack.pack_8bit_u8, "4bit_u8": BitPack.pack_4bit_u8,
+            "3bit_32": BitPack.pack_3bit_32, "2bit_u8": BitPack.pack_2bit_u8,
+            "1bit_u8": BitPack.pack_1bit_u8}[packing]
+    meta = {"packing": packing, "group_size": group, "axis": axis, "shape": [20, 32],
+            "view_as_float": False}
+    assert torch.equal(unpack_hqq_codes(pack(codes), meta), codes)
+
+
+def test_damaged_checkpoint_is_named(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURE, src)
+    data = (src / "qmodel.pt").read_bytes()
+    (src / "qmodel.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFormatError, match="qmodel.pt"):
+        import_hqq(src, tmp_path / "out")
+    (src / "qmodel.pt").unlink()
+    with pytest.raises(ModelFormatError, match="qmodel.pt: missing"):
+        import_hqq(src, tmp_path / "out2")
