@@ -3,9 +3,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mixdesk-installed
+comma := ,
 # CPU build of torch where there is no NVIDIA GPU (it is on disk here); the CUDA build otherwise.
 TORCH_SPEC := $(if $(shell command -v nvidia-smi 2>/dev/null),torch>=2.11$(comma)<2.15,torch==2.13.0)
-comma := ,
 
 .PHONY: setup run test lint typecheck pytest demo clean
 
