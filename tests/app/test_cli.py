@@ -138,7 +138,7 @@ def test_chat_repl_ends_on_eof(tiny_mixtral: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_demo_answers_paris(smol_moe: Path, tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "demo").symlink_to(smol_moe)  # the built demo, as `mixdesk demo` leaves it
+    (tmp_path / "models" / "demo").symlink_to(smol_moe)  # as `mixdesk demo` leaves it
     result = mixdesk("generate", "demo", "--chat", "--prompt", "What is the capital of France?",
                      "--temperature", "0", home=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mixdesk.engine.errors import InvalidRequestError
 from mixdesk.engine.events import Done, Failed, SamplingParams, Stats, Token
 from mixdesk.engine.generate import (
     StreamingDetokenizer,
@@ -16,7 +17,6 @@ from mixdesk.engine.generate import (
     sample,
     validate_params,
 )
-from mixdesk.engine.errors import InvalidRequestError
 from mixdesk.engine.loader import LoadedModel, load_model
 
 GREEDY = SamplingParams(temperature=0, max_new_tokens=24)
