@@ -18,6 +18,7 @@ from mixdesk.engine.config import ModelArgs
 from mixdesk.engine.errors import ModelFormatError, NoGPUError, TokenizerError
 from mixdesk.engine.model import Transformer
 from mixdesk.engine.paths import demo_model_dir
+from mixdesk.engine.qformat import is_quantized_folder, load_quantized_into
 
 log = logging.getLogger("mixdesk.engine.loader")
 
@@ -90,8 +91,15 @@ def load_model(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = to
         raise NoGPUError("no CUDA GPU is available; use --device cpu")
     args = ModelArgs.from_folder(folder)
     tokenizer = load_tokenizer(folder)
-    checkpoint = Checkpoint(folder)
     context = min(context or DEFAULT_CONTEXT, args.max_seq_len)
+    if is_quantized_folder(folder):  # the mixdesk quantized format (engine.qformat)
+        with torch.device("meta"):
+            model = Transformer(args)
+        load_quantized_into(model, folder, device, dtype, cache_dequantized=device == "cpu")
+        model.eval()
+        model.setup_cache(context)
+        return LoadedModel(folder, args, model, tokenizer, torch.device(device), dtype, context)
+    checkpoint = Checkpoint(folder)
 
     with torch.device("meta"):
         model = Transformer(args)
