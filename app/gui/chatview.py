@@ -122,8 +122,6 @@ class MessageWidget(QFrame):
         self.edit_button.clicked.connect(self.start_edit)
         self.regenerate_button = self._action("regenerate", "Regenerate this answer")
         self.regenerate_button.clicked.connect(self.regenerate_requested)
-        self.edit_button.setVisible(message.role == "user")
-        self.regenerate_button.setVisible(False)
 
         header = QHBoxLayout()
         header.setContentsMargins(0, 0, 0, 0)
@@ -147,6 +145,10 @@ class MessageWidget(QFrame):
         self._layout.addLayout(header)
         self._layout.addWidget(self.body)
         self._layout.addWidget(self.stats_label)
+        # visibility only once every widget has its parent: a parentless
+        # widget made visible becomes a window of its own
+        self.edit_button.setVisible(message.role == "user")
+        self.regenerate_button.setVisible(False)
         self.render_text()
         self.set_status(message.status, message.stats)
 
@@ -310,7 +312,8 @@ class ChatView(QScrollArea):
         self._stick_to_bottom = True
 
     def _append(self, message: Message) -> None:
-        w = MessageWidget(message, dark=self.dark, assistant_name=self.assistant_name)
+        w = MessageWidget(message, dark=self.dark, assistant_name=self.assistant_name,
+                          parent=self.widget())
         w.edit_submitted.connect(self.edit_submitted)
         w.regenerate_requested.connect(self.regenerate_requested)
         # keep the trailing stretch last

@@ -1,0 +1,393 @@
+"""The window's behaviour against a scripted engine: streaming, stop, regenerate,
+edit, search, export/import, keyboard, responsiveness, errors, shutdown.
+
+Tests wait on signals, never on sleeps. Real generation is in test_gui_engine.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PySide6.QtCore import QElapsedTimer, Qt, QTimer, QUrl
+from PySide6.QtGui import QGuiApplication
+
+from mixdesk.app.gui.markdown import render
+from mixdesk.app.gui.session import build_prompt, title_from
+from mixdesk.app.gui.statusbar import CPU_ONLY
+from mixdesk.engine.chats import ChatStore, Message
+from mixdesk.engine.events import SamplingParams
+
+# the offscreen platform warns about a window feature it lacks; nothing of ours
+pytestmark = pytest.mark.qt_log_ignore("does not support propagateSizeHints")
+
+
+def send(qtbot: Any, gui: Any, text: str, timeout: int = 20_000) -> Message:
+    """Type `text`, press Enter, wait for the answer to finish; return it."""
+    with qtbot.waitSignal(gui.session.message_finished, timeout=timeout) as blocker:
+        gui.window.composer.edit.setPlainText(text)
+        qtbot.keyClick(gui.window.composer.edit, Qt.Key.Key_Return)
+    return blocker.args[0]
+
+
+def test_send_streams_and_saves_the_answer(qtbot: Any, make_gui: Any, fake_engine: Any,
+                                           fake_model_dir: Path, load_model: Any) -> None:
+    gui = make_gui(engine=fake_engine)
+    load_model(gui, fake_model_dir)
+    gui.session.set_params(SamplingParams(max_new_tokens=40))
+    streamed: list[str] = []
+    gui.session.message_text_changed.connect(lambda _mid, text: streamed.append(text))
+    answer = send(qtbot, gui, "How do I build a car?")
+
+    assert answer.status == "complete"
+    assert answer.content.startswith("Start with a chassis")
+    assert answer.stats and answer.stats["generated_tokens"] == 40
+    # text arrived in growing batches, not once at the end, and not per token
+    assert 1 <= len(streamed) < 40
+    assert all(answer.content.startswith(s) for s in streamed)
+    # the view shows it, with per-message stats
+    widget = gui.window.chat_view.widgets[answer.id]
+    assert "chassis" in widget.body.toPlainText()
+    assert "tok/s" in widget.stats_label.text()
+    assert gui.window.composer.text() == ""
+    assert gui.window.status.context.text() == "ctx 47/2048"
+    # the conversation got a title from the first message, and both turns are on disk
+    conv = gui.session.current
+    assert conv is not None and conv.title == "How do I build a car?"
+    assert [m.role for m in ChatStore(gui.store.path).messages(conv.id)] == ["user", "assistant"]
+
+
+def test_user_turn_is_on_disk_before_generation_starts(
+        qtbot: Any, make_gui: Any, fake_engine: Any, fake_model_dir: Path, load_model: Any,
+        tmp_path: Path) -> None:
+    seen: list[list[tuple[str, str, str]]] = []
+
+    def check_disk(_prompt: Any) -> None:  # runs on the worker thread, before any token
+        db = sqlite3.connect(tmp_path / "chats.sqlite3")
+        seen.append(db.execute("SELECT role, content, status FROM messages ORDER BY id").fetchall())
+        db.close()
+
+    fake_engine.on_start = check_disk
+    gui = make_gui(engine=fake_engine)
+    load_model(gui, fake_model_dir)
+    send(qtbot, gui, "Remember this sentence.")
+    assert seen == [[("user", "Remember this sentence.", "complete"),
+                     ("assistant", "", "streaming")]]
+
+
+def test_stop_takes_effect_within_one_token_and_keeps_partial_text(
+        qtbot: Any, make_gui: Any, fake_engine: Any, fake_model_dir: Path,
+        load_model: Any) -> None:
+    fake_engine.tps = 200.0  # slow enough to stop mid-answer
+    gui = make_gui(engine=fake_engine)
+    load_model(gui, fake_model_dir)
+    gui.session.set_params(SamplingParams(max_new_tokens=2000))
+    with qtbot.waitSignal(gui.session.message_text_changed, timeout=10_000):
+        gui.window.composer.edit.setPlainText("Tell me everything.")
+        qtbot.keyClick(gui.window.composer.edit, Qt.Key.Key_Return)
+    assert gui.window.composer.button.text() == "Stop"
+    with qtbot.waitSignal(gui.session.message_finished, timeout=10_000) as blocker:
+        qtbot.keyClick(gui.window, Qt.Key.Key_Escape)  # Esc stops
+    answer = blocker.args[0]
+    assert answer.status == "stopped"
+    assert answer.content.startswith("Start with")
+    assert len(answer.content) < 2000 * 3
+    assert fake_engine.after_cancel == [0] or fake_engine.after_cancel[-1] <= 1
+    assert gui.window.composer.button.text() == "Send"
+    widget = gui.window.chat_view.widgets[answer.id]
+    assert widget.status_badge.text() == "stopped" and widget.status_badge.isVisibleTo(widget)
+    assert ChatStore(gui.store.path).message(answer.id).content == answer.content
+
+
+def test_regenerate_replaces_the_last_answer(qtbot: Any, make_gui: Any, fake_engine: Any,
+                                             fake_model_dir: Path, load_model: Any) -> None:
+    gui = make_gui(engine=fake_engine)
+    load_model(gui, fake_model_dir)
+    gui.session.set_params(SamplingParams(max_new_tokens=50))
+    first = send(qtbot, gui, "Hi")
+    fake_engine.answer = "A different answer."
+    widget = gui.window.chat_view.widgets[first.id]
+    assert widget.regenerate_button.isVisibleTo(widget)
+    with qtbot.waitSignal(gui.session.message_finished, timeout=10_000) as blocker:
+        qtbot.mouseClick(widget.regenerate_button, Qt.MouseButton.LeftButton)
+    second = blocker.args[0]
+    assert second.content == "A different answer."
+    assert fake_engine.prompts[-1] == [{"role": "user", "content": "Hi"}]
+    messages = gui.session.messages()
+    assert [(m.role, m.content) for m in messages] == [("user", "Hi"),
+                                                       ("assistant", "A different answer.")]
+    assert list(gui.window.chat_view.widgets) == [m.id for m in messages]
+
+
+def test_edit_and_resend_drops_later_turns(qtbot: Any, make_gui: Any, fake_engine: Any,
+                                           fake_model_dir: Path, load_model: Any) -> None:
+    gui = make_gui(engine=fake_engine)
+    load_model(gui, fake_model_dir)
+    gui.session.set_params(SamplingParams(max_new_tokens=10, temperature=0.3))
+    send(qtbot, gui, "first question")
+    send(qtbot, gui, "second question")
+    first_user = gui.session.messages()[0]
+    widget = gui.window.chat_view.widgets[first_user.id]
+    qtbot.mouseClick(widget.edit_button, Qt.MouseButton.LeftButton)
+    assert widget.editor is not None
+    widget.editor.setPlainText("a better first question")
+    fake_engine.answer = "Better."
+    with qtbot.waitSignal(gui.session.message_finished, timeout=10_000):
+        widget._submit_edit()
+    messages = gui.session.messages()
+    assert [(m.role, m.content) for m in messages] == [("user", "a better first question"),
+                                                       ("assistant", "Better.")]
+    assert fake_engine.prompts[-1] == [{"role": "user", "content": "a better first question"}]
+
+
+def test_system_prompt_and_params_reach_the_engine_and_persist(
+        qtbot: Any, make_gui: Any, fake_engine: Any, fake_model_dir: Path,
+        load_model: Any) -> None:
+    gui = make_gui(engine=fake_engine)
+    load_model(gui, fake_model_dir)
+    panel = gui.window.side_panel
+    gui.window.panel_button.setChecked(True)
+    assert panel.isVisible()
+    panel.system_prompt.setPlainText("Answer in French.")
+    panel.max_tokens.setValue(4)
+    panel.temperature.setValue(0.0)
+    answer = send(qtbot, gui, "Hello")
+    assert fake_engine.prompts[-1][0] == {"role": "system", "content": "Answer in French."}
+    assert answer.stats and answer.stats["generated_tokens"] == 4
+    conv = gui.session.store.conversation(gui.session.current.id)
+    assert conv.system_prompt == "Answer in French."
+    assert conv.params["max_new_tokens"] == 4 and conv.params["temperature"] == 0.0
+
+
+def test_search_finds_a_word_from_an_old_chat(qtbot: Any, make_gui: Any, fake_engine: Any,
+                                              fake_model_dir: Path, load_model: Any) -> None:
+    gui = make_gui(engine=fake_engine)
+    load_model(gui, fake_model_dir)
+    gui.session.set_params(SamplingParams(max_new_tokens=2))
+    send(qtbot, gui, "Tell me about the aubergine harvest")
+    old_id = gui.session.current.id
+    qtbot.keyClick(gui.window, Qt.Key.Key_N, Qt.KeyboardModifier.ControlModifier)  # Ctrl+N
+    assert gui.session.current is None and not gui.window.chat_view.widgets
+    send(qtbot, gui, "Something else entirely")
+    qtbot.keyClick(gui.window, Qt.Key.Key_F, Qt.KeyboardModifier.ControlModifier)  # Ctrl+F
+    assert gui.window.sidebar.search.hasFocus()
+    model = gui.window.list_model
+    with qtbot.waitSignal(gui.window.sidebar.search_changed, timeout=5_000):
+        qtbot.keyClicks(gui.window.sidebar.search, "auberg")
+    ids = [r.conversation_id for r in model.rows if not r.is_header]
+    assert ids == [old_id]
+    index = model.index(model.row_of(old_id))
+    with qtbot.waitSignal(gui.session.conversation_opened, timeout=5_000):
+        gui.window.sidebar.list.clicked.emit(index)
+    assert gui.session.current.id == old_id
+    texts = [w.text for w in gui.window.chat_view.message_widgets()]
+    assert texts[0] == "Tell me about the aubergine harvest"
+
+
+def test_rename_delete_export_import(qtbot: Any, make_gui: Any, fake_engine: Any,
+                                     fake_model_dir: Path, load_model: Any,
+                                     tmp_path: Path) -> None:
+    gui = make_gui(engine=fake_engine)
+    load_model(gui, fake_model_dir)
+    fake_engine.answer = "```python\nprint('hi')\n```"
+    send(qtbot, gui, "code please")
+    cid = gui.session.current.id
+    gui.window.ask_text = lambda *_a: "Python greeting"
+    gui.window.rename_conversation(cid)
+    assert [r.text for r in gui.window.list_model.rows if not r.is_header] == ["Python greeting"]
+
+    exported = tmp_path / "chat.json"
+    exported.write_text(gui.session.export_json(cid), encoding="utf-8")
+    gui.window.confirm = lambda *_a: True
+    gui.window.delete_conversation(cid)
+    assert gui.session.conversations() == []
+    assert gui.session.current is None
+
+    gui.window.import_file(exported)
+    (conv,) = gui.session.conversations()
+    assert conv.title == "Python greeting" and gui.session.current.id == conv.id
+    assert [m.content for m in gui.session.messages()] == ["code please", fake_engine.answer]
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{oops", encoding="utf-8")
+    gui.window.import_file(bad)
+    assert gui.window.banner.isVisible() and "not valid JSON" in gui.window.banner.text()
+    assert len(gui.session.conversations()) == 1
+
+
+def test_code_block_is_highlighted_and_copy_link_copies(
+        qtbot: Any, make_gui: Any, fake_engine: Any, fake_model_dir: Path,
+        load_model: Any) -> None:
+    gui = make_gui(engine=fake_engine)
+    load_model(gui, fake_model_dir)
+    code = "def double(x):\n    return 2 * x\n"
+    fake_engine.answer = f"Here:\n\n```python\n{code}```\n\nDone."
+    answer = send(qtbot, gui, "write a function")
+    widget = gui.window.chat_view.widgets[answer.id]
+    html = widget.body.toHtml()
+    assert "def" in widget.body.toPlainText() and "Copy" in widget.body.toPlainText()
+    assert html.count("color:") > 3  # pygments coloured the tokens
+    QGuiApplication.clipboard().clear()
+    widget.body.link_activated.emit(QUrl("copy:0"))
+    assert QGuiApplication.clipboard().text() == code
+
+
+def test_markdown_escapes_html_and_streams_unclosed_fences() -> None:
+    r = render("<b>x</b> and\n\n```py\nprint(1)")
+    assert "&lt;b&gt;" in r.html and "<b>x</b>" not in r.html
+    assert r.code_blocks == ["print(1)\n"] or r.code_blocks == ["print(1)"]
+    assert 'href="copy:0"' in r.html
+
+
+def test_shift_enter_adds_a_newline_and_no_model_keeps_the_text(
+        qtbot: Any, make_gui: Any, fake_engine: Any) -> None:
+    gui = make_gui(engine=fake_engine)
+    edit = gui.window.composer.edit
+    qtbot.keyClicks(edit, "line one")
+    qtbot.keyClick(edit, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier)
+    qtbot.keyClicks(edit, "line two")
+    assert edit.toPlainText() == "line one\nline two"
+    qtbot.keyClick(edit, Qt.Key.Key_Return)  # no model loaded: nothing is sent or lost
+    assert edit.toPlainText() == "line one\nline two"
+    assert gui.window.banner.isVisible() and "Load a model" in gui.window.banner.text()
+    assert gui.session.conversations() == []
+
+
+def test_bad_model_folder_shows_a_banner_not_a_traceback(
+        qtbot: Any, make_gui: Any, fake_engine: Any, load_model: Any, tmp_path: Path) -> None:
+    gui = make_gui(engine=fake_engine)
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    load_model(gui, empty, expect="failed")
+    text = gui.window.banner.text()
+    assert gui.window.banner.isVisible() and "config.json" in text
+    assert "Traceback" not in text
+    assert gui.window.model_button.text() == "Choose a model"
+
+
+def test_first_run_offers_the_demo_and_hardware_is_shown(qtbot: Any, make_gui: Any,
+                                                         fake_engine: Any) -> None:
+    gui = make_gui(engine=fake_engine)  # the models folder is empty
+    assert gui.window.pages.currentWidget() is gui.window.first_run
+    assert gui.window.first_run.build_button.isEnabled()
+    qtbot.waitUntil(lambda: gui.window.status.hardware != {}, timeout=30_000)
+    device = gui.window.status.device.text()
+    assert device == CPU_ONLY or gui.window.status.hardware.get("gpu") == device
+    assert "RAM" in gui.window.status.ram.text()
+
+
+def test_window_stays_responsive_at_500_tokens_per_second(
+        qtbot: Any, make_gui: Any, fake_engine: Any, fake_model_dir: Path,
+        load_model: Any) -> None:
+    fake_engine.tps = 500.0
+    gui = make_gui(engine=fake_engine)
+    load_model(gui, fake_model_dir)
+    gui.session.set_params(SamplingParams(max_new_tokens=750))  # 1.5 s of stream
+    gaps: list[float] = []
+    clock = QElapsedTimer()
+    ticker = QTimer()
+    ticker.setInterval(5)
+
+    def tick() -> None:
+        gaps.append(clock.restart())
+
+    ticker.timeout.connect(tick)
+    with qtbot.waitSignal(gui.session.message_finished, timeout=30_000) as blocker:
+        gui.window.composer.edit.setPlainText("stream fast")
+        qtbot.keyClick(gui.window.composer.edit, Qt.Key.Key_Return)
+        clock.start()
+        ticker.start()
+    ticker.stop()
+    assert blocker.args[0].stats["generated_tokens"] == 750
+    worst = max(gaps[1:])
+    print(f"event-loop gaps during a 500 tok/s stream: worst {worst} ms over {len(gaps)} ticks")
+    assert len(gaps) > 100
+    assert worst < 50
+
+
+def test_restart_shows_every_conversation(qtbot: Any, make_gui: Any, fake_engine: Any,
+                                          fake_model_dir: Path, load_model: Any,
+                                          tmp_path: Path) -> None:
+    gui = make_gui(engine=fake_engine)
+    load_model(gui, fake_model_dir)
+    gui.session.set_params(SamplingParams(max_new_tokens=3))
+    send(qtbot, gui, "chat number one")
+    gui.session.new_conversation()
+    send(qtbot, gui, "chat number two")
+    gui.window.close()
+    gui.shutdown()
+    assert not gui.client.engine_thread.isRunning()
+
+    again = make_gui(engine=fake_engine)
+    titles = [r.text for r in again.window.list_model.rows if not r.is_header]
+    assert titles == ["chat number two", "chat number one"]
+    assert [r.text for r in again.window.list_model.rows if r.is_header] == ["Today"]
+    again.session.open_conversation(again.session.conversations()[1].id)
+    assert [w.text for w in again.window.chat_view.message_widgets()][0] == "chat number one"
+
+
+def test_shutdown_mid_answer_is_clean_and_saves_the_partial_answer(
+        qtbot: Any, make_gui: Any, fake_engine: Any, fake_model_dir: Path,
+        load_model: Any) -> None:
+    fake_engine.tps = 200.0
+    gui = make_gui(engine=fake_engine)
+    load_model(gui, fake_model_dir)
+    gui.session.set_params(SamplingParams(max_new_tokens=5000))
+    with qtbot.waitSignal(gui.session.message_text_changed, timeout=10_000):
+        gui.session.send("long answer please")
+    mid = gui.session.streaming_message_id
+    t0 = time.perf_counter()
+    gui.shutdown()
+    took = time.perf_counter() - t0
+    assert not gui.client.engine_thread.isRunning()
+    assert took < 2.0
+    saved = ChatStore(gui.store.path).message(mid)
+    assert saved.status == "stopped" and saved.content.startswith("Start with")
+
+
+def test_engine_failure_keeps_the_conversation(qtbot: Any, make_gui: Any,
+                                               fake_model_dir: Path, load_model: Any) -> None:
+    from mixdesk.app.gui.worker import EngineWorker  # noqa: PLC0415
+    from mixdesk.engine.errors import OutOfVRAMError  # noqa: PLC0415
+
+    def oom(*_a: Any, **_k: Any) -> Any:
+        raise OutOfVRAMError("The answer needs 2.1 GB more VRAM than the 13.6 GB budget; "
+                             "load with a shorter context.")
+        yield  # a generator
+
+    worker = EngineWorker(load_fn=lambda p: {"path": p}, generate_fn=oom)
+    gui = make_gui(worker=worker)
+    load_model(gui, fake_model_dir)
+    with qtbot.waitSignal(gui.session.notice, timeout=10_000):
+        gui.session.send("will not fit")
+    assert "VRAM" in gui.window.banner.text()
+    msgs = gui.session.messages()
+    assert [(m.role, m.content) for m in msgs] == [("user", "will not fit")]
+    assert list(gui.window.chat_view.widgets) == [msgs[0].id]
+    assert not gui.session.busy and gui.window.composer.button.text() == "Send"
+
+
+def test_build_prompt_merges_roles_and_titles() -> None:
+    def m(i: int, role: str, content: str) -> Message:
+        return Message(i, 1, role, content, "complete", None, 0.0, 0.0)
+
+    prompt = build_prompt(" sys ", [m(1, "user", "a"), m(2, "assistant", ""), m(3, "user", "b")])
+    assert prompt == [{"role": "system", "content": "sys"},
+                      {"role": "user", "content": "a\n\nb"}]
+    assert title_from("\n  How   do I\nbuild") == "How do I"
+    assert title_from("x" * 100).endswith("…") and len(title_from("x" * 100)) == 49
+
+
+def test_settings_survive_garbage(settings: Any) -> None:
+    settings.qsettings.setValue("appearance/theme", "purple")
+    settings.qsettings.setValue("appearance/font_size", "huge")
+    settings.qsettings.setValue("chat/default_params", "{not json")
+    assert settings.theme == "system" and settings.font_size == 0
+    assert settings.default_params == SamplingParams()
+    settings.default_params = SamplingParams(temperature=0.1, top_k=3)
+    assert json.loads(settings.qsettings.value("chat/default_params"))["top_k"] == 3
+    assert settings.default_params.temperature == 0.1
