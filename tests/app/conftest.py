@@ -140,6 +140,15 @@ def fake_engine() -> FakeEngine:
 
 
 @pytest.fixture
+def ready(make_gui: Callable[..., Gui], fake_engine: FakeEngine, fake_model_dir: Path,
+          load_model: Callable[..., None]) -> Gui:
+    """A window on the fake engine with the fake model loaded."""
+    gui = make_gui(engine=fake_engine)
+    load_model(gui, fake_model_dir)
+    return gui
+
+
+@pytest.fixture
 def load_model(qtbot: Any) -> Callable[..., None]:
     """load_model(gui, path): load and wait until the worker says ready (or failed)."""
 

@@ -34,10 +34,8 @@ def send(qtbot: Any, gui: Any, text: str, timeout: int = 20_000) -> Message:
     return blocker.args[0]
 
 
-def test_send_streams_and_saves_the_answer(qtbot: Any, make_gui: Any, fake_engine: Any,
-                                           fake_model_dir: Path, load_model: Any) -> None:
-    gui = make_gui(engine=fake_engine)
-    load_model(gui, fake_model_dir)
+def test_send_streams_and_saves_the_answer(qtbot: Any, ready: Any) -> None:
+    gui = ready
     gui.session.set_params(SamplingParams(max_new_tokens=40))
     streamed: list[str] = []
     gui.session.message_text_changed.connect(lambda _mid, text: streamed.append(text))
@@ -62,8 +60,7 @@ def test_send_streams_and_saves_the_answer(qtbot: Any, make_gui: Any, fake_engin
 
 
 def test_user_turn_is_on_disk_before_generation_starts(
-        qtbot: Any, make_gui: Any, fake_engine: Any, fake_model_dir: Path, load_model: Any,
-        tmp_path: Path) -> None:
+        qtbot: Any, ready: Any, fake_engine: Any, tmp_path: Path) -> None:
     seen: list[list[tuple[str, str, str]]] = []
 
     def check_disk(_prompt: Any) -> None:  # runs on the worker thread, before any token
@@ -72,19 +69,16 @@ def test_user_turn_is_on_disk_before_generation_starts(
         db.close()
 
     fake_engine.on_start = check_disk
-    gui = make_gui(engine=fake_engine)
-    load_model(gui, fake_model_dir)
+    gui = ready
     send(qtbot, gui, "Remember this sentence.")
     assert seen == [[("user", "Remember this sentence.", "complete"),
                      ("assistant", "", "streaming")]]
 
 
 def test_stop_takes_effect_within_one_token_and_keeps_partial_text(
-        qtbot: Any, make_gui: Any, fake_engine: Any, fake_model_dir: Path,
-        load_model: Any) -> None:
+        qtbot: Any, ready: Any, fake_engine: Any) -> None:
     fake_engine.tps = 200.0  # slow enough to stop mid-answer
-    gui = make_gui(engine=fake_engine)
-    load_model(gui, fake_model_dir)
+    gui = ready
     gui.session.set_params(SamplingParams(max_new_tokens=2000))
     with qtbot.waitSignal(gui.session.message_text_changed, timeout=10_000):
         gui.window.composer.edit.setPlainText("Tell me everything.")
@@ -103,10 +97,8 @@ def test_stop_takes_effect_within_one_token_and_keeps_partial_text(
     assert ChatStore(gui.store.path).message(answer.id).content == answer.content
 
 
-def test_regenerate_replaces_the_last_answer(qtbot: Any, make_gui: Any, fake_engine: Any,
-                                             fake_model_dir: Path, load_model: Any) -> None:
-    gui = make_gui(engine=fake_engine)
-    load_model(gui, fake_model_dir)
+def test_regenerate_replaces_the_last_answer(qtbot: Any, ready: Any, fake_engine: Any) -> None:
+    gui = ready
     gui.session.set_params(SamplingParams(max_new_tokens=50))
     first = send(qtbot, gui, "Hi")
     fake_engine.answer = "A different answer."
@@ -123,10 +115,8 @@ def test_regenerate_replaces_the_last_answer(qtbot: Any, make_gui: Any, fake_eng
     assert list(gui.window.chat_view.widgets) == [m.id for m in messages]
 
 
-def test_edit_and_resend_drops_later_turns(qtbot: Any, make_gui: Any, fake_engine: Any,
-                                           fake_model_dir: Path, load_model: Any) -> None:
-    gui = make_gui(engine=fake_engine)
-    load_model(gui, fake_model_dir)
+def test_edit_and_resend_drops_later_turns(qtbot: Any, ready: Any, fake_engine: Any) -> None:
+    gui = ready
     gui.session.set_params(SamplingParams(max_new_tokens=10, temperature=0.3))
     send(qtbot, gui, "first question")
     send(qtbot, gui, "second question")
@@ -145,10 +135,8 @@ def test_edit_and_resend_drops_later_turns(qtbot: Any, make_gui: Any, fake_engin
 
 
 def test_system_prompt_and_params_reach_the_engine_and_persist(
-        qtbot: Any, make_gui: Any, fake_engine: Any, fake_model_dir: Path,
-        load_model: Any) -> None:
-    gui = make_gui(engine=fake_engine)
-    load_model(gui, fake_model_dir)
+        qtbot: Any, ready: Any, fake_engine: Any) -> None:
+    gui = ready
     panel = gui.window.side_panel
     gui.window.panel_button.setChecked(True)
     assert panel.isVisible()
@@ -163,10 +151,8 @@ def test_system_prompt_and_params_reach_the_engine_and_persist(
     assert conv.params["max_new_tokens"] == 4 and conv.params["temperature"] == 0.0
 
 
-def test_search_finds_a_word_from_an_old_chat(qtbot: Any, make_gui: Any, fake_engine: Any,
-                                              fake_model_dir: Path, load_model: Any) -> None:
-    gui = make_gui(engine=fake_engine)
-    load_model(gui, fake_model_dir)
+def test_search_finds_a_word_from_an_old_chat(qtbot: Any, ready: Any) -> None:
+    gui = ready
     gui.session.set_params(SamplingParams(max_new_tokens=2))
     send(qtbot, gui, "Tell me about the aubergine harvest")
     old_id = gui.session.current.id
@@ -188,11 +174,9 @@ def test_search_finds_a_word_from_an_old_chat(qtbot: Any, make_gui: Any, fake_en
     assert texts[0] == "Tell me about the aubergine harvest"
 
 
-def test_rename_delete_export_import(qtbot: Any, make_gui: Any, fake_engine: Any,
-                                     fake_model_dir: Path, load_model: Any,
+def test_rename_delete_export_import(qtbot: Any, ready: Any, fake_engine: Any,
                                      tmp_path: Path) -> None:
-    gui = make_gui(engine=fake_engine)
-    load_model(gui, fake_model_dir)
+    gui = ready
     fake_engine.answer = "```python\nprint('hi')\n```"
     send(qtbot, gui, "code please")
     cid = gui.session.current.id
@@ -220,10 +204,8 @@ def test_rename_delete_export_import(qtbot: Any, make_gui: Any, fake_engine: Any
 
 
 def test_code_block_is_highlighted_and_copy_link_copies(
-        qtbot: Any, make_gui: Any, fake_engine: Any, fake_model_dir: Path,
-        load_model: Any) -> None:
-    gui = make_gui(engine=fake_engine)
-    load_model(gui, fake_model_dir)
+        qtbot: Any, ready: Any, fake_engine: Any) -> None:
+    gui = ready
     code = "def double(x):\n    return 2 * x\n"
     fake_engine.answer = f"Here:\n\n```python\n{code}```\n\nDone."
     answer = send(qtbot, gui, "write a function")
@@ -239,7 +221,7 @@ def test_code_block_is_highlighted_and_copy_link_copies(
 def test_markdown_escapes_html_and_streams_unclosed_fences() -> None:
     r = render("<b>x</b> and\n\n```py\nprint(1)")
     assert "&lt;b&gt;" in r.html and "<b>x</b>" not in r.html
-    assert r.code_blocks == ["print(1)\n"] or r.code_blocks == ["print(1)"]
+    assert r.code_blocks == ["print(1)"]
     assert 'href="copy:0"' in r.html
 
 
@@ -258,7 +240,7 @@ def test_shift_enter_adds_a_newline_and_no_model_keeps_the_text(
 
 
 def test_bad_model_folder_shows_a_banner_not_a_traceback(
-        qtbot: Any, make_gui: Any, fake_engine: Any, load_model: Any, tmp_path: Path) -> None:
+        make_gui: Any, fake_engine: Any, load_model: Any, tmp_path: Path) -> None:
     gui = make_gui(engine=fake_engine)
     empty = tmp_path / "not-a-model"
     empty.mkdir()
@@ -281,11 +263,9 @@ def test_first_run_offers_the_demo_and_hardware_is_shown(qtbot: Any, make_gui: A
 
 
 def test_window_stays_responsive_at_500_tokens_per_second(
-        qtbot: Any, make_gui: Any, fake_engine: Any, fake_model_dir: Path,
-        load_model: Any) -> None:
+        qtbot: Any, ready: Any, fake_engine: Any) -> None:
     fake_engine.tps = 500.0
-    gui = make_gui(engine=fake_engine)
-    load_model(gui, fake_model_dir)
+    gui = ready
     gui.session.set_params(SamplingParams(max_new_tokens=750))  # 1.5 s of stream
     gaps: list[float] = []
     clock = QElapsedTimer()
@@ -309,11 +289,9 @@ def test_window_stays_responsive_at_500_tokens_per_second(
     assert worst < 50
 
 
-def test_restart_shows_every_conversation(qtbot: Any, make_gui: Any, fake_engine: Any,
-                                          fake_model_dir: Path, load_model: Any,
-                                          tmp_path: Path) -> None:
-    gui = make_gui(engine=fake_engine)
-    load_model(gui, fake_model_dir)
+def test_restart_shows_every_conversation(qtbot: Any, ready: Any, make_gui: Any,
+                                          fake_engine: Any) -> None:
+    gui = ready
     gui.session.set_params(SamplingParams(max_new_tokens=3))
     send(qtbot, gui, "chat number one")
     gui.session.new_conversation()
@@ -331,11 +309,9 @@ def test_restart_shows_every_conversation(qtbot: Any, make_gui: Any, fake_engine
 
 
 def test_shutdown_mid_answer_is_clean_and_saves_the_partial_answer(
-        qtbot: Any, make_gui: Any, fake_engine: Any, fake_model_dir: Path,
-        load_model: Any) -> None:
+        qtbot: Any, ready: Any, fake_engine: Any) -> None:
     fake_engine.tps = 200.0
-    gui = make_gui(engine=fake_engine)
-    load_model(gui, fake_model_dir)
+    gui = ready
     gui.session.set_params(SamplingParams(max_new_tokens=5000))
     with qtbot.waitSignal(gui.session.message_text_changed, timeout=10_000):
         gui.session.send("long answer please")
