@@ -1,0 +1,394 @@
+"""Fused dequant-GEMV for batch-1 decode, and the MoE decode built on it.
+
+y[N] = W[N, K] @ x[K] straight from the packed layout (layout.py): each program
+loads a [BA, BB] tile of int32 group words, dequantizes the 8-bit scale and zero
+with their fp16 meta-meta in registers, and accumulates in fp32. No fp16
+weight is ever written. Outputs are fp32 and are *added* (atomically, so the
+K range can be split over programs) into a zeroed buffer.
+
+A code becomes a float without an int->float convert (a quarter-rate
+instruction on Hopper): its bits are moved to the top of an fp32 mantissa whose
+exponent is 0, giving f = 1 + q / 2**bits exactly, and the 1 is taken out once
+per group: (q - z) * s * x = f * (2**bits * s * x) - (1 + z / 2**bits) * (2**bits * s * x).
+
+axis 0 (the card's): a group's lanes are output rows a, a + A, ..., a + (g-1)A
+of one column b, so x[b] is one vector per tile and each lane has its own
+accumulator; a program handles one word (<= 16 lanes) of its groups.
+axis 1: a group's lanes are g neighbours along K of one row, so all lanes feed
+one accumulator and each lane reads its own x vector.
+"""
+
+# Triton kernels take their arguments positionally, and the unrolled lanes are many statements.
+# ruff: noqa: PLR0917, PLR0915
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from mixdesk.kernels.layout import PackedWeight, lanes_per_word
+
+
+@triton.jit
+def _lane(w, J: tl.constexpr, BITS: tl.constexpr):
+    """Lane J of int32 words w as fp32 1 + q / 2**BITS (exact, no convert)."""
+    SH: tl.constexpr = 23 - BITS - BITS * J
+    if SH >= 0:
+        v = w << SH
+    else:
+        v = w >> (-SH)
+    MASK: tl.constexpr = ((1 << BITS) - 1) << (23 - BITS)
+    return ((v & MASK) | 0x3F800000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _group_meta(m, t_base, tix, bmask, T_LEN):
+    """scale, zero [BA, BB] from 16-bit meta words m and the fp16 meta-meta at tix [BB]."""
+    sq = (m & 255).to(tl.float32)
+    zq = ((m >> 8) & 255).to(tl.float32)
+    s_step = tl.load(t_base + tix, mask=bmask, other=0.0).to(tl.float32)
+    s_off = tl.load(t_base + T_LEN + tix, mask=bmask, other=0.0).to(tl.float32)
+    z_step = tl.load(t_base + 2 * T_LEN + tix, mask=bmask, other=0.0).to(tl.float32)
+    z_off = tl.load(t_base + 3 * T_LEN + tix, mask=bmask, other=0.0).to(tl.float32)
+    scale = (sq - s_off[None, :]) * s_step[None, :]
+    zero = (zq - z_off[None, :]) * z_step[None, :]
+    return scale, zero
+
+
+@triton.jit
+def _load_x(x_base, x2_base, idx, mask, rw, ACT: tl.constexpr):
+    """The input vector at idx; ACT: silu(h1) * h3 * routing weight (MoE down projection)."""
+    v = tl.load(x_base + idx, mask=mask, other=0.0).to(tl.float32)
+    if ACT:
+        u = tl.load(x2_base + idx, mask=mask, other=0.0).to(tl.float32)
+        v = v * tl.sigmoid(v) * u * rw
+    return v
+
+
+@triton.jit
+def _program_mat(ids_ptr, rw_ptr, MOE: tl.constexpr, MATS: tl.constexpr):
+    """(slot, matrix index, routing weight) of this program; MoE reads the expert on device."""
+    pid1 = tl.program_id(1)
+    if MOE:
+        slot = pid1 // MATS
+        eid = tl.load(ids_ptr + slot).to(tl.int64)
+        mat = eid * MATS + pid1 % MATS
+        rw = tl.load(rw_ptr + slot).to(tl.float32)
+    else:
+        slot = pid1 * 0
+        mat = pid1.to(tl.int64)
+        rw = 1.0
+    return slot, mat, rw
+
+
+@triton.jit
+def _acc_lane(acc, w, sxb, J: tl.constexpr, LANES: tl.constexpr, BITS: tl.constexpr):
+    if J < LANES:
+        acc += _lane(w, J, BITS) * sxb
+    return acc
+
+
+@triton.jit
+def _out_lane(out_base, a, amask, r, acc, zsum, A, J: tl.constexpr, LANES: tl.constexpr,
+              G: tl.constexpr, V: tl.constexpr):
+    if J < LANES:
+        lane = a * 0 + (r * V + J)  # [BA], so the mask stays a vector
+        tl.atomic_add(out_base + a + lane * A, tl.sum(acc, 1) - zsum, mask=amask & (lane < G),
+                      sem="relaxed")
+
+
+@triton.jit
+def _gemv_axis0_kernel(
+    x_ptr, x2_ptr, rw_ptr, ids_ptr, q_ptr, m_ptr, t_ptr, out_ptr,
+    A, B, P, NRB, SPLIT_LEN, T_LEN, X_SLOT, OUT_MAT,
+    BITS: tl.constexpr, G: tl.constexpr, V: tl.constexpr, S: tl.constexpr,
+    INLINE: tl.constexpr, MOE: tl.constexpr, MATS: tl.constexpr, ACT: tl.constexpr,
+    BA: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr,
+):
+    LANES: tl.constexpr = V if G > V else G
+    TWO_B: tl.constexpr = 1 << BITS
+    pid = tl.program_id(0)
+    sid = pid % SPLIT
+    pid = pid // SPLIT
+    r = pid % S  # which word of the group: lanes r*V .. r*V + LANES - 1
+    pid = pid // S
+    rb = pid % NRB
+    rho = pid // NRB  # row residue mod P: every row of the tile reads table row rho
+    slot, mat, rw = _program_mat(ids_ptr, rw_ptr, MOE, MATS)
+
+    ab = A * B
+    q_base = q_ptr + mat * S * ab + r * ab
+    m_base = m_ptr + mat * ab
+    t_base = t_ptr + mat * 4 * T_LEN
+    x_base = x_ptr + slot * X_SLOT
+    x2_base = x2_ptr + slot * X_SLOT
+    out_base = out_ptr + tl.program_id(1) * OUT_MAT
+
+    a = rho + P * (rb * BA + tl.arange(0, BA))  # [BA] group rows
+    amask = a < A
+    acc0 = tl.zeros([BA, BB], tl.float32)
+    acc1 = tl.zeros([BA, BB], tl.float32)
+    acc2 = tl.zeros([BA, BB], tl.float32)
+    acc3 = tl.zeros([BA, BB], tl.float32)
+    acc4 = tl.zeros([BA, BB], tl.float32)
+    acc5 = tl.zeros([BA, BB], tl.float32)
+    acc6 = tl.zeros([BA, BB], tl.float32)
+    acc7 = tl.zeros([BA, BB], tl.float32)
+    acc8 = tl.zeros([BA, BB], tl.float32)
+    acc9 = tl.zeros([BA, BB], tl.float32)
+    acc10 = tl.zeros([BA, BB], tl.float32)
+    acc11 = tl.zeros([BA, BB], tl.float32)
+    acc12 = tl.zeros([BA, BB], tl.float32)
+    acc13 = tl.zeros([BA, BB], tl.float32)
+    acc14 = tl.zeros([BA, BB], tl.float32)
+    acc15 = tl.zeros([BA, BB], tl.float32)
+    accz = tl.zeros([BA, BB], tl.float32)
+    b_start = sid * SPLIT_LEN
+    for b0 in range(b_start, b_start + SPLIT_LEN, BB):
+        b = b0 + tl.arange(0, BB)
+        bmask = b < B
+        mask = amask[:, None] & bmask[None, :]
+        woff = a[:, None] * B + b[None, :]
+        w = tl.load(q_base + woff, mask=mask, other=0)
+        if INLINE:
+            m = w >> 16
+        else:
+            m = tl.load(m_base + woff, mask=mask, other=0).to(tl.int32)
+        scale, zero = _group_meta(m, t_base, rho * B + b, bmask, T_LEN)
+        xb = _load_x(x_base, x2_base, b, bmask, rw, ACT)
+        sxb = scale * (xb * TWO_B)[None, :]
+        accz += (1.0 + zero * (1.0 / TWO_B)) * sxb
+        acc0 = _acc_lane(acc0, w, sxb, 0, LANES, BITS)
+        acc1 = _acc_lane(acc1, w, sxb, 1, LANES, BITS)
+        acc2 = _acc_lane(acc2, w, sxb, 2, LANES, BITS)
+        acc3 = _acc_lane(acc3, w, sxb, 3, LANES, BITS)
+        acc4 = _acc_lane(acc4, w, sxb, 4, LANES, BITS)
+        acc5 = _acc_lane(acc5, w, sxb, 5, LANES, BITS)
+        acc6 = _acc_lane(acc6, w, sxb, 6, LANES, BITS)
+        acc7 = _acc_lane(acc7, w, sxb, 7, LANES, BITS)
+        acc8 = _acc_lane(acc8, w, sxb, 8, LANES, BITS)
+        acc9 = _acc_lane(acc9, w, sxb, 9, LANES, BITS)
+        acc10 = _acc_lane(acc10, w, sxb, 10, LANES, BITS)
+        acc11 = _acc_lane(acc11, w, sxb, 11, LANES, BITS)
+        acc12 = _acc_lane(acc12, w, sxb, 12, LANES, BITS)
+        acc13 = _acc_lane(acc13, w, sxb, 13, LANES, BITS)
+        acc14 = _acc_lane(acc14, w, sxb, 14, LANES, BITS)
+        acc15 = _acc_lane(acc15, w, sxb, 15, LANES, BITS)
+    zsum = tl.sum(accz, 1)
+    _out_lane(out_base, a, amask, r, acc0, zsum, A, 0, LANES, G, V)
+    _out_lane(out_base, a, amask, r, acc1, zsum, A, 1, LANES, G, V)
+    _out_lane(out_base, a, amask, r, acc2, zsum, A, 2, LANES, G, V)
+    _out_lane(out_base, a, amask, r, acc3, zsum, A, 3, LANES, G, V)
+    _out_lane(out_base, a, amask, r, acc4, zsum, A, 4, LANES, G, V)
+    _out_lane(out_base, a, amask, r, acc5, zsum, A, 5, LANES, G, V)
+    _out_lane(out_base, a, amask, r, acc6, zsum, A, 6, LANES, G, V)
+    _out_lane(out_base, a, amask, r, acc7, zsum, A, 7, LANES, G, V)
+    _out_lane(out_base, a, amask, r, acc8, zsum, A, 8, LANES, G, V)
+    _out_lane(out_base, a, amask, r, acc9, zsum, A, 9, LANES, G, V)
+    _out_lane(out_base, a, amask, r, acc10, zsum, A, 10, LANES, G, V)
+    _out_lane(out_base, a, amask, r, acc11, zsum, A, 11, LANES, G, V)
+    _out_lane(out_base, a, amask, r, acc12, zsum, A, 12, LANES, G, V)
+    _out_lane(out_base, a, amask, r, acc13, zsum, A, 13, LANES, G, V)
+    _out_lane(out_base, a, amask, r, acc14, zsum, A, 14, LANES, G, V)
+    _out_lane(out_base, a, amask, r, acc15, zsum, A, 15, LANES, G, V)
+
+
+@triton.jit
+def _gemv_axis1_kernel(
+    x_ptr, x2_ptr, rw_ptr, ids_ptr, q_ptr, m_ptr, t_ptr, out_ptr,
+    A, B, P, NRB, SPLIT_LEN, T_LEN, X_SLOT, OUT_MAT,
+    BITS: tl.constexpr, G: tl.constexpr, V: tl.constexpr, S: tl.constexpr,
+    INLINE: tl.constexpr, MOE: tl.constexpr, MATS: tl.constexpr, ACT: tl.constexpr,
+    BA: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr,
+):
+    LANES: tl.constexpr = V if G > V else G
+    TWO_B: tl.constexpr = 1 << BITS
+    pid = tl.program_id(0)
+    sid = pid % SPLIT
+    pid = pid // SPLIT
+    rb = pid % NRB
+    rho = pid // NRB
+    slot, mat, rw = _program_mat(ids_ptr, rw_ptr, MOE, MATS)
+
+    ab = A * B
+    q_base = q_ptr + mat * S * ab
+    m_base = m_ptr + mat * ab
+    t_base = t_ptr + mat * 4 * T_LEN
+    x_base = x_ptr + slot * X_SLOT
+    x2_base = x2_ptr + slot * X_SLOT
+    out_base = out_ptr + tl.program_id(1) * OUT_MAT
+
+    a = rho + P * (rb * BA + tl.arange(0, BA))  # [BA] output rows
+    amask = a < A
+    acc = tl.zeros([BA, BB], tl.float32)
+    b_start = sid * SPLIT_LEN
+    for b0 in range(b_start, b_start + SPLIT_LEN, BB):
+        b = b0 + tl.arange(0, BB)
+        bmask = b < B
+        mask = amask[:, None] & bmask[None, :]
+        woff = a[:, None] * B + b[None, :]
+        w = tl.load(q_base + woff, mask=mask, other=0)
+        if INLINE:
+            m = w >> 16
+        else:
+            m = tl.load(m_base + woff, mask=mask, other=0).to(tl.int32)
+        scale, zero = _group_meta(m, t_base, rho * B + b, bmask, T_LEN)
+        dot = tl.zeros([BA, BB], tl.float32)  # sum_j f_j x_j of each group
+        xsum = tl.zeros([BB], tl.float32)  # sum_j x_j of each group
+        for r in tl.static_range(S):
+            if r > 0:
+                w = tl.load(q_base + r * ab + woff, mask=mask, other=0)
+            for j in tl.static_range(V):
+                if j < LANES:
+                    if r * V + j < G:
+                        xj = _load_x(x_base, x2_base, b * G + (r * V + j), bmask, rw, ACT)
+                        dot += _lane(w, j, BITS) * xj[None, :]
+                        xsum += xj
+        acc += scale * (TWO_B * dot - (TWO_B + zero) * xsum[None, :])
+    tl.atomic_add(out_base + a, tl.sum(acc, 1), mask=amask, sem="relaxed")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Tile shape of one launch: [block_rows, block_cols] groups, K split, warps."""
+
+    block_rows: int
+    block_cols: int
+    split: int
+    num_warps: int = 4
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return int(torch.cuda.get_device_properties(device_index).multi_processor_count)
+
+
+def _pow2_at_most(n: int, cap: int) -> int:
+    return min(cap, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+def _residue_rows(pw: PackedWeight) -> tuple[int, int]:
+    """(residues that occur, rows per residue)."""
+    a_rows, _ = pw.grid
+    residues = min(pw.period, a_rows)
+    return residues, math.ceil(a_rows / residues)
+
+
+def default_config(pw: PackedWeight, launches: int, device: torch.device) -> Config:
+    """A tile shape that keeps ~8 words and <= ~140 accumulators per thread, and enough
+    programs (K split if needed) to fill the GPU."""
+    _, b_cols = pw.grid
+    residues, rows = _residue_rows(pw)
+    lanes = min(pw.group, lanes_per_word(pw.bits))
+    tile = 512 if (pw.axis == 0 and lanes > 8) else 1024
+    cap_cols = 512 if pw.axis == 0 else 128
+    block_cols = _pow2_at_most(b_cols, cap_cols)
+    block_rows = _pow2_at_most(rows, max(1, tile // block_cols))
+    planes = pw.words if pw.axis == 0 else 1
+    programs = residues * math.ceil(rows / block_rows) * planes * launches
+    sms = _sm_count(device.index or 0) if device.type == "cuda" else 4
+    split = max(1, min(math.ceil(4 * sms / programs), math.ceil(b_cols / block_cols)))
+    return Config(block_rows, block_cols, split)
+
+
+def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, out: Tensor, *,
+            launches: int, moe: bool, mats: int, act: bool, x_slot: int, out_mat: int,
+            config: Config | None) -> None:
+    cfg = config or default_config(pw, launches, x.device)
+    a_rows, b_cols = pw.grid
+    residues, rows = _residue_rows(pw)
+    nrb = math.ceil(rows / cfg.block_rows)
+    split_len = math.ceil(math.ceil(b_cols / cfg.split) / cfg.block_cols) * cfg.block_cols
+    split = math.ceil(b_cols / split_len)
+    planes = pw.words if pw.axis == 0 else 1
+    grid = (residues * nrb * planes * split, launches)
+    kernel = _gemv_axis0_kernel if pw.axis == 0 else _gemv_axis1_kernel
+    meta = pw.codes if pw.meta is None else pw.meta  # unread when inline
+    kernel[grid](
+        x, x2, rw, ids, pw.codes, meta, pw.table, out,
+        a_rows, b_cols, pw.period, nrb, split_len, pw.table.shape[2], x_slot, out_mat,
+        BITS=pw.bits, G=pw.group, V=lanes_per_word(pw.bits), S=pw.words,
+        INLINE=pw.meta is None, MOE=moe, MATS=mats, ACT=act,
+        BA=cfg.block_rows, BB=cfg.block_cols, SPLIT=split, num_warps=cfg.num_warps,
+    )
+
+
+def _check_device(x: Tensor) -> None:
+    if x.device.type == "cpu" and not isinstance(_gemv_axis0_kernel, _interpreted_types()):
+        raise RuntimeError("the Triton kernels run on CPU tensors only under TRITON_INTERPRET=1, "
+                           "set before mixdesk.kernels is imported")
+
+
+@functools.cache
+def _interpreted_types() -> tuple[type, ...]:
+    from triton.runtime.interpreter import InterpretedFunction  # noqa: PLC0415
+
+    return (InterpretedFunction,)
+
+
+def gemv(x: Tensor, pw: PackedWeight, out: Tensor | None = None, *,
+         config: Config | None = None) -> Tensor:
+    """y = W @ x for matrix 0 of `pw`, in fp32.
+
+    Args:
+        x: [K], fp16, bf16 or fp32, contiguous.
+        pw: the packed weight (`layout.pack`).
+        out: fp32 [N] to add into (zero it first for a plain product); new zeros if None.
+        config: tile shape; `default_config` if None.
+
+    Returns:
+        `out`, fp32 [N].
+    """
+    _check_device(x)
+    n_rows, k = pw.shape
+    if x.numel() != k:
+        raise ValueError(f"x has {x.numel()} elements, W is {pw.shape}")
+    if out is None:
+        out = torch.zeros(n_rows, dtype=torch.float32, device=x.device)
+    _launch(x.contiguous(), x, x, x, pw, out, launches=1, moe=False, mats=1, act=False,
+            x_slot=0, out_mat=0, config=config)
+    return out
+
+
+def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
+               topk_weights: Tensor, *, out: Tensor | None = None,
+               configs: tuple[Config | None, Config | None] = (None, None)) -> Tensor:
+    """One token through its top-k experts: sum_s w_s * W2[e_s] (silu(W1[e_s] x) * W3[e_s] x).
+
+    Two launches and no host sync: the expert ids and weights are read on the device,
+    so the call can be captured in a CUDA graph.
+
+    Args:
+        x: [D] hidden state.
+        w13: stack of 2E matrices [F, D]: w1 of expert e at 2e, w3 at 2e+1.
+        w2: stack of E matrices [D, F].
+        topk_ids: int [k] on x's device.
+        topk_weights: float [k] routing weights, already normalised.
+        out: fp32 [D] to add into; new zeros if None.
+        configs: tile shapes of the w1/w3 and w2 launches.
+
+    Returns:
+        `out`, fp32 [D].
+    """
+    _check_device(x)
+    ffn, dim = w13.shape
+    if w2.shape != (dim, ffn) or x.numel() != dim:
+        raise ValueError(f"shapes do not chain: x {tuple(x.shape)}, w13 {w13.shape}, "
+                         f"w2 {w2.shape}")
+    topk = topk_ids.numel()
+    ids = topk_ids.to(torch.int32).contiguous()
+    rw = topk_weights.to(torch.float32).contiguous()
+    h = torch.zeros((topk, 2, ffn), dtype=torch.float32, device=x.device)  # h1, h3 per slot
+    if out is None:
+        out = torch.zeros(dim, dtype=torch.float32, device=x.device)
+    _launch(x.contiguous(), x, rw, ids, w13, h, launches=2 * topk, moe=True, mats=2, act=False,
+            x_slot=0, out_mat=ffn, config=configs[0])
+    _launch(h, h[:, 1], rw, ids, w2, out, launches=topk, moe=True, mats=1, act=True,
+            x_slot=2 * ffn, out_mat=0, config=configs[1])
+    return out

@@ -1,0 +1,83 @@
+"""Pure-torch references: each kernel's function with the same signature, in fp32.
+
+`dequantize_logical` reads the logical form (layout.py) and shares no code with
+the packing, so tests check `pack` and the kernels against it; `unpack` is the
+exact inverse of `pack`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mixdesk.kernels.layout import (
+    PackedWeight,
+    group_grid,
+    lanes_per_word,
+    meta_groups,
+)
+
+
+def dequantize_logical(q: Tensor, scale_q: Tensor, zero_q: Tensor, meta: Tensor, *, bits: int,
+                       group: int, axis: int) -> Tensor:
+    """fp32 [N, K] from the logical form: W = (q - zero) * scale, both meta levels in fp32."""
+    del bits  # the codes already carry it; kept for the same signature as `pack`
+    n_rows, k = q.shape
+    n = n_rows * k // group
+    c = torch.arange(n, device=q.device) % meta.shape[1]  # meta group of each group
+    s_step, s_off, z_step, z_off = meta.float()[:, c]
+    scale = (scale_q.float() - s_off) * s_step  # [n]
+    zero = (zero_q.float() - z_off) * z_step
+    if axis == 0:
+        return ((q.reshape(group, n).float() - zero) * scale).reshape(n_rows, k)
+    return ((q.reshape(n, group).float() - zero[:, None]) * scale[:, None]).reshape(n_rows, k)
+
+
+def unpack(pw: PackedWeight, mat: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Inverse of `pack` for matrix `mat` of the stack: (q, scale_q, zero_q, meta)."""
+    a_rows, b_cols = group_grid(pw.shape, pw.group, pw.axis)
+    v = lanes_per_word(pw.bits)
+    words = pw.codes[mat]  # [S, A, B]
+    lanes = torch.stack([(words[m // v] >> (pw.bits * (m % v))) & (2**pw.bits - 1)
+                         for m in range(pw.group)])  # [g, A, B]
+    if pw.axis == 0:
+        q = lanes.reshape(pw.shape)
+    else:
+        q = lanes.permute(1, 2, 0).reshape(pw.shape)
+    mq = (words[0] >> 16) if pw.meta is None else pw.meta[mat].to(torch.int32)
+    scale_q = (mq & 255).reshape(-1).to(torch.uint8)
+    zero_q = ((mq >> 8) & 255).reshape(-1).to(torch.uint8)
+    # table column j holds meta group j % C, and the table has at least C columns
+    meta = pw.table[mat][:, : meta_groups(a_rows * b_cols)].clone()
+    return q.to(torch.uint8), scale_q, zero_q, meta
+
+
+def dequantize(pw: PackedWeight, mat: int = 0) -> Tensor:
+    """fp32 [N, K] of matrix `mat`, through `unpack`."""
+    q, scale_q, zero_q, meta = unpack(pw, mat)
+    return dequantize_logical(q, scale_q, zero_q, meta, bits=pw.bits, group=pw.group,
+                              axis=pw.axis)
+
+
+def gemv(x: Tensor, pw: PackedWeight, out: Tensor | None = None) -> Tensor:
+    """Reference of `kernels.gemv.gemv`: fp32 [N] = W @ x, W matrix 0 of `pw`."""
+    y = dequantize(pw) @ x.float()
+    if out is not None:
+        out += y
+        return out
+    return y
+
+
+def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
+               topk_weights: Tensor, *, out: Tensor | None = None) -> Tensor:
+    """Reference of `kernels.gemv.moe_decode`: sum over slots s of
+    w_s * W2[e_s] (silu(W1[e_s] x) * W3[e_s] x), fp32 [D]."""
+    y = torch.zeros(w2.shape[0], dtype=torch.float32, device=x.device)
+    for e, w in zip(topk_ids.tolist(), topk_weights.float().tolist(), strict=True):
+        h1 = dequantize(w13, 2 * e) @ x.float()
+        h3 = dequantize(w13, 2 * e + 1) @ x.float()
+        y += w * (dequantize(w2, e) @ (torch.nn.functional.silu(h1) * h3))
+    if out is not None:
+        out += y
+        return out
+    return y
