@@ -655,3 +655,112 @@ def estimate_bytes(recipe: Recipe, shapes: Mapping[str, tuple[int, ...]]) -> dic
             meta = 2 * (cols * spec.meta_group + 2 * cols * 2)  # uint8 codes + fp16 pairs
         totals[kind_of(name)] += packed_nbytes(numel, spec.bits) + meta
     return totals
+
+
+# ---------------------------------------------------------------------------- fidelity
+
+# Chat prompts written for mixdesk (not from any benchmark): everyday questions of the
+# kind the demo gets, some factual, some open-ended, some with code.
+FIDELITY_PROMPTS = (
+    "What is the capital of France?",
+    "Give me three tips for sleeping better.",
+    "Explain what a hash table is in two sentences.",
+    "Write a Python function that reverses a string.",
+    "Why is the sky blue?",
+    "What should I pack for a weekend hiking trip?",
+    "Translate 'good morning, how are you?' into Spanish.",
+    "Summarise the plot of Romeo and Juliet in one paragraph.",
+    "How many legs does a spider have?",
+    "Suggest a name for a small bakery by the sea.",
+    "What is the difference between weather and climate?",
+    "How do I boil an egg so the yolk stays soft?",
+)
+
+
+@dataclass(frozen=True)
+class FidelityReport:
+    """How closely a quantized model follows its reference, on teacher-forced chat answers.
+
+    Attributes:
+        kl: mean KL(ref || quant) of the next-token distribution, in nats.
+        top1: share of answer positions where both models' most likely token agree.
+        positions: answer positions scored.
+        quant_greedy_ppl_under_ref: perplexity, under REF, of QUANT's own greedy answers.
+        ref_greedy_ppl: the same for REF's greedy answers (the floor).
+    """
+
+    kl: float
+    top1: float
+    positions: int
+    quant_greedy_ppl_under_ref: float
+    ref_greedy_ppl: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"kl": self.kl, "top1": self.top1, "positions": self.positions,
+                "quant_greedy_ppl_under_ref": self.quant_greedy_ppl_under_ref,
+                "ref_greedy_ppl": self.ref_greedy_ppl}
+
+
+def _greedy(model: nn.Module, ids: list[int], max_new: int, eos: set[int]) -> list[int]:
+    out: list[int] = []
+    logits = model(torch.tensor([ids]), torch.arange(len(ids)))[0, -1]
+    for step in range(max_new):
+        token = int(logits.argmax())
+        out.append(token)
+        if token in eos:
+            break
+        pos = torch.tensor([len(ids) + step])
+        logits = model(torch.tensor([[token]]), pos)[0, -1]
+    return out
+
+
+def _answer_logprobs(model: nn.Module, prompt: list[int], answer: list[int]) -> Tensor:
+    """log-softmax of the logits that predict each answer token, [len(answer), V]."""
+    seq = torch.tensor([prompt + answer])
+    logits = model(seq, torch.arange(seq.shape[1]))[0].float()  # [T, V]
+    return torch.log_softmax(logits[len(prompt) - 1: -1], dim=-1)
+
+
+def measure_fidelity(ref: Any, quant: Any, *, prompts: tuple[str, ...] = FIDELITY_PROMPTS,
+                     max_new_tokens: int = 48, device: str = "cpu") -> FidelityReport:
+    """KL and top-1 agreement of QUANT against REF on REF's own greedy chat answers.
+
+    Each prompt goes through the chat template; REF answers greedily; both models
+    then read prompt + answer in one pass (teacher forcing) and every answer
+    position is scored. QUANT's own greedy answers are also scored under REF.
+
+    Args:
+        ref: reference model folder (or a LoadedModel).
+        quant: quantized (or any other) model folder of the same tokenizer (or a LoadedModel).
+        prompts: user messages.
+        max_new_tokens: answer length cap.
+        device: where both models run, in fp32.
+    """
+    from mixdesk.engine.generate import encode_prompt  # noqa: PLC0415 - avoids an import cycle
+    from mixdesk.engine.loader import LoadedModel, load_model  # noqa: PLC0415
+
+    ref_lm = ref if isinstance(ref, LoadedModel) else load_model(ref, device=device)
+    quant_lm = quant if isinstance(quant, LoadedModel) else load_model(quant, device=device)
+    eos = set(ref_lm.args.eos_token_ids) | {ref_lm.tokenizer.eos_token_id}
+    kl_sum = agree = positions = 0.0
+    nll_quant = nll_ref = 0.0
+    n_quant = n_ref = 0
+    with torch.no_grad():
+        for text in prompts:
+            ids = encode_prompt(ref_lm.tokenizer, text, chat=True)
+            answer = _greedy(ref_lm.model, ids, max_new_tokens, eos)
+            p_ref = _answer_logprobs(ref_lm.model, ids, answer)  # [A, V]
+            p_q = _answer_logprobs(quant_lm.model, ids, answer)
+            kl_sum += float((p_ref.exp() * (p_ref - p_q)).sum())
+            agree += float((p_ref.argmax(-1) == p_q.argmax(-1)).sum())
+            positions += len(answer)
+            target = torch.tensor(answer)
+            nll_ref -= float(p_ref.gather(1, target[:, None]).sum())
+            n_ref += len(answer)
+            q_answer = _greedy(quant_lm.model, ids, max_new_tokens, eos)
+            under_ref = _answer_logprobs(ref_lm.model, ids, q_answer)
+            nll_quant -= float(under_ref.gather(1, torch.tensor(q_answer)[:, None]).sum())
+            n_quant += len(q_answer)
+    return FidelityReport(kl=kl_sum / positions, top1=agree / positions, positions=int(positions),
+                          quant_greedy_ppl_under_ref=math.exp(nll_quant / n_quant),
+                          ref_greedy_ppl=math.exp(nll_ref / n_ref))

@@ -311,3 +311,21 @@ def test_model_of_another_shape_is_refused(quantized: Path) -> None:
         other = Transformer(type(args)(**{**args.to_dict(), "ffn_dim": 64}))
     with pytest.raises(ModelFormatError, match="layer-0000.safetensors"):
         load_quantized_into(other, quantized, "cpu", torch.float32)
+
+
+def test_load_model_reads_quantized_folders_and_fidelity(tiny_mixtral: Path,
+                                                         tmp_path: Path) -> None:
+    from mixdesk.engine.loader import load_model  # noqa: PLC0415
+    from mixdesk.engine.quantize import measure_fidelity  # noqa: PLC0415
+
+    # odd dims: experts split into groups of 8 (meta padded), attention stays fp16
+    dest = quantize_model(tiny_mixtral, tmp_path / "q", "hqq-card")
+    lm = load_model(dest)
+    assert any(isinstance(m, QuantLinear) for m in lm.model.modules())
+    assert lm.tokenizer is not None and (dest / "tokenizer.json").is_file()
+    same = measure_fidelity(tiny_mixtral, tiny_mixtral, prompts=("Hi",), max_new_tokens=6)
+    assert same.kl == pytest.approx(0.0, abs=1e-6) and same.top1 == 1.0
+    report = measure_fidelity(tiny_mixtral, dest, prompts=("Hi", "What is 2+2?"),
+                              max_new_tokens=6)
+    assert report.kl > 0 and 0.0 <= report.top1 <= 1.0 and report.positions > 0
+    assert report.quant_greedy_ppl_under_ref >= 1.0
