@@ -27,6 +27,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -741,6 +742,9 @@ def measure_fidelity(ref: Any, quant: Any, *, prompts: tuple[str, ...] = FIDELIT
 
     ref_lm = ref if isinstance(ref, LoadedModel) else load_model(ref, device=device)
     quant_lm = quant if isinstance(quant, LoadedModel) else load_model(quant, device=device)
+    for module in quant_lm.model.modules():
+        if isinstance(module, QuantLinear):
+            module.cache = True  # scoring reads every weight many times; dequantize once
     eos = set(ref_lm.args.eos_token_ids) | {ref_lm.tokenizer.eos_token_id}
     kl_sum = agree = positions = 0.0
     nll_quant = nll_ref = 0.0
@@ -764,3 +768,90 @@ def measure_fidelity(ref: Any, quant: Any, *, prompts: tuple[str, ...] = FIDELIT
     return FidelityReport(kl=kl_sum / positions, top1=agree / positions, positions=int(positions),
                           quant_greedy_ppl_under_ref=math.exp(nll_quant / n_quant),
                           ref_greedy_ppl=math.exp(nll_ref / n_ref))
+
+
+FIDELITY_TABLE_RECIPES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("hqq-card", {}), ("hqq-card", {"axis": 1}), ("hqq-card", {"meta_bits": None}),
+    ("2bit-g16", {}), ("3bit-g64", {}), ("4bit-g64", {}),
+)
+
+
+def fidelity_table(src: Path, workdir: Path, *, device: str | None = None,
+                   max_new_tokens: int = 48) -> list[dict[str, Any]]:
+    """Quantize `src` with each recipe of FIDELITY_TABLE_RECIPES and measure each one.
+
+    Args:
+        src: an unquantized model folder (smol-moe for docs/QUALITY.md).
+        workdir: where the quantized folders go (reused if already finished).
+        device: where quantization and scoring run; default cuda when available.
+        max_new_tokens: answer length cap for the scored answers.
+
+    Returns:
+        One row per recipe: name, KL, top-1, perplexities, measured bits per weight,
+        bytes and quantize seconds.
+    """
+    import json  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from mixdesk.engine.loader import load_model  # noqa: PLC0415
+    from mixdesk.engine.qformat import MANIFEST_NAME, quantize_model  # noqa: PLC0415
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ref = load_model(src, device=device)
+    rows = []
+    for name, changes in FIDELITY_TABLE_RECIPES:
+        recipe = get_recipe(name, **changes)
+        dest = Path(workdir) / recipe.name
+        seconds = None
+        if not (dest / MANIFEST_NAME).is_file():
+            start = time.monotonic()
+            quantize_model(src, dest, recipe, device=device)
+            seconds = time.monotonic() - start
+        totals = json.loads((dest / MANIFEST_NAME).read_text())["totals"]
+        report = measure_fidelity(ref, dest, max_new_tokens=max_new_tokens, device=device)
+        quantized = [k for k in ("attention", "experts") if k in totals["bits_per_weight"]]
+        qbytes = sum(sum(totals["bytes"][k].values()) for k in quantized)
+        qparams = sum(totals["params"][k] for k in quantized)
+        rows.append({
+            "recipe": recipe.name, **report.to_dict(),
+            "bpw_attention": totals["bits_per_weight"].get("attention"),
+            "bpw_experts": totals["bits_per_weight"].get("experts"),
+            "bpw_quantized": round(8 * qbytes / qparams, 4),
+            "total_bytes": totals["total_bytes"], "quantize_s": seconds, "device": device,
+        })
+        log.info("%s", rows[-1])
+    return rows
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """`python -m mixdesk.engine.quantize table SRC WORKDIR [--device D] [--json OUT]`."""
+    import argparse  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="python -m mixdesk.engine.quantize")
+    sub = parser.add_subparsers(dest="command", required=True)
+    table = sub.add_parser("table", help="quantize SRC with every recipe and measure fidelity")
+    table.add_argument("src", type=Path)
+    table.add_argument("workdir", type=Path)
+    table.add_argument("--device", default=None)
+    table.add_argument("--max-new-tokens", type=int, default=48)
+    table.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    rows = fidelity_table(args.src, args.workdir, device=args.device,
+                          max_new_tokens=args.max_new_tokens)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    print("| recipe | KL | top-1 | ppl of its greedy answers (ref: %.2f) | bits/weight "
+          "attention | experts | quantize s |" % rows[0]["ref_greedy_ppl"])
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        secs = "-" if r["quantize_s"] is None else f"{r['quantize_s']:.0f}"
+        print(f"| {r['recipe']} | {r['kl']:.3f} | {100 * r['top1']:.1f}% | "
+              f"{r['quant_greedy_ppl_under_ref']:.2f} | {r['bpw_attention']} | "
+              f"{r['bpw_experts']} | {secs} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
