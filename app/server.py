@@ -595,12 +595,22 @@ def create_app(lm: LoadedModel, *, model_id: str, api_key: str | None = None,
     async def completions(request: Request) -> Response:
         return await _complete(server, request, chat=False)
 
-    async def http_error(_: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
-        message = exc.detail if isinstance(exc, HTTPException) else "internal server error"
+        where = f"{request.method} {request.url.path}"
+        if status == 404:
+            message = (f"no endpoint {where}; this server has GET /v1/models, POST "
+                       "/v1/chat/completions, POST /v1/completions and GET /health")
+        elif status == 405:
+            message = f"{where} is not allowed; see the method this endpoint takes"
+        elif isinstance(exc, HTTPException):
+            message = f"{where}: {exc.detail}"
+        else:
+            log.error("%s failed", where, exc_info=exc)
+            message = f"{where}: internal server error ({type(exc).__name__})"
         kind = "not_found_error" if status == 404 else (
             "server_error" if status >= 500 else "invalid_request_error")
-        return ApiError(status, str(message), kind=kind).response()
+        return ApiError(status, message, kind=kind).response()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -882,7 +892,10 @@ def run_server(model_path: str, *, host: str = "127.0.0.1", port: int = 8080,
         print(f"mixdesk: serving {name!r} ({lm.device}, context {lm.context}) at "
               f"{_url(host, port)}{' (API key required)' if api_key else ''}; Ctrl+C stops",
               file=sys.stderr, flush=True)
-        server.run(sockets=[sock])
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it handled
+            print("mixdesk: server stopped", file=sys.stderr)
     finally:
         sock.close()
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -44,6 +45,7 @@ MODEL_ID = "tiny-mixtral"
 CONTEXT = 192
 MESSAGES = [{"role": "system", "content": "You answer briefly."},
             {"role": "user", "content": "What is the capital of France?"}]
+WORDS = "sea star ship river stone cloud paris engine tree light code model token table".split()
 
 
 class PacedModel:
@@ -70,7 +72,7 @@ class Served:
 
     def client(self, **kwargs: Any) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url, api_key=kwargs.pop("api_key", "unused"),
-                             max_retries=0, timeout=60, **kwargs)
+                             max_retries=0, timeout=kwargs.pop("timeout", 60), **kwargs)
 
     def post(self, path: str, body: Any, **kwargs: Any) -> httpx2.Response:
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -86,19 +88,14 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
+def paced_lm(tiny_mixtral: Path) -> Iterator[LoadedModel]:
     # a tiny model gains nothing from a second intra-op thread; on a shared 2-core box
     # the contention makes each step 10-100x slower
-    before = torch.get_num_threads()
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def paced_lm(tiny_mixtral: Path, one_thread: None) -> LoadedModel:
     lm = load_model(tiny_mixtral, context=CONTEXT)
-    return replace(lm, model=PacedModel(lm.model))  # type: ignore[arg-type]
+    yield replace(lm, model=PacedModel(lm.model))  # type: ignore[arg-type]
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -323,11 +320,9 @@ def assert_openai_error(response: httpx2.Response, status: int, param: str | Non
     return error
 
 
-@pytest.mark.parametrize(("path", "body", "status", "param", "code"),
-                         [case[1:] for case in BAD_REQUESTS],
-                         ids=[case[0] for case in BAD_REQUESTS])
-def test_bad_request_gets_an_openai_error(served: Served, path: str, body: Any, status: int,
-                                          param: str | None, code: str | None) -> None:
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=[case[0] for case in BAD_REQUESTS])
+def test_bad_request_gets_an_openai_error(served: Served, case: tuple[Any, ...]) -> None:
+    _, path, body, status, param, code = case
     before = served.pace.calls
     error = assert_openai_error(served.post(path, body), status, param, code)
     assert error["type"] == "invalid_request_error"
@@ -479,7 +474,8 @@ def test_disconnect_frees_the_engine_within_one_token_step(served: Served) -> No
 
 def test_load_16_clients_5_requests_each(served: Served, reference: LoadedModel) -> None:
     clients, per_client, max_tokens = 16, 5, 8
-    prompts = {(c, r): f"Client {c} asks question {r}: tell me about the sea."
+    rng = random.Random(0)  # six random words each: the tiny model's answers then all differ
+    prompts = {(c, r): " ".join(rng.choice(WORDS) for _ in range(6))
                for c in range(clients) for r in range(per_client)}
     expected = {key: greedy(reference, [{"role": "user", "content": p}], chat=True,
                             max_tokens=max_tokens).token_ids for key, p in prompts.items()}
