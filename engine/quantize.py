@@ -838,8 +838,11 @@ def _main(argv: list[str] | None = None) -> int:
     table.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    rows = fidelity_table(args.src, args.workdir, device=args.device,
-                          max_new_tokens=args.max_new_tokens)
+    # run as __main__, this file is a second copy of the module: use the real one
+    from mixdesk.engine import quantize  # noqa: PLC0415
+
+    rows = quantize.fidelity_table(args.src, args.workdir, device=args.device,
+                                   max_new_tokens=args.max_new_tokens)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     print("| recipe | KL | top-1 | ppl of its greedy answers (ref: %.2f) | bits/weight "
