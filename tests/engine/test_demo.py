@@ -146,7 +146,14 @@ def test_ensure_demo_rebuilds_an_incomplete_folder_identically(
         assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
         assert len(seen) > 30  # a step per layer, at least
         # same seed, same source: the same model as the cached fixture, bit for bit
-        for name in ("config.json", INDEX_NAME, "tokenizer.json"):
+        for name in (
+            "config.json",
+            INDEX_NAME,
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "chat_template.jinja",
+            "generation_config.json",
+        ):
             assert (dest / name).read_bytes() == (smol_moe / name).read_bytes(), name
         for name in ("model.layers.3.block_sparse_moe.experts.5.w3.weight", "lm_head.weight"):
             assert torch.equal(_tensor(dest, name), _tensor(smol_moe, name))

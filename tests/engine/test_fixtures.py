@@ -172,6 +172,22 @@ def test_builders_are_deterministic(tmp_path: Path) -> None:
     ).read_bytes()
 
 
+def test_cached_fixtures_match_their_builders(
+    tiny_mixtral: Path, dense_mistral: Path, tmp_path: Path
+) -> None:
+    """A builder changed without a version bump would leave every run on a stale cache."""
+    for cached, builder in (
+        (tiny_mixtral, build_tiny_random_mixtral),
+        (dense_mistral, build_dense_mistral),
+    ):
+        fresh = builder(tmp_path / cached.name)
+        files = sorted(p.name for p in fresh.iterdir())
+        assert files == sorted(p.name for p in cached.iterdir() if p.name != ".complete")
+        for name in files:
+            same = (fresh / name).read_bytes() == (cached / name).read_bytes()
+            assert same, f"{cached.name}/{name} differs: bump its version in fixtures/builders.py"
+
+
 def test_tiny_tokenizer_vocab_is_exact() -> None:
     tok = build_tiny_tokenizer()
     assert len(tok) == 331
