@@ -808,7 +808,13 @@ def fidelity_table(src: Path, workdir: Path, *, device: str | None = None,
             quantize_model(src, dest, recipe, device=device)
             seconds = time.monotonic() - start
         totals = json.loads((dest / MANIFEST_NAME).read_text())["totals"]
-        report = measure_fidelity(ref, dest, max_new_tokens=max_new_tokens, device=device)
+        scored = Path(workdir) / f"{recipe.name}.fidelity.json"  # an interrupted table resumes
+        if scored.is_file() and json.loads(scored.read_text())["max_new_tokens"] == max_new_tokens:
+            report = FidelityReport(**json.loads(scored.read_text())["report"])
+        else:
+            report = measure_fidelity(ref, dest, max_new_tokens=max_new_tokens, device=device)
+            scored.write_text(json.dumps({"max_new_tokens": max_new_tokens,
+                                          "report": report.to_dict()}))
         quantized = [k for k in ("attention", "experts") if k in totals["bits_per_weight"]]
         qbytes = sum(sum(totals["bytes"][k].values()) for k in quantized)
         qparams = sum(totals["params"][k] for k in quantized)
