@@ -261,10 +261,10 @@ class RemoteEngine:
         if answer.finish is None:
             raise RemoteEngineError(f"{self.base_url} closed the stream before the answer "
                                     "finished; try again")
-        reason = answer.exact_reason or answer.finish
-        if reason not in ("eos", "stop", "length"):
-            reason = FINISH_REASONS.get(reason, "eos")
-        yield answer.done(reason)  # type: ignore[arg-type]
+        reason = FINISH_REASONS.get(answer.finish, "eos")  # OpenAI's "stop" is ours "eos"...
+        if answer.exact_reason in ("eos", "stop", "length"):  # ...unless mixdesk says more
+            reason = answer.exact_reason  # type: ignore[assignment]
+        yield answer.done(reason)
 
     def _status_error(self, response: httpx2.Response) -> MixdeskError:
         status = response.status_code
