@@ -25,6 +25,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import queue
 import socket
 import sys
@@ -222,7 +223,7 @@ def _number(body: dict[str, Any], name: str, default: float, low: float, high: f
     value = body.get(name)
     if value is None:
         return default
-    if not _is_number(value):
+    if not _is_number(value) or not math.isfinite(value):
         raise ApiError(400, f"{name} must be a number, got {json.dumps(value)}", param=name)
     if value < low or value > high or (low_open and value == low):
         bracket = "(" if low_open else "["
@@ -231,14 +232,16 @@ def _number(body: dict[str, Any], name: str, default: float, low: float, high: f
     return float(value)
 
 
-def _optional_int(body: dict[str, Any], name: str, low: int) -> int | None:
+def _optional_int(body: dict[str, Any], name: str, low: int,
+                  high: int | None = None) -> int | None:
     value = body.get(name)
     if value is None:
         return None
     if not _is_int(value):
         raise ApiError(400, f"{name} must be an integer, got {json.dumps(value)}", param=name)
-    if value < low:
-        raise ApiError(400, f"{name} must be >= {low}, got {value}", param=name)
+    if value < low or (high is not None and value > high):
+        limits = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ApiError(400, f"{name} must be {limits}, got {value}", param=name)
     return int(value)
 
 
@@ -352,7 +355,7 @@ class _Server:
 
     def check_access(self, request: Request) -> None:
         if self.api_key is None:
-            host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]")
+            host = _host_name(request.headers.get("host") or "")
             if not _is_loopback(host):
                 raise ApiError(403, f"host {host!r} refused: this server has no API key, so it "
                                "answers only requests addressed to localhost",
@@ -381,7 +384,7 @@ class _Server:
                 raise too_large
         try:
             body = json.loads(chunks)
-        except (json.JSONDecodeError, UnicodeDecodeError) as bad:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as bad:
             raise ApiError(400, f"the body is not valid JSON ({bad})", code="invalid_json"
                            ) from None
         if not isinstance(body, dict):
@@ -416,7 +419,7 @@ class _Server:
             top_k=max(0, top_k or 0),
             repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.0, 10.0,
                                        low_open=True),
-            seed=_optional_int(body, "seed", -(2**63)),
+            seed=_optional_int(body, "seed", -(2**63), 2**64 - 1),  # torch's seed range
             stop=_stop_strings(body),
         )
         prompt: Any = _messages(body) if chat else _completion_prompt(body)
@@ -461,6 +464,13 @@ class _Server:
                 self.on_request(record)
             except Exception:  # noqa: BLE001 - a broken log view must not break serving
                 log.exception("on_request callback failed")
+
+
+def _host_name(header: str) -> str:
+    """The host of a Host header: `[::1]:8080` -> `::1`, `localhost:80` -> `localhost`."""
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 def _is_loopback(host: str) -> bool:

@@ -55,9 +55,12 @@ class PacedModel:
         self.model = model
         self.delay = 0.0
         self.calls = 0
+        self.fail_at: int | None = None  # raise on this call, to play a bug in the engine
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.calls += 1
+        if self.fail_at == self.calls:
+            raise RuntimeError("simulated engine bug")
         if self.delay:
             time.sleep(self.delay)
         return self.model(*args, **kwargs)
@@ -267,6 +270,10 @@ BAD_REQUESTS = [
     ("temperature range", "/chat/completions", {**CHAT, "temperature": 3}, 400, "temperature",
      None),
     ("top_p zero", "/completions", {**COMPLETE, "top_p": 0}, 400, "top_p", None),
+    ("temperature NaN", "/completions", b'{"model": "tiny-mixtral", "prompt": "hi", '
+     b'"temperature": NaN}', 400, "temperature", None),
+    ("seed too large", "/completions", {**COMPLETE, "seed": 2**70}, 400, "seed", None),
+    ("nested too deep", "/completions", b"[" * 100_000, 400, None, "invalid_json"),
     ("max_tokens float", "/chat/completions", {**CHAT, "max_tokens": 2.5}, 400, "max_tokens",
      None),
     ("max_tokens bool", "/chat/completions", {**CHAT, "max_tokens": True}, 400, "max_tokens",
@@ -379,7 +386,7 @@ def test_keyless_server_answers_only_loopback_hosts(served: Served) -> None:
     # a web page can point its own host name at 127.0.0.1 (DNS rebinding)
     response = served.post("/chat/completions", CHAT, headers={"Host": "evil.example:8080"})
     assert_openai_error(response, 403, code="host_not_allowed")
-    for host in ("localhost:1", "127.0.0.1", "[::1]:8080"):
+    for host in ("localhost:1", "127.0.0.1", "[::1]:8080", "[::1]", "127.0.0.1:80"):
         models = httpx2.get(served.url + "/models", headers={"Host": host})
         assert models.status_code == 200, host
 
@@ -565,6 +572,24 @@ def test_only_the_server_imports_the_web_stack() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_an_engine_bug_is_a_500_and_the_worker_survives(served: Served) -> None:
+    served.pace.fail_at = served.pace.calls + 1
+    whole = served.post("/chat/completions", CHAT)
+    error = assert_openai_error(whole, 500)
+    assert error["type"] == "server_error" and "simulated engine bug" in error["message"]
+    served.pace.fail_at = served.pace.calls + 3  # the third token's step
+    lines = list(served.client().with_raw_response.chat.completions.create(
+        model=MODEL_ID, messages=CHAT["messages"], max_tokens=8,  # type: ignore[arg-type]
+        stream=True).http_response.iter_lines())
+    events = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+    assert sum("token_id" in e.get("mixdesk", {}) for e in events) == 2
+    assert events[-1]["error"]["type"] == "server_error"
+    assert [line for line in lines if line][-1] == "data: [DONE]"
+    served.pace.fail_at = None
+    ok = served.post("/chat/completions", CHAT)
+    assert ok.status_code == 200, ok.text
 
 
 def test_request_log_records_each_request(served: Served) -> None:
