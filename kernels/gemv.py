@@ -48,17 +48,30 @@ def _lane(w, J: tl.constexpr, BITS: tl.constexpr):
 
 
 @triton.jit
-def _group_meta(m, t_base, tix, bmask, T_LEN):
-    """scale, zero [BA, BB] from 16-bit meta words m and the fp16 meta-meta at tix [BB]."""
-    sq = (m & 255).to(tl.float32)
-    zq = ((m >> 8) & 255).to(tl.float32)
+def _byte(v, POS: tl.constexpr):
+    """The byte at bits POS..POS+7 of int32 v as fp32 1 + byte / 256 (exact, no convert)."""
+    SH: tl.constexpr = 15 - POS
+    if SH >= 0:
+        u = v << SH
+    else:
+        u = v >> (-SH)
+    return ((u & 0x7F8000) | 0x3F800000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _meta_consts(t_base, tix, bmask, T_LEN, BITS: tl.constexpr):
+    """Per-column constants so that, with fs = 1 + scale_q/256 and fz = 1 + zero_q/256,
+    scale = fs * s_mul + s_add and 1 + zero / 2**BITS = fz * z_mul + z_add."""
     s_step = tl.load(t_base + tix, mask=bmask, other=0.0).to(tl.float32)
     s_off = tl.load(t_base + T_LEN + tix, mask=bmask, other=0.0).to(tl.float32)
     z_step = tl.load(t_base + 2 * T_LEN + tix, mask=bmask, other=0.0).to(tl.float32)
     z_off = tl.load(t_base + 3 * T_LEN + tix, mask=bmask, other=0.0).to(tl.float32)
-    scale = (sq - s_off[None, :]) * s_step[None, :]
-    zero = (zq - z_off[None, :]) * z_step[None, :]
-    return scale, zero
+    INV: tl.constexpr = 1.0 / (1 << BITS)
+    s_mul = 256.0 * s_step
+    s_add = -(256.0 + s_off) * s_step
+    z_mul = (256.0 * INV) * z_step
+    z_add = 1.0 - (256.0 + z_off) * z_step * INV
+    return s_mul, s_add, z_mul, z_add
 
 
 @triton.jit
@@ -156,14 +169,16 @@ def _gemv_axis0_kernel(
         mask = amask[:, None] & bmask[None, :]
         woff = a[:, None] * B + b[None, :]
         w = tl.load(q_base + woff, mask=mask, other=0)
+        MPOS: tl.constexpr = 16 * INLINE  # where scale_q sits: the word's top half, or meta
         if INLINE:
-            m = w >> 16
+            m = w
         else:
             m = tl.load(m_base + woff, mask=mask, other=0).to(tl.int32)
-        scale, zero = _group_meta(m, t_base, rho * B + b, bmask, T_LEN)
-        xb = _load_x(x_base, x2_base, b, bmask, rw, ACT)
-        sxb = scale * (xb * TWO_B)[None, :]
-        accz += (1.0 + zero * (1.0 / TWO_B)) * sxb
+        s_mul, s_add, z_mul, z_add = _meta_consts(t_base, rho * B + b, bmask, T_LEN, BITS)
+        xb = _load_x(x_base, x2_base, b, bmask, rw, ACT) * TWO_B
+        # sxb = 2**BITS * scale * x, one FMA a group
+        sxb = _byte(m, MPOS) * (s_mul * xb)[None, :] + (s_add * xb)[None, :]
+        accz += (_byte(m, MPOS + 8) * z_mul[None, :] + z_add[None, :]) * sxb
         acc0 = _acc_lane(acc0, w, sxb, 0, LANES, BITS)
         acc1 = _acc_lane(acc1, w, sxb, 1, LANES, BITS)
         acc2 = _acc_lane(acc2, w, sxb, 2, LANES, BITS)
@@ -234,11 +249,14 @@ def _gemv_axis1_kernel(
         mask = amask[:, None] & bmask[None, :]
         woff = a[:, None] * B + b[None, :]
         w = tl.load(q_base + woff, mask=mask, other=0)
+        MPOS: tl.constexpr = 16 * INLINE  # where scale_q sits: the word's top half, or meta
         if INLINE:
-            m = w >> 16
+            m = w
         else:
             m = tl.load(m_base + woff, mask=mask, other=0).to(tl.int32)
-        scale, zero = _group_meta(m, t_base, rho * B + b, bmask, T_LEN)
+        s_mul, s_add, z_mul, z_add = _meta_consts(t_base, rho * B + b, bmask, T_LEN, BITS)
+        scale = _byte(m, MPOS) * s_mul[None, :] + s_add[None, :]
+        zterm = _byte(m, MPOS + 8) * z_mul[None, :] + z_add[None, :]  # 1 + zero / 2**BITS
         dot = tl.zeros([BA, BB], tl.float32)  # sum_j f_j x_j of each group
         xsum = tl.zeros([BB], tl.float32)  # sum_j x_j of each group
         for r in tl.static_range(S):
@@ -250,7 +268,7 @@ def _gemv_axis1_kernel(
                         xj = _load_x(x_base, x2_base, b * G + (r * V + j), bmask, rw, ACT)
                         dot += _lane(w, j, BITS) * xj[None, :]
                         xsum += xj
-        acc += scale * (TWO_B * dot - (TWO_B + zero) * xsum[None, :])
+        acc += scale * (TWO_B * (dot - zterm * xsum[None, :]))
     tl.atomic_add(out_base + a, tl.sum(acc, 1), mask=amask, sem="relaxed")
 
 

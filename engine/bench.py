@@ -1,0 +1,498 @@
+"""Kernel and decode-step benchmarks on the GPU, against the bandwidth floor and hqq.
+
+`python -m mixdesk.engine.bench --out bench.json` (what `mixdesk bench --kernels`
+runs) measures, in one process:
+  - HBM bandwidth: a large device-to-device copy (bytes read + written / time);
+  - each fused GEMV at the Mixtral-8x7B shapes: time, GB/s, % of that bandwidth,
+    correctness against fp32 on the dequantized weights, and a sweep of tile shapes;
+  - dense fp16 GEMV (cuBLAS through torch) on the same shapes;
+  - hqq 0.2.8's own path on the same fp16 weights (its PyTorch backend and its
+    torch.compile backend), next to our kernel on our quantization of them;
+  - a Mixtral-8x7B-shaped decode step (32 layers of q/k/v/o 4-bit g64 and top-2
+    experts 2-bit g8, random weights generated on the device) captured in one
+    CUDA graph, against the bandwidth floor of the bytes it reads.
+
+Timings are medians of CUDA-event timed graph replays; each timed graph cycles
+through enough weight copies (>= 200 MB) that no matrix is still in L2 when read.
+Weights are random, never zeros.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mixdesk.kernels import reference
+from mixdesk.kernels.layout import PackedWeight, pack, random_logical, stack
+
+ROTATE_BYTES = 200 * 2**20  # > 2x the H100's 50 MB L2
+MAX_COPIES = 64
+
+
+@dataclass(frozen=True)
+class Case:
+    """One matrix shape and quantization spec; y[N] = W[N, K] @ x[K]."""
+
+    name: str
+    n: int
+    k: int
+    bits: int
+    group: int
+    axis: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.n}x{self.k} {self.bits}b g{self.group} ax{self.axis}"
+
+
+MIXTRAL_SHAPES = {"w1/w3": (14336, 4096), "w2": (4096, 14336), "q/o": (4096, 4096),
+                  "k/v": (1024, 4096)}
+
+
+def mixtral_cases(axes: Sequence[int] = (0, 1)) -> list[Case]:
+    """The card recipe's matrices (experts 2-bit g8, attention 4-bit g64), per axis,
+    plus the other expert recipes (2-bit g16, 3-bit g64, 4-bit g64) on w1/w3."""
+    cases = []
+    for axis in axes:
+        for name, (n, k) in MIXTRAL_SHAPES.items():
+            bits, group = (2, 8) if name in ("w1/w3", "w2") else (4, 64)
+            cases.append(Case(name, n, k, bits, group, axis))
+    n, k = MIXTRAL_SHAPES["w1/w3"]
+    cases += [Case("w1/w3", n, k, 2, 16, 0), Case("w1/w3", n, k, 3, 64, 0),
+              Case("w1/w3", n, k, 4, 64, 0)]
+    return cases
+
+
+# ---------------------------------------------------------------------------- timing
+
+
+def time_graph(step: Callable[[], None], calls: int, replays: int = 15) -> float:
+    """Seconds per call: `step` (doing `calls` calls) captured in a CUDA graph, median replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # compiles, warms the allocator
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times) / calls
+
+
+def time_eager(fn: Callable[[], Any], iters: int = 50) -> float:
+    """Seconds per call, launched one by one from Python (what an eager model pays)."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def hbm_bandwidth(nbytes: int = 2 * 2**30) -> float:
+    """Bytes per second of a device-to-device copy, counting the read and the write."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device="cuda").uniform_()
+    dst = torch.empty_like(src)
+
+    def step() -> None:
+        dst.copy_(src)
+
+    seconds = time_graph(step, 1, replays=20)
+    return 2 * nbytes / seconds
+
+
+# ---------------------------------------------------------------------------- weights
+
+
+def random_packed(case: Case, device: str = "cuda", mats: int = 1) -> PackedWeight:
+    """A packed weight (a stack of `mats`) from random logical codes, on the device."""
+    shape = (case.n, case.k)
+    weights = []
+    for _ in range(mats):
+        logical = random_logical(shape, bits=case.bits, group=case.group, device=device)
+        weights.append(pack(*logical, bits=case.bits, group=case.group, axis=case.axis))
+    return weights[0] if mats == 1 else stack(weights)
+
+
+def copies_for(nbytes: int) -> int:
+    return max(2, min(MAX_COPIES, math.ceil(ROTATE_BYTES / nbytes)))
+
+
+def rel_error(y: Tensor, ref: Tensor) -> float:
+    return float((y.double() - ref.double()).norm() / ref.double().norm())
+
+
+def check_gemv(case: Case) -> float:
+    """Relative error of the kernel against fp32 on the dequantized weights, fresh inputs."""
+    from mixdesk.kernels.gemv import gemv  # noqa: PLC0415 - imports triton
+
+    logical = random_logical((case.n, case.k), bits=case.bits, group=case.group, device="cuda")
+    pw = pack(*logical, bits=case.bits, group=case.group, axis=case.axis)
+    x = torch.randn(case.k, device="cuda", dtype=torch.float16)
+    w = reference.dequantize_logical(*logical, bits=case.bits, group=case.group, axis=case.axis)
+    ref = w.double() @ x.double()
+    return rel_error(gemv(x, pw), ref)
+
+
+# ---------------------------------------------------------------------------- kernels
+
+
+def candidate_configs(pw: PackedWeight) -> list[Any]:
+    """Tile shapes to sweep: rows and columns per program, warps, K split."""
+    from mixdesk.kernels.gemv import Config, default_config  # noqa: PLC0415
+
+    _, b_cols = pw.grid
+    lanes = min(pw.group, 32 // pw.bits)
+    out = {default_config(pw, 1, torch.device("cuda"))}
+    cols_options = (128, 256, 512, 1024) if pw.axis == 0 else (32, 64, 128, 256)
+    for warps in (4, 8):
+        for per_thread in (4, 8, 16):
+            if pw.axis == 0 and lanes * per_thread > 128:
+                continue  # accumulators would spill
+            tile = 32 * warps * per_thread
+            for cols in cols_options:
+                if cols > 2 * b_cols or tile // cols < 1:
+                    continue
+                rows = tile // cols
+                programs_no_split = math.ceil(pw.grid[0] / rows) * (
+                    pw.words if pw.axis == 0 else 1)
+                sms = torch.cuda.get_device_properties(0).multi_processor_count
+                split = max(1, min(math.ceil(4 * sms / programs_no_split),
+                                   math.ceil(b_cols / cols)))
+                out.add(Config(rows, cols, split, warps))
+    return sorted(out, key=lambda c: (c.num_warps, c.block_rows, c.block_cols, c.split))
+
+
+def bench_gemv(case: Case, bandwidth: float, sweep: bool) -> dict[str, Any]:
+    """Time one GEMV case (default tile, then the sweep); bytes are what one call reads."""
+    from mixdesk.kernels.gemv import Config, gemv  # noqa: PLC0415
+
+    probe = random_packed(case)
+    n_copies = copies_for(probe.nbytes())
+    weights = [probe] + [random_packed(case) for _ in range(n_copies - 1)]
+    x = torch.randn(case.k, device="cuda", dtype=torch.float16)
+    nbytes = probe.nbytes() + 2 * case.k + 4 * case.n
+
+    def timed(cfg: Config | None) -> float:
+        def step() -> None:
+            for pw in weights:
+                gemv(x, pw, config=cfg)
+
+        return time_graph(step, len(weights))
+
+    result: dict[str, Any] = {"case": case.label, **asdict(case), "bytes": nbytes,
+                              "bits_per_weight": 8 * probe.nbytes() / (case.n * case.k),
+                              "rel_error": check_gemv(case)}
+    seconds = timed(None)
+    result.update(default_us=seconds * 1e6, default_gbs=nbytes / seconds / 1e9,
+                  default_pct_bw=100 * nbytes / seconds / bandwidth)
+    if sweep:
+        trials: list[dict[str, Any]] = []
+        for cfg in candidate_configs(probe):
+            try:
+                t = timed(cfg)
+            except Exception as err:  # noqa: BLE001 - a config that fails to compile is skipped
+                trials.append({"config": asdict(cfg), "error": str(err)[:200]})
+                continue
+            trials.append({"config": asdict(cfg), "us": t * 1e6})
+        ok = [t for t in trials if "us" in t]
+        best = min(ok, key=lambda t: t["us"])
+        result.update(best_config=best["config"], best_us=best["us"],
+                      best_gbs=nbytes / best["us"] / 1e3,
+                      best_pct_bw=100 * nbytes / (best["us"] * 1e-6) / bandwidth,
+                      sweep=trials)
+    weights.clear()
+    torch.cuda.empty_cache()
+    return result
+
+
+def bench_dense(name: str, n: int, k: int, bandwidth: float) -> dict[str, Any]:
+    """fp16 W @ x through torch (cuBLAS GEMV), weights rotated past L2."""
+    nbytes = 2 * n * k
+    weights = [torch.randn(n, k, device="cuda", dtype=torch.float16)
+               for _ in range(copies_for(nbytes))]
+    x = torch.randn(k, device="cuda", dtype=torch.float16)
+
+    def step() -> None:
+        for w in weights:
+            torch.mv(w, x)
+
+    seconds = time_graph(step, len(weights))
+    weights.clear()
+    torch.cuda.empty_cache()
+    total = nbytes + 2 * (n + k)
+    return {"case": f"dense fp16 {name} {n}x{k}", "us": seconds * 1e6,
+            "gbs": total / seconds / 1e9, "pct_bw": 100 * total / seconds / bandwidth}
+
+
+# ---------------------------------------------------------------------------- MoE
+
+
+def bench_moe(bandwidth: float, axis: int = 0, experts: int = 8) -> dict[str, Any]:
+    """One MoE decode (top-2 of 8 experts, 2-bit g8): both launches, ids read on device."""
+    from mixdesk.kernels.gemv import moe_decode  # noqa: PLC0415
+
+    ffn, dim = MIXTRAL_SHAPES["w1/w3"]
+    c13 = Case("w1/w3", ffn, dim, 2, 8, axis)
+    c2 = Case("w2", dim, ffn, 2, 8, axis)
+    layers = 2  # 2 x 8 experts x 3 x 14.7 MB, far past L2
+    w13 = [random_packed(c13, mats=2 * experts) for _ in range(layers)]
+    w2 = [random_packed(c2, mats=experts) for _ in range(layers)]
+    x = torch.randn(dim, device="cuda", dtype=torch.float16)
+    ids = [torch.randperm(experts, device="cuda")[:2].to(torch.int32) for _ in range(layers)]
+    rw = torch.softmax(torch.randn(2, device="cuda"), 0)
+
+    def step() -> None:
+        for i in range(layers):
+            moe_decode(x, w13[i], w2[i], ids[i], rw)
+
+    seconds = time_graph(step, layers)
+    nbytes = 2 * (2 * w13[0].nbytes() + w2[0].nbytes())  # 2 experts x (w1 + w3 + w2)
+    # correctness on layer 0 against the reference
+    y = moe_decode(x, w13[0], w2[0], ids[0], rw)
+    ref = reference.moe_decode(x, w13[0], w2[0], ids[0], rw)
+    w13.clear()
+    w2.clear()
+    torch.cuda.empty_cache()
+    return {"case": f"moe decode top-2 2b g8 ax{axis}", "us": seconds * 1e6, "bytes": nbytes,
+            "gbs": nbytes / seconds / 1e9, "pct_bw": 100 * nbytes / seconds / bandwidth,
+            "rel_error": rel_error(y, ref)}
+
+
+# ---------------------------------------------------------------------------- hqq
+
+
+def _pack_quantized(qw: Any) -> PackedWeight:
+    """engine.quantize.QuantizedWeight (8-bit meta) -> the kernels' layout."""
+    n_rows, k = qw.shape
+    n = qw.n_groups
+    q = qw.codes().reshape(n_rows, k)
+    meta = torch.cat([qw.scale.qmeta, qw.zero.qmeta]).to(torch.float16)  # [4, C]
+    return pack(q, qw.scale.codes.reshape(-1)[:n], qw.zero.codes.reshape(-1)[:n], meta,
+                bits=qw.spec.bits, group=qw.spec.group, axis=qw.spec.axis)
+
+
+def bench_hqq(case: Case, compile_hqq: bool = True) -> dict[str, Any]:
+    """hqq 0.2.8's HQQLinear (PyTorch backend, torch.compile backend) against our kernel,
+    both from the same random fp16 weight quantized by hqq's solver."""
+    from hqq.core.quantize import BaseQuantizeConfig, HQQBackend, HQQLinear  # noqa: PLC0415
+
+    from mixdesk.engine.quantize import QuantSpec, quantize_weight  # noqa: PLC0415
+    from mixdesk.kernels.gemv import gemv  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    w = (0.02 * torch.randn(case.n, case.k, device="cuda")).half()
+    x = torch.randn(1, case.k, device="cuda", dtype=torch.float16)
+    linear = torch.nn.Linear(case.k, case.n, bias=False, device="cuda", dtype=torch.float16)
+    linear.weight.data.copy_(w)
+    config = BaseQuantizeConfig(nbits=case.bits, group_size=case.group, axis=case.axis)
+    hqq_layer = HQQLinear(linear, config, compute_dtype=torch.float16, device="cuda")
+    ours = _pack_quantized(quantize_weight(w, QuantSpec(case.bits, case.group, case.axis),
+                                           device="cuda")).to("cuda")
+    nbytes = ours.nbytes() + 2 * case.k + 4 * case.n
+    out: dict[str, Any] = {"case": case.label, "bytes_ours": nbytes}
+    with torch.inference_mode():
+        HQQLinear.set_backend(HQQBackend.PYTORCH)
+        y_hqq = hqq_layer(x).float().reshape(-1)
+        out["hqq_pytorch_us"] = time_eager(lambda: hqq_layer(x)) * 1e6
+        if compile_hqq:
+            HQQLinear.set_backend(HQQBackend.PYTORCH_COMPILE)
+            started = time.perf_counter()
+            hqq_layer(x)
+            out["hqq_compile_first_call_s"] = time.perf_counter() - started
+            out["hqq_compile_us"] = time_eager(lambda: hqq_layer(x)) * 1e6
+            HQQLinear.set_backend(HQQBackend.PYTORCH)
+        xv = x.reshape(-1)
+        y_ours = gemv(xv, ours)
+        out["ours_eager_us"] = time_eager(lambda: gemv(xv, ours)) * 1e6
+        out["ours_graph_us"] = time_graph(lambda: gemv(xv, ours), 1) * 1e6
+    out["rel_diff_ours_vs_hqq"] = rel_error(y_ours, y_hqq)  # 8-bit meta vs hqq's fp16 meta
+    out["rel_diff_fp16_vs_hqq"] = rel_error((w.float() @ xv.float()), y_hqq)
+    for key in ("hqq_pytorch_us", "hqq_compile_us"):
+        if key in out:
+            out[key.replace("_us", "_over_ours_eager")] = out[key] / out["ours_eager_us"]
+    return out
+
+
+# ---------------------------------------------------------------------------- decode step
+
+
+def decode_step_estimate(bandwidth: float, layers: int = 32, experts: int = 8,
+                         axis: int = 0) -> dict[str, Any]:
+    """All linear layers of a Mixtral-8x7B decode step with the card recipe, in one CUDA graph.
+
+    Per layer: q, k, v, o (4-bit g64) and a top-2 MoE (2-bit g8) with the expert ids
+    on the device. Norms, RoPE, attention over the KV cache, the router and lm_head
+    are left out; the bytes they read are listed for the floor.
+    """
+    from mixdesk.kernels.gemv import gemv, moe_decode  # noqa: PLC0415
+
+    dim, ffn = 4096, 14336
+    att = {name: Case(name, n, k, 4, 64, axis) for name, (n, k) in
+           {"q": (4096, 4096), "k": (1024, 4096), "v": (1024, 4096), "o": (4096, 4096)}.items()}
+    c13, c2 = Case("w1/w3", ffn, dim, 2, 8, axis), Case("w2", dim, ffn, 2, 8, axis)
+    model = []
+    for _ in range(layers):
+        layer = {name: random_packed(c) for name, c in att.items()}
+        layer["w13"] = random_packed(c13, mats=2 * experts)
+        layer["w2"] = random_packed(c2, mats=experts)
+        layer["ids"] = torch.randperm(experts, device="cuda")[:2].to(torch.int32)
+        model.append(layer)
+    rw = torch.softmax(torch.randn(2, device="cuda"), 0)
+    x = torch.randn(dim, device="cuda", dtype=torch.float16)
+
+    def step() -> None:
+        for layer in model:
+            gemv(x, layer["q"])
+            gemv(x, layer["k"])
+            gemv(x, layer["v"])
+            gemv(x, layer["o"])
+            moe_decode(x, layer["w13"], layer["w2"], layer["ids"], rw)
+
+    seconds = time_graph(step, 1, replays=10)
+    first = model[0]
+    per_layer = sum(first[n].nbytes() for n in att) + 2 * (
+        2 * first["w13"].nbytes() + first["w2"].nbytes())
+    linear_bytes = layers * per_layer
+    other = {"lm_head fp16": 32000 * 4096 * 2, "router fp16": layers * 8 * 4096 * 2,
+             "embedding row + norms": 4096 * 2 * (1 + 2 * layers)}
+    model.clear()
+    torch.cuda.empty_cache()
+    return {"layers": layers, "seconds": seconds, "ms": seconds * 1e3,
+            "tok_per_s_linear_only": 1 / seconds, "linear_bytes": linear_bytes,
+            "linear_floor_ms": linear_bytes / bandwidth * 1e3,
+            "pct_of_floor": 100 * linear_bytes / bandwidth / seconds,
+            "other_bytes": other,
+            "full_step_floor_ms": (linear_bytes + sum(other.values())) / bandwidth * 1e3}
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def _print_table(rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
+    print(" | ".join(keys))
+    for row in rows:
+        cells = []
+        for key in keys:
+            value = row.get(key, "")
+            cells.append(f"{value:.4g}" if isinstance(value, float) else str(value))
+        print(" | ".join(cells))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mixdesk-bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--sections", default="dense,moe,decode,hqq,kernels",
+                        help="comma-separated, run in this order: dense,moe,decode,hqq,kernels")
+    parser.add_argument("--sweep", action="store_true", help="sweep tile shapes per kernel")
+    parser.add_argument("--axes", default="0,1", help="axes to benchmark (kernels section)")
+    parser.add_argument("--no-compile", action="store_true", help="skip hqq's torch.compile")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("mixdesk bench needs a CUDA GPU", file=sys.stderr)
+        return 2
+    sections = args.sections.split(",")
+    results: dict[str, Any] = {"device": torch.cuda.get_device_name(),
+                               "torch": torch.__version__}
+    import triton  # noqa: PLC0415
+
+    results["triton"] = triton.__version__
+
+    def save() -> None:
+        if args.out:
+            with open(args.out, "w") as handle:
+                json.dump(results, handle, indent=1)
+
+    bandwidth = hbm_bandwidth()
+    results["hbm_bandwidth_gbs"] = bandwidth / 1e9
+    print(f"HBM copy bandwidth: {bandwidth / 1e9:.0f} GB/s", flush=True)
+    save()
+    _run_sections(args, sections, bandwidth, results, save)
+    save()
+    return 0
+
+
+def _run_sections(args: argparse.Namespace, sections: list[str], bandwidth: float,
+                  results: dict[str, Any], save: Callable[[], None]) -> None:
+    for section in sections:
+        runner = {"kernels": _section_kernels, "dense": _section_dense, "moe": _section_moe,
+                  "decode": _section_decode, "hqq": _section_hqq}[section]
+        runner(args, bandwidth, results)
+        save()
+
+
+def _section_kernels(args: argparse.Namespace, bandwidth: float, results: dict[str, Any]
+                     ) -> None:
+    axes = [int(a) for a in args.axes.split(",")]
+    rows: list[dict[str, Any]] = []
+    results["kernels"] = rows
+    for case in mixtral_cases(axes):
+        row = bench_gemv(case, bandwidth, args.sweep)
+        rows.append(row)
+        print({k: v for k, v in row.items() if k != "sweep"}, flush=True)
+    _print_table(rows, ["case", "rel_error", "default_us", "default_pct_bw", "best_us",
+                        "best_gbs", "best_pct_bw", "best_config"])
+
+
+def _section_dense(args: argparse.Namespace, bandwidth: float, results: dict[str, Any]
+                   ) -> None:
+    del args
+    results["dense"] = [bench_dense(name, n, k, bandwidth)
+                        for name, (n, k) in MIXTRAL_SHAPES.items()]
+    _print_table(results["dense"], ["case", "us", "gbs", "pct_bw"])
+
+
+def _section_moe(args: argparse.Namespace, bandwidth: float, results: dict[str, Any]) -> None:
+    results["moe"] = [bench_moe(bandwidth, axis) for axis in [int(a) for a in
+                                                              args.axes.split(",")]]
+    _print_table(results["moe"], ["case", "us", "gbs", "pct_bw", "rel_error"])
+
+
+def _section_decode(args: argparse.Namespace, bandwidth: float, results: dict[str, Any]
+                    ) -> None:
+    results["decode"] = [decode_step_estimate(bandwidth, axis=axis)
+                         for axis in [int(a) for a in args.axes.split(",")]]
+    for row in results["decode"]:
+        print(row, flush=True)
+
+
+def _section_hqq(args: argparse.Namespace, bandwidth: float, results: dict[str, Any]) -> None:
+    del bandwidth
+    rows: list[dict[str, Any]] = []
+    results["hqq"] = rows
+    for name, (n, k) in MIXTRAL_SHAPES.items():
+        bits, group = (2, 8) if name in ("w1/w3", "w2") else (4, 64)
+        rows.append(bench_hqq(Case(name, n, k, bits, group, 0), not args.no_compile))
+        print(rows[-1], flush=True)
+    _print_table(rows, ["case", "hqq_pytorch_us", "hqq_compile_us", "ours_eager_us",
+                        "ours_graph_us", "hqq_compile_over_ours_eager", "rel_diff_ours_vs_hqq"])
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Kernel tests run the Triton kernels in the interpreter when there is no CUDA GPU.
+
+TRITON_INTERPRET is read when `@triton.jit` decorates, so it is set here, before
+the test modules import `mixdesk.kernels.gemv`; a copy imported earlier is reloaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+    if "mixdesk.kernels.gemv" in sys.modules:
+        importlib.reload(sys.modules["mixdesk.kernels.gemv"])

@@ -1,0 +1,131 @@
+"""The fused kernels against their torch references: in the interpreter on small, odd
+shapes (CPU, CI), and on the GPU at the Mixtral-8x7B shapes (`pytest -m gpu`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mixdesk.kernels import reference
+from mixdesk.kernels.gemv import Config, gemv, moe_decode
+from mixdesk.kernels.layout import PackedWeight, pack, random_logical, stack
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+
+
+def rel_error(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((y.double() - ref.double()).norm() / ref.double().norm())
+
+
+def check(shape: tuple[int, int], bits: int, group: int, axis: int, *,
+          config: Config | None = None, dtype: torch.dtype = torch.float16) -> float:
+    """Fresh random codes, meta and x every call; error against fp64 on the fp32 weights."""
+    logical = random_logical(shape, bits=bits, group=group, device=DEVICE)
+    pw = pack(*logical, bits=bits, group=group, axis=axis)
+    x = torch.randn(shape[1], device=DEVICE, dtype=dtype)
+    w = reference.dequantize_logical(*logical, bits=bits, group=group, axis=axis)
+    base = torch.randn(shape[0], device=DEVICE)  # gemv adds into out: every row must move
+    y = gemv(x, pw, base.clone(), config=config)
+    assert torch.isfinite(y).all()
+    return rel_error(y - base, w.double() @ x.double())
+
+
+# Small, odd and non-multiple shapes: rows not a multiple of the tile, K not a
+# multiple of the column block, meta periods > 1, groups padded in the last word.
+INTERPRETER_CASES = [
+    ((40, 24), 2, 8, 0, None),
+    ((320, 20), 2, 8, 0, Config(2, 8, 2)),  # meta period 7, K split in 2, masked tail
+    ((24, 40), 2, 8, 1, None),
+    ((100, 160), 2, 8, 1, Config(4, 4, 3)),  # meta period 4, K split in 3
+    ((48, 13), 2, 16, 0, None),
+    ((128, 12), 4, 64, 0, None),
+    ((9, 192), 4, 64, 1, None),
+    ((40, 36), 4, 8, 0, None),
+    ((368, 13), 3, 16, 0, Config(4, 4, 2)),  # 3-bit: 10 lanes a word, last word short
+    ((10, 96), 3, 32, 1, None),
+    ((11, 24), 3, 8, 1, Config(8, 2, 1)),
+    ((256, 7), 4, 128, 0, None),
+]
+
+
+@pytest.mark.skipif(CUDA, reason="the GPU run checks the Mixtral shapes instead")
+@pytest.mark.parametrize(("shape", "bits", "group", "axis", "config"), INTERPRETER_CASES)
+def test_gemv_interpreter(shape: tuple[int, int], bits: int, group: int, axis: int,
+                          config: Config | None) -> None:
+    assert check(shape, bits, group, axis, config=config) < 1e-5
+
+
+@pytest.mark.skipif(CUDA, reason="covered at full size on the GPU")
+def test_gemv_fp32_and_bf16_inputs() -> None:
+    assert check((24, 40), 2, 8, 1, dtype=torch.float32) < 1e-5
+    assert check((40, 24), 4, 8, 0, dtype=torch.bfloat16) < 1e-5
+
+
+def _random_moe(dim: int, ffn: int, experts: int, axis: int) -> tuple[PackedWeight, PackedWeight]:
+    bits, group = 2, 8
+
+    def one(shape: tuple[int, int]) -> PackedWeight:
+        logical = random_logical(shape, bits=bits, group=group, device=DEVICE)
+        return pack(*logical, bits=bits, group=group, axis=axis)
+
+    w13 = stack([one((ffn, dim)) for _ in range(2 * experts)])
+    w2 = stack([one((dim, ffn)) for _ in range(experts)])
+    return w13, w2
+
+
+@pytest.mark.skipif(CUDA, reason="checked at Mixtral size on the GPU")
+@pytest.mark.parametrize("axis", [0, 1])
+def test_moe_decode_interpreter(axis: int) -> None:
+    dim, ffn, experts = 24, 40, 4
+    w13, w2 = _random_moe(dim, ffn, experts, axis)
+    x = torch.randn(dim, dtype=torch.float16)
+    ids = torch.randperm(experts)[:2]
+    weights = torch.softmax(torch.randn(2), 0)
+    y = moe_decode(x, w13, w2, ids, weights)
+    assert rel_error(y, reference.moe_decode(x, w13, w2, ids, weights)) < 1e-5
+
+
+MIXTRAL = [((14336, 4096), 2, 8), ((4096, 14336), 2, 8), ((4096, 4096), 4, 64),
+           ((1024, 4096), 4, 64)]
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize(("shape", "bits", "group"), MIXTRAL)
+def test_gemv_mixtral_shapes(shape: tuple[int, int], bits: int, group: int, axis: int) -> None:
+    assert check(shape, bits, group, axis) <= 1e-3
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize(("bits", "group"), [(2, 16), (3, 64), (4, 128), (3, 8)])
+def test_gemv_other_recipes(bits: int, group: int) -> None:
+    for axis in (0, 1):
+        assert check((14336, 4096), bits, group, axis) <= 1e-3
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("axis", [0, 1])
+def test_moe_decode_mixtral_in_a_cuda_graph(axis: int) -> None:
+    """Top-2 of 8 experts at full size, captured in a CUDA graph: ids are read on the
+    device (a host sync would fail the capture), and a replay follows new ids."""
+    dim, ffn, experts = 4096, 14336, 8
+    w13, w2 = _random_moe(dim, ffn, experts, axis)
+    x = torch.randn(dim, device="cuda", dtype=torch.float16)
+    ids = torch.tensor([5, 2], device="cuda", dtype=torch.int32)
+    weights = torch.softmax(torch.randn(2, device="cuda"), 0)
+    out = torch.zeros(dim, device="cuda")
+    moe_decode(x, w13, w2, ids, weights, out=out)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out.zero_()
+        moe_decode(x, w13, w2, ids, weights, out=out)
+    for new_ids in ([5, 2], [0, 7]):
+        ids.copy_(torch.tensor(new_ids))
+        graph.replay()
+        ref = reference.moe_decode(x, w13, w2, ids, weights)
+        assert rel_error(out, ref) <= 1e-3

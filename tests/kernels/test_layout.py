@@ -1,0 +1,63 @@
+"""pack / unpack and the logical form, against an independent torch dequantization."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mixdesk.kernels import reference
+from mixdesk.kernels.layout import is_inline, pack, random_logical, stack
+
+SPECS = [(2, 8), (2, 16), (3, 8), (3, 32), (3, 64), (4, 8), (4, 64), (4, 128)]
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize(("bits", "group"), SPECS)
+def test_pack_roundtrip(bits: int, group: int, axis: int) -> None:
+    shape = (group * 5, 24) if axis == 0 else (7, group * 3)
+    logical = random_logical(shape, bits=bits, group=group)
+    pw = pack(*logical, bits=bits, group=group, axis=axis)
+    assert pw.inline == is_inline(bits, group)
+    for got, want in zip(reference.unpack(pw), logical, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_axis0_group_is_rows_n_over_g_apart() -> None:
+    """hqq's axis 0: group i holds column i % K of rows i // K + m * N / g."""
+    n_rows, k, g = 32, 6, 8
+    q, scale_q, zero_q, meta = random_logical((n_rows, k), bits=2, group=g)
+    w = reference.dequantize_logical(q, scale_q, zero_q, meta, bits=2, group=g, axis=0)
+    n = n_rows * k // g
+    c = torch.arange(n) % meta.shape[1]
+    scale = (scale_q.float() - meta[1, c].float()) * meta[0, c].float()
+    zero = (zero_q.float() - meta[3, c].float()) * meta[2, c].float()
+    i = 13
+    rows = i // k + torch.arange(g) * (n_rows // g)
+    expect = (q[rows, i % k].float() - zero[i]) * scale[i]
+    assert torch.allclose(w[rows, i % k], expect)
+
+
+def test_meta_period_table() -> None:
+    """Shapes whose meta groups wrap rows unevenly still read the right meta-meta."""
+    for shape, axis in [((320, 20), 0), ((100, 160), 1), ((24, 184), 1)]:
+        logical = random_logical(shape, bits=2, group=8)
+        pw = pack(*logical, bits=2, group=8, axis=axis)
+        assert pw.period > 1
+        w = reference.dequantize(pw)
+        assert torch.equal(w, reference.dequantize_logical(*logical, bits=2, group=8, axis=axis))
+
+
+def test_bad_shapes_are_refused() -> None:
+    logical = random_logical((12, 16), bits=2, group=8)
+    with pytest.raises(ValueError, match="N % group"):
+        pack(*logical, bits=2, group=8, axis=0)
+    with pytest.raises(ValueError, match="bits"):
+        pack(*logical, bits=5, group=8, axis=1)
+
+
+def test_stack_needs_one_spec() -> None:
+    a = pack(*random_logical((8, 16), bits=2, group=8), bits=2, group=8, axis=1)
+    b = pack(*random_logical((8, 16), bits=4, group=8), bits=4, group=8, axis=1)
+    assert stack([a, a]).n_mats == 2
+    with pytest.raises(ValueError, match="share"):
+        stack([a, b])
