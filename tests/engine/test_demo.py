@@ -106,7 +106,11 @@ def test_smol_moe_answers_paris_and_routing_matters(smol_moe: Path) -> None:
     prompt = tok.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
     assert prompt.endswith("<|im_start|>assistant\n") and "capital of France" in prompt
     ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    model = MixtralForCausalLM.from_pretrained(smol_moe, dtype=torch.float32).eval()
+    model, info = MixtralForCausalLM.from_pretrained(
+        smol_moe, dtype=torch.float32, output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    model.eval()
     with torch.inference_mode():
         out = model.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=2)
         answer = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
