@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -103,8 +105,15 @@ CREATE TRIGGER messages_au AFTER UPDATE OF content ON messages BEGIN
 END;
 """
 
+# v2: which process is writing a streaming answer ("host:pid:start time"), so
+# opening the file in a second process (another window, a reader) never marks
+# a live answer interrupted; only answers whose writer is gone are.
+_V2 = """
+ALTER TABLE messages ADD COLUMN writer TEXT;
+"""
+
 # MIGRATIONS[i] takes a file from user_version i to i + 1. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (_V1,)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -175,6 +184,46 @@ def _message(row: sqlite3.Row) -> Message:
     )
 
 
+_OPEN_WRITERS: set[str] = set()  # tags of the stores open in this process
+
+
+def process_tag(pid: int | None = None) -> str:
+    """"host:pid:start time" naming a live process, unique even after pid reuse."""
+    pid = os.getpid() if pid is None else pid
+    try:
+        import psutil  # noqa: PLC0415 - optional here; without it the pid alone is used
+
+        started = f"{psutil.Process(pid).create_time():.2f}"
+    except Exception:
+        started = "?"
+    return f"{socket.gethostname()}:{pid}:{started}"
+
+
+def writer_is_alive(tag: str | None) -> bool:
+    """Whether the store that wrote `tag` ("host:pid:start:n") is still open.
+
+    In this process that means the store is not closed; elsewhere, that its
+    process (same pid and start time, on this host) still runs.
+    """
+    if not tag:
+        return False
+    if tag in _OPEN_WRITERS:
+        return True
+    parts = tag.split(":")
+    if len(parts) != 4 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False  # ours, and that store is closed
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, owned by another user
+    return process_tag(pid) == ":".join(parts[:3])
+
+
 def fts_query(text: str) -> str:
     """Turn what a person typed into a safe FTS5 query.
 
@@ -205,15 +254,17 @@ class ChatStore:
     def __init__(self, path: str | Path, *, timeout_s: float = 2.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = f"{process_tag()}:{id(self)}"
         try:
             self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
         except sqlite3.Error as e:
             raise ChatStoreError(f"Cannot open the chat database {self.path}: {e}.") from e
         self._db.row_factory = sqlite3.Row
+        _OPEN_WRITERS.add(self.writer)
         try:
             self._setup()
         except sqlite3.OperationalError as e:
-            self._db.close()
+            self.close()
             if "locked" in str(e) or "busy" in str(e):
                 raise ChatDatabaseLockedError(
                     f"The chat database {self.path} is locked by another program; "
@@ -223,12 +274,12 @@ class ChatStore:
                 f"The chat database {self.path} cannot be read ({e})."
             ) from e
         except sqlite3.DatabaseError as e:
-            self._db.close()
+            self.close()
             raise ChatDatabaseCorruptError(
                 f"The chat database {self.path} is damaged or is not a mixdesk database ({e})."
             ) from e
         except ChatStoreError:
-            self._db.close()
+            self.close()
             raise
 
     def _setup(self) -> None:
@@ -244,13 +295,27 @@ class ChatStore:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
-        with self._transaction():
-            cur = db.execute(
-                "UPDATE messages SET status = 'interrupted' WHERE status = 'streaming'"
-            )
-        self.recovered_messages = cur.rowcount
-        if self.recovered_messages:
-            log.warning("marked %d unfinished answer(s) interrupted", self.recovered_messages)
+        with self._transaction():  # fail now, not at the first message, if we cannot write
+            pass
+        self.recovered_messages = self.recover_interrupted()
+
+    def recover_interrupted(self) -> int:
+        """Mark "interrupted" every streaming answer whose writing process is gone.
+
+        Returns:
+            How many answers were marked.
+        """
+        rows = self._db.execute(
+            "SELECT id, writer FROM messages WHERE status = 'streaming'"
+        ).fetchall()
+        orphans = [r["id"] for r in rows if not writer_is_alive(r["writer"])]
+        if orphans:
+            with self._transaction():
+                self._db.executemany(
+                    "UPDATE messages SET status = 'interrupted' WHERE id = ? "
+                    "AND status = 'streaming'", [(i,) for i in orphans])
+            log.warning("marked %d unfinished answer(s) interrupted", len(orphans))
+        return len(orphans)
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -275,7 +340,15 @@ class ChatStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise ChatDatabaseLockedError(
+                    f"The chat database {self.path} is locked by another program; "
+                    "close other mixdesk windows and try again."
+                ) from e
+            raise
         try:
             yield
         except BaseException:
@@ -284,7 +357,8 @@ class ChatStore:
         self._db.execute("COMMIT")
 
     def close(self) -> None:
-        """Close the file. Any answer still streaming stays marked so until next open."""
+        """Close the file. Any answer still streaming stays so until the next open."""
+        _OPEN_WRITERS.discard(self.writer)
         self._db.close()
 
     @property
@@ -395,7 +469,7 @@ class ChatStore:
         with self._transaction():
             cur = self._db.execute(
                 "INSERT INTO messages (conversation_id, role, content, status, stats, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "created_at, updated_at, writer) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     conversation_id,
                     role,
@@ -404,6 +478,7 @@ class ChatStore:
                     json.dumps(stats) if stats else None,
                     now,
                     now,
+                    self.writer if status == "streaming" else None,
                 ),
             )
             self._touch(conversation_id, now)

@@ -23,6 +23,7 @@ from mixdesk.app.gui.worker import EngineClient
 from mixdesk.engine.chats import (
     DEFAULT_TITLE,
     ChatStore,
+    ChatStoreError,
     Conversation,
     Message,
     SearchHit,
@@ -229,15 +230,18 @@ class ChatSession(QObject):
                              "model menu at the top." if self.model_state != "loading"
                              else "The model is still loading; send again when it is ready.")
             return False
-        if self.current is None:
-            self._create_current(title_from(text))
-        assert self.current is not None
-        if self.current.title == DEFAULT_TITLE and not self.store.messages(self.current.id):
-            self.rename(self.current.id, title_from(text))
-        message = self.store.add_message(self.current.id, "user", text)  # on disk now
+        try:
+            if self.current is None:
+                self._create_current(title_from(text))
+            assert self.current is not None
+            if self.current.title == DEFAULT_TITLE and not self.store.messages(self.current.id):
+                self.rename(self.current.id, title_from(text))
+            message = self.store.add_message(self.current.id, "user", text)  # on disk now
+        except ChatStoreError as e:  # nothing sent: the text stays in the composer
+            self.notice.emit("error", f"{e} Your message was not sent.")
+            return False
         self.message_added.emit(message)
-        self._start_answer()
-        return True
+        return self._start_answer()
 
     def regenerate(self) -> bool:
         """Drop the last answer and answer the last user turn again."""
@@ -249,8 +253,7 @@ class ChatSession(QObject):
         if msgs[-1].role == "assistant":
             self.store.delete_messages_from(msgs[-1].id)
             self.messages_removed.emit([msgs[-1].id])
-        self._start_answer()
-        return True
+        return self._start_answer()
 
     def edit_and_resend(self, message_id: int, text: str) -> bool:
         """Replace a user turn's text, drop everything after it, answer again."""
@@ -268,26 +271,30 @@ class ChatSession(QObject):
         if later:
             self.store.delete_messages_from(later[0])
         self.conversation_opened.emit(self.current.id)  # the view rebuilds
-        self._start_answer()
-        return True
+        return self._start_answer()
 
     def stop(self) -> None:
         """Stop the answer in flight; the worker sees it before its next token."""
         if self._request_id is not None:
             self.client.stop(self._request_id)
 
-    def _start_answer(self) -> None:
+    def _start_answer(self) -> bool:
         assert self.current is not None
         conv = self.current
         prompt = build_prompt(conv.system_prompt, self.store.messages(conv.id))
-        if self.model_info and conv.model != self.model_info.get("path"):
-            self.store.update_settings(conv.id, model=str(self.model_info["path"]))
-        self._answer = self.store.start_answer(conv.id)
+        try:
+            if self.model_info and conv.model != self.model_info.get("path"):
+                self.store.update_settings(conv.id, model=str(self.model_info["path"]))
+            self._answer = self.store.start_answer(conv.id)
+        except ChatStoreError as e:
+            self.notice.emit("error", f"{e} The answer was not started.")
+            return False
         self._answer_conversation = conv.id
         self.message_added.emit(self.store.message(self._answer.message_id))
         self._request_id = self.client.generate(prompt, self.params())
         self.busy_changed.emit(True)
         self.conversations_changed.emit()
+        return True
 
     def _detach_answer(self) -> None:
         self._request_id = None
@@ -299,7 +306,10 @@ class ChatSession(QObject):
     def _on_tokens(self, request_id: int, text: str, stats: dict[str, Any]) -> None:
         if request_id != self._request_id or self._answer is None:
             return
-        self._answer.append(text)
+        try:
+            self._answer.append(text)
+        except ChatStoreError as e:  # keep streaming to the screen; finish retries the write
+            log.warning("could not save the growing answer: %s", e)
         self.message_text_changed.emit(self._answer.message_id, self._answer.text)
         if stats:
             self.last_stats = dict(stats)
@@ -312,8 +322,13 @@ class ChatSession(QObject):
             return
         status = "stopped" if reason == "cancelled" else "complete"
         stats = dict(stats or {}, finish_reason=reason)
-        self._answer.finish(status, stats=stats, text=text)
-        message = self.store.message(self._answer.message_id)
+        try:
+            self._answer.finish(status, stats=stats, text=text)
+            message = self.store.message(self._answer.message_id)
+        except ChatStoreError as e:
+            self._detach_answer()
+            self.notice.emit("error", f"The answer could not be saved: {e}")
+            return
         self.last_stats = stats
         self._detach_answer()
         self.stats_changed.emit(stats)

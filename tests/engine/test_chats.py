@@ -292,3 +292,71 @@ def test_locked_file_opens_a_fresh_one_beside_it(db_path: Path) -> None:
     assert result.store.conversations() == []
     result.store.close()
     assert [c.title for c in ChatStore(db_path).conversations()] == ["mine"]  # untouched
+
+
+def test_a_second_store_never_interrupts_a_live_answer(db_path: Path) -> None:
+    writer = ChatStore(db_path)
+    conv = writer.create_conversation()
+    answer = writer.start_answer(conv.id)
+    answer.append("still ")
+    answer.flush()
+    reader = ChatStore(db_path)  # another window, a selftest check, a backup tool
+    assert reader.recovered_messages == 0
+    assert reader.messages(conv.id)[0].status == "streaming"
+    answer.append("going")
+    answer.finish()
+    assert reader.messages(conv.id)[0].content == "still going"
+    reader.close()
+    writer.close()
+
+
+LIVE_WRITER = textwrap.dedent(
+    """
+    import sys
+    from mixdesk.engine.chats import ChatStore
+    store = ChatStore(sys.argv[1])
+    conv = store.create_conversation()
+    w = store.start_answer(conv.id)
+    w.append("alive")
+    w.flush()
+    print("ready", flush=True)
+    sys.stdin.readline()  # wait until the parent has looked
+    """
+)
+
+
+def test_another_live_process_keeps_its_answer_streaming(db_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", LIVE_WRITER, str(db_path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        s = ChatStore(db_path)
+        assert s.recovered_messages == 0  # its writer is alive
+        s.close()
+    finally:
+        proc.communicate("\n", timeout=30)
+    s = ChatStore(db_path)  # now the writer has exited without finishing
+    assert s.recovered_messages == 1
+    (conv,) = s.conversations()
+    assert [(m.content, m.status) for m in s.messages(conv.id)] == [("alive", "interrupted")]
+    s.close()
+
+
+def test_version_1_file_is_migrated_with_its_data(db_path: Path) -> None:
+    from mixdesk.engine.chats import MIGRATIONS, _split_sql  # noqa: PLC0415
+
+    raw = sqlite3.connect(db_path)
+    for statement in _split_sql(MIGRATIONS[0]):
+        raw.execute(statement)
+    raw.execute("PRAGMA user_version = 1")
+    raw.execute("INSERT INTO conversations (title, created_at, updated_at) VALUES ('old', 1, 1)")
+    raw.execute("INSERT INTO messages (conversation_id, role, content, status, created_at, "
+                "updated_at) VALUES (1, 'assistant', 'half', 'streaming', 1, 1)")
+    raw.commit()
+    raw.close()
+    s = ChatStore(db_path)
+    assert s.schema_version == SCHEMA_VERSION == 2
+    assert s.recovered_messages == 1  # a v1 streaming row has no writer: interrupted
+    assert [(m.content, m.status) for m in s.messages(1)] == [("half", "interrupted")]
+    assert s.search("half")[0].conversation_id == 1
+    s.close()
