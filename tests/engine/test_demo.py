@@ -120,7 +120,7 @@ def test_smol_moe_answers_paris_and_routing_matters(smol_moe: Path) -> None:
             layer.mlp.gate.weight.neg_()
         rerouted = model(ids).logits[0, -1]
     shift = (torch.log_softmax(logits, -1) - torch.log_softmax(rerouted, -1)).abs().max().item()
-    assert shift > 0.05, shift
+    assert shift > 0.5, shift  # measured 3.2: the top-2 experts really change the answer
 
 
 @pytest.mark.slow
