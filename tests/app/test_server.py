@@ -40,6 +40,7 @@ from mixdesk.engine.errors import ServerConfigError
 from mixdesk.engine.events import Done, SamplingParams
 from mixdesk.engine.generate import generate
 from mixdesk.engine.loader import LoadedModel, load_model
+from mixdesk.engine.remote import RemoteEngine
 
 MODEL_ID = "tiny-mixtral"
 CONTEXT = 192
@@ -611,3 +612,29 @@ def test_threads_are_cleaned_up_by_stop(paced_lm: LoadedModel) -> None:
     server.stop()
     after = {t.name for t in threading.enumerate()}
     assert not {"mixdesk-server", "mixdesk-generate"} & (after - before)
+
+
+@pytest.mark.slow
+def test_the_demo_model_answers_paris_through_the_server(smol_moe: Path) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        lm = load_model(smol_moe, context=256)
+        question = [{"role": "user", "content": "What is the capital of France?"}]
+        local = greedy(lm, question, chat=True, max_tokens=16)  # before the server owns lm
+        with BackgroundServer(create_app(lm, model_id="smol-moe")) as server:
+            reply = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0,
+                                  timeout=300).chat.completions.create(
+                model="smol-moe", messages=question, temperature=0,  # type: ignore[arg-type]
+                max_tokens=16)
+            with RemoteEngine(server.url) as remote:
+                events = list(remote.generate(question, SamplingParams(temperature=0,
+                                                                       max_new_tokens=16)))
+    finally:
+        torch.set_num_threads(threads)
+    assert "Paris" in local.text
+    assert reply.choices[0].message.content == local.text
+    assert reply.model_extra is not None
+    assert reply.model_extra["mixdesk"]["token_ids"] == list(local.token_ids)
+    done = events[-1]
+    assert isinstance(done, Done) and done.token_ids == local.token_ids
