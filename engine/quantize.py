@@ -703,23 +703,25 @@ class FidelityReport:
 
 
 def _greedy(model: nn.Module, ids: list[int], max_new: int, eos: set[int]) -> list[int]:
+    dev = next(model.parameters()).device
     out: list[int] = []
-    logits = model(torch.tensor([ids]), torch.arange(len(ids)))[0, -1]
+    logits = model(torch.tensor([ids], device=dev), torch.arange(len(ids), device=dev))[0, -1]
     for step in range(max_new):
         token = int(logits.argmax())
         out.append(token)
         if token in eos:
             break
-        pos = torch.tensor([len(ids) + step])
-        logits = model(torch.tensor([[token]]), pos)[0, -1]
+        pos = torch.tensor([len(ids) + step], device=dev)
+        logits = model(torch.tensor([[token]], device=dev), pos)[0, -1]
     return out
 
 
 def _answer_logprobs(model: nn.Module, prompt: list[int], answer: list[int]) -> Tensor:
     """log-softmax of the logits that predict each answer token, [len(answer), V]."""
-    seq = torch.tensor([prompt + answer])
-    logits = model(seq, torch.arange(seq.shape[1]))[0].float()  # [T, V]
-    return torch.log_softmax(logits[len(prompt) - 1: -1], dim=-1)
+    dev = next(model.parameters()).device
+    seq = torch.tensor([prompt + answer], device=dev)
+    logits = model(seq, torch.arange(seq.shape[1], device=dev))[0].float()  # [T, V]
+    return torch.log_softmax(logits[len(prompt) - 1: -1], dim=-1).cpu()
 
 
 def measure_fidelity(ref: Any, quant: Any, *, prompts: tuple[str, ...] = FIDELITY_PROMPTS,
