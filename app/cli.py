@@ -73,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="interactive chat in the terminal")
     _add_model_flags(chat)
     _add_sampling_flags(chat, temperature=0.7)
+
+    serve = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
+    _add_model_flags(serve)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on; anything but loopback needs an API key")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--api-key", default=os.environ.get("MIXDESK_API_KEY"),
+                       help="clients must send it as a Bearer token (or set MIXDESK_API_KEY)")
+    serve.add_argument("--max-queue", type=int, default=8,
+                       help="requests that may wait while one runs; more get 429")
     return parser
 
 
@@ -90,24 +100,12 @@ def _progress_line(stage: str, fraction: float) -> None:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    import torch  # noqa: PLC0415
-
     from mixdesk.engine.generate import validate_params  # noqa: PLC0415
-    from mixdesk.engine.loader import load_model  # noqa: PLC0415
+    from mixdesk.engine.loader import open_model  # noqa: PLC0415
 
     validate_params(_params(args))  # reject bad flags before the slow load
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype_name = args.dtype
-    if dtype_name == "auto":
-        dtype_name = "float32" if device == "cpu" else "bfloat16"
-    if args.model == "demo":
-        from mixdesk.engine.demo import ensure_demo  # noqa: PLC0415
-
-        ensure_demo(progress=_progress_line)
-    return load_model(args.model, device=device, dtype=getattr(torch, dtype_name),
-                      context=args.context)
+    return open_model(args.model, device=args.device, dtype=args.dtype, context=args.context,
+                      progress=_progress_line)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -197,10 +195,19 @@ class _EventError(MixdeskError):
     """A Failed event surfaced as an exception for the exit-code path."""
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mixdesk.app.server import run_server  # noqa: PLC0415 - only `serve` loads the ASGI stack
+
+    return run_server(args.model, host=args.host, port=args.port, api_key=args.api_key,
+                      device=args.device, dtype=args.dtype, context=args.context,
+                      max_queue=args.max_queue)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
     "generate": cmd_generate,
     "chat": cmd_chat,
+    "serve": cmd_serve,
 }
 
 

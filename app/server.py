@@ -837,16 +837,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _resolve_device(device: str, dtype: str) -> tuple[str, Any]:
-    import torch  # noqa: PLC0415 - torch is already loaded by the engine; keeps this cheap to read
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        dtype = "float32" if device == "cpu" else "bfloat16"
-    return device, getattr(torch, dtype)
-
-
 def _url(host: str, port: int) -> str:
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}/v1"
@@ -879,19 +869,14 @@ def run_server(model_path: str, *, host: str = "127.0.0.1", port: int = 8080,
         ServerConfigError: an open bind without a key, or the port is in use.
         MixdeskError: the model cannot be loaded.
     """
-    from mixdesk.engine.loader import load_model  # noqa: PLC0415
+    from mixdesk.engine.loader import open_model  # noqa: PLC0415
 
     check_bind(host, api_key)
     if max_queue < 0:
         raise ServerConfigError(f"--max-queue must be >= 0, got {max_queue}")
     sock = bind_socket(host, port)
     try:
-        if model_path == "demo":
-            from mixdesk.engine.demo import ensure_demo  # noqa: PLC0415
-
-            ensure_demo()
-        torch_device, torch_dtype = _resolve_device(device, dtype)
-        lm = load_model(model_path, device=torch_device, dtype=torch_dtype, context=context)
+        lm = open_model(model_path, device=device, dtype=dtype, context=context)
         name = model_id or lm.path.name
         app = create_app(lm, model_id=name, api_key=api_key, max_queue=max_queue,
                          max_body_bytes=max_body_bytes)

@@ -7,6 +7,7 @@ from the memory-mapped shards, so nothing is allocated twice.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,35 @@ def resolve_model_path(name: str | Path) -> Path:
     if str(name) == "demo":
         return demo_model_dir()
     return Path(name).expanduser()
+
+
+def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, torch.dtype]:
+    """Turn "auto" into CUDA when present, else the CPU; bf16 on a GPU, fp32 on the CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "float32" if device == "cpu" else "bfloat16"
+    return device, getattr(torch, dtype)
+
+
+def open_model(name: str | Path, *, device: str = "auto", dtype: str = "auto",
+               context: int | None = None,
+               progress: Callable[[str, float], None] | None = None) -> LoadedModel:
+    """What the front ends call: resolve "auto", build the demo on first use, then load.
+
+    Args:
+        name: a model folder, or "demo".
+        device: "auto", "cpu" or "cuda[:n]".
+        dtype: "auto", "float32", "bfloat16" or "float16".
+        context: KV cache length (default min(model maximum, 4096)).
+        progress: reports the demo build, (stage, fraction).
+    """
+    if str(name) == "demo":
+        from mixdesk.engine.demo import ensure_demo  # noqa: PLC0415 - only the demo needs it
+
+        ensure_demo(progress=progress)
+    torch_device, torch_dtype = resolve_device(device, dtype)
+    return load_model(name, device=torch_device, dtype=torch_dtype, context=context)
 
 
 def load_tokenizer(folder: Path) -> Any:

@@ -152,3 +152,13 @@ def test_demo_prints_its_path_when_built(smol_moe: Path, tmp_path: Path) -> None
     result = mixdesk("demo", home=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(tmp_path / "models" / "demo")
+
+
+def test_serve_refuses_an_open_bind_without_a_key(tiny_mixtral: Path, tmp_path: Path) -> None:
+    env_key = os.environ.pop("MIXDESK_API_KEY", None)
+    try:
+        result = mixdesk("serve", str(tiny_mixtral), "--host", "0.0.0.0", home=tmp_path)
+    finally:
+        if env_key is not None:
+            os.environ["MIXDESK_API_KEY"] = env_key
+    assert_user_error(result, "0.0.0.0", "API key")
