@@ -128,6 +128,17 @@ def hbm_bandwidth(nbytes: int = 2 * 2**30) -> float:
     return 2 * nbytes / seconds
 
 
+def hbm_read_bandwidth(nbytes: int = 2 * 2**30) -> float:
+    """Bytes per second of a large sum (reads only, what a GEMV does)."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device="cuda").uniform_()
+    total = torch.empty((), dtype=torch.float32, device="cuda")
+
+    def step() -> None:
+        torch.sum(src, dim=0, out=total)
+
+    return nbytes / time_graph(step, 1, replays=20)
+
+
 # ---------------------------------------------------------------------------- weights
 
 
@@ -164,30 +175,29 @@ def check_gemv(case: Case) -> float:
 # ---------------------------------------------------------------------------- kernels
 
 
+SWEEP_TILES = {  # (rows, cols, warps) per program
+    0: [(1, 512, 4), (2, 512, 4), (2, 256, 4), (4, 128, 4), (4, 256, 4), (8, 128, 4),
+        (16, 128, 8), (2, 1024, 8)],
+    1: [(32, 64, 4), (16, 128, 4), (64, 32, 4), (8, 128, 4), (32, 32, 4), (128, 32, 8)],
+}
+
+
 def candidate_configs(pw: PackedWeight) -> list[Any]:
-    """Tile shapes to sweep: rows and columns per program, warps, K split."""
+    """Tile shapes to sweep, each with and without the register prefetch; the K split
+    keeps ~4 programs per SM."""
     from mixdesk.kernels.gemv import Config, default_config  # noqa: PLC0415
 
-    _, b_cols = pw.grid
-    lanes = min(pw.group, 32 // pw.bits)
+    a_rows, b_cols = pw.grid
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
     out = {default_config(pw, 1, torch.device("cuda"))}
-    cols_options = (128, 256, 512, 1024) if pw.axis == 0 else (32, 64, 128, 256)
-    for warps in (4, 8):
-        for per_thread in (4, 8, 16):
-            if pw.axis == 0 and lanes * per_thread > 128:
-                continue  # accumulators would spill
-            tile = 32 * warps * per_thread
-            for cols in cols_options:
-                if cols > 2 * b_cols or tile // cols < 1:
-                    continue
-                rows = tile // cols
-                programs_no_split = math.ceil(pw.grid[0] / rows) * (
-                    pw.words if pw.axis == 0 else 1)
-                sms = torch.cuda.get_device_properties(0).multi_processor_count
-                split = max(1, min(math.ceil(4 * sms / programs_no_split),
-                                   math.ceil(b_cols / cols)))
-                out.add(Config(rows, cols, split, warps))
-    return sorted(out, key=lambda c: (c.num_warps, c.block_rows, c.block_cols, c.split))
+    for rows, cols, warps in SWEEP_TILES[pw.axis]:
+        if cols > 2 * b_cols:
+            continue
+        programs = math.ceil(a_rows / rows) * (pw.words if pw.axis == 0 else 1)
+        split = max(1, min(math.ceil(4 * sms / programs), math.ceil(b_cols / cols)))
+        for prefetch in (True, False):
+            out.add(Config(rows, cols, split, warps, prefetch))
+    return sorted(out, key=lambda c: (c.num_warps, c.block_rows, c.block_cols, c.prefetch))
 
 
 def bench_gemv(case: Case, bandwidth: float, sweep: bool) -> dict[str, Any]:
@@ -368,13 +378,19 @@ def decode_step_estimate(bandwidth: float, layers: int = 32, experts: int = 8,
     rw = torch.softmax(torch.randn(2, device="cuda"), 0)
     x = torch.randn(dim, device="cuda", dtype=torch.float16)
 
+    sizes = [4096, 1024, 1024, 4096, dim, 2 * 2 * ffn]  # q k v o moe-out h
+
     def step() -> None:
-        for layer in model:
-            gemv(x, layer["q"])
-            gemv(x, layer["k"])
-            gemv(x, layer["v"])
-            gemv(x, layer["o"])
-            moe_decode(x, layer["w13"], layer["w2"], layer["ids"], rw)
+        # one memset for every output of the step, as a captured decode step would do
+        ws = torch.zeros(layers * sum(sizes), device="cuda")
+        for i, layer in enumerate(model):
+            q, k, v, o, y, h = ws[i * sum(sizes):(i + 1) * sum(sizes)].split(sizes)
+            gemv(x, layer["q"], q)
+            gemv(x, layer["k"], k)
+            gemv(x, layer["v"], v)
+            gemv(x, layer["o"], o)
+            moe_decode(x, layer["w13"], layer["w2"], layer["ids"], rw, out=y,
+                       h=h.view(2, 2, ffn))
 
     seconds = time_graph(step, 1, replays=10)
     first = model[0]
@@ -432,7 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     bandwidth = hbm_bandwidth()
     results["hbm_bandwidth_gbs"] = bandwidth / 1e9
-    print(f"HBM copy bandwidth: {bandwidth / 1e9:.0f} GB/s", flush=True)
+    results["hbm_read_bandwidth_gbs"] = hbm_read_bandwidth() / 1e9
+    print(f"HBM bandwidth: copy {bandwidth / 1e9:.0f} GB/s (the % below), "
+          f"read-only sum {results['hbm_read_bandwidth_gbs']:.0f} GB/s", flush=True)
     save()
     _run_sections(args, sections, bandwidth, results, save)
     save()

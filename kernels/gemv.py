@@ -59,28 +59,49 @@ def _byte(v, POS: tl.constexpr):
 
 
 @triton.jit
-def _meta_consts(t_base, tix, bmask, T_LEN, BITS: tl.constexpr):
+def _fetch(q_base, m_base, t_base, x_base, x2_base, woff, mask, tix, xidx, bmask, T_LEN,
+           INLINE: tl.constexpr, ACT: tl.constexpr):
+    """Raw loads of one tile: words, meta words, the 4 meta-meta vectors, x (and h3).
+
+    Nothing here uses a loaded value, so a fetch for the next tile, issued before
+    the current tile's math, keeps its loads in flight while that math runs."""
+    w = tl.load(q_base + woff, mask=mask, other=0)
+    if INLINE:
+        m = w
+    else:
+        m = tl.load(m_base + woff, mask=mask, other=0)
+    s_step = tl.load(t_base + tix, mask=bmask, other=0.0)
+    s_off = tl.load(t_base + T_LEN + tix, mask=bmask, other=0.0)
+    z_step = tl.load(t_base + 2 * T_LEN + tix, mask=bmask, other=0.0)
+    z_off = tl.load(t_base + 3 * T_LEN + tix, mask=bmask, other=0.0)
+    xv = tl.load(x_base + xidx, mask=bmask, other=0.0)
+    if ACT:
+        x2v = tl.load(x2_base + xidx, mask=bmask, other=0.0)
+    else:
+        x2v = xv
+    return w, m, s_step, s_off, z_step, z_off, xv, x2v
+
+
+@triton.jit
+def _meta_consts(s_step, s_off, z_step, z_off, BITS: tl.constexpr):
     """Per-column constants so that, with fs = 1 + scale_q/256 and fz = 1 + zero_q/256,
     scale = fs * s_mul + s_add and 1 + zero / 2**BITS = fz * z_mul + z_add."""
-    s_step = tl.load(t_base + tix, mask=bmask, other=0.0).to(tl.float32)
-    s_off = tl.load(t_base + T_LEN + tix, mask=bmask, other=0.0).to(tl.float32)
-    z_step = tl.load(t_base + 2 * T_LEN + tix, mask=bmask, other=0.0).to(tl.float32)
-    z_off = tl.load(t_base + 3 * T_LEN + tix, mask=bmask, other=0.0).to(tl.float32)
+    s_step = s_step.to(tl.float32)
+    z_step = z_step.to(tl.float32)
     INV: tl.constexpr = 1.0 / (1 << BITS)
     s_mul = 256.0 * s_step
-    s_add = -(256.0 + s_off) * s_step
+    s_add = -(256.0 + s_off.to(tl.float32)) * s_step
     z_mul = (256.0 * INV) * z_step
-    z_add = 1.0 - (256.0 + z_off) * z_step * INV
+    z_add = 1.0 - (256.0 + z_off.to(tl.float32)) * z_step * INV
     return s_mul, s_add, z_mul, z_add
 
 
 @triton.jit
-def _load_x(x_base, x2_base, idx, mask, rw, ACT: tl.constexpr):
-    """The input vector at idx; ACT: silu(h1) * h3 * routing weight (MoE down projection)."""
-    v = tl.load(x_base + idx, mask=mask, other=0.0).to(tl.float32)
+def _act(v, u, rw, ACT: tl.constexpr):
+    """x itself, or silu(h1) * h3 * routing weight (the MoE down projection's input)."""
+    v = v.to(tl.float32)
     if ACT:
-        u = tl.load(x2_base + idx, mask=mask, other=0.0).to(tl.float32)
-        v = v * tl.sigmoid(v) * u * rw
+        v = v * tl.sigmoid(v) * u.to(tl.float32) * rw
     return v
 
 
@@ -122,7 +143,7 @@ def _gemv_axis0_kernel(
     A, B, P, NRB, SPLIT_LEN, T_LEN, X_SLOT, OUT_MAT,
     BITS: tl.constexpr, G: tl.constexpr, V: tl.constexpr, S: tl.constexpr,
     INLINE: tl.constexpr, MOE: tl.constexpr, MATS: tl.constexpr, ACT: tl.constexpr,
-    BA: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr,
+    BA: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     LANES: tl.constexpr = V if G > V else G
     TWO_B: tl.constexpr = 1 << BITS
@@ -162,20 +183,24 @@ def _gemv_axis0_kernel(
     acc14 = tl.zeros([BA, BB], tl.float32)
     acc15 = tl.zeros([BA, BB], tl.float32)
     accz = tl.zeros([BA, BB], tl.float32)
+    MPOS: tl.constexpr = 16 * INLINE  # where scale_q sits: the word's top half, or meta
     b_start = sid * SPLIT_LEN
+    b_end = tl.minimum(b_start + SPLIT_LEN, B)
+    b = b_start + tl.arange(0, BB)
+    bmask = b < b_end
+    w, m, ss, so, zs, zo, xv, x2v = _fetch(
+        q_base, m_base, t_base, x_base, x2_base, a[:, None] * B + b[None, :],
+        amask[:, None] & bmask[None, :], rho * B + b, b, bmask, T_LEN, INLINE, ACT)
     for b0 in range(b_start, b_start + SPLIT_LEN, BB):
-        b = b0 + tl.arange(0, BB)
-        bmask = b < B
-        mask = amask[:, None] & bmask[None, :]
-        woff = a[:, None] * B + b[None, :]
-        w = tl.load(q_base + woff, mask=mask, other=0)
-        MPOS: tl.constexpr = 16 * INLINE  # where scale_q sits: the word's top half, or meta
-        if INLINE:
-            m = w
-        else:
-            m = tl.load(m_base + woff, mask=mask, other=0).to(tl.int32)
-        s_mul, s_add, z_mul, z_add = _meta_consts(t_base, rho * B + b, bmask, T_LEN, BITS)
-        xb = _load_x(x_base, x2_base, b, bmask, rw, ACT) * TWO_B
+        bn = b0 + BB + tl.arange(0, BB)  # the next tile; all masked off after the last
+        bnmask = bn < b_end
+        if PREFETCH:
+            w_n, m_n, ss_n, so_n, zs_n, zo_n, xv_n, x2v_n = _fetch(
+                q_base, m_base, t_base, x_base, x2_base, a[:, None] * B + bn[None, :],
+                amask[:, None] & bnmask[None, :], rho * B + bn, bn, bnmask, T_LEN, INLINE, ACT)
+        s_mul, s_add, z_mul, z_add = _meta_consts(ss, so, zs, zo, BITS)
+        xb = _act(xv, x2v, rw, ACT) * TWO_B
+        m = m.to(tl.int32)
         # sxb = 2**BITS * scale * x, one FMA a group
         sxb = _byte(m, MPOS) * (s_mul * xb)[None, :] + (s_add * xb)[None, :]
         accz += (_byte(m, MPOS + 8) * z_mul[None, :] + z_add[None, :]) * sxb
@@ -195,6 +220,12 @@ def _gemv_axis0_kernel(
         acc13 = _acc_lane(acc13, w, sxb, 13, LANES, BITS)
         acc14 = _acc_lane(acc14, w, sxb, 14, LANES, BITS)
         acc15 = _acc_lane(acc15, w, sxb, 15, LANES, BITS)
+        if PREFETCH:
+            w, m, ss, so, zs, zo, xv, x2v = w_n, m_n, ss_n, so_n, zs_n, zo_n, xv_n, x2v_n
+        else:
+            w, m, ss, so, zs, zo, xv, x2v = _fetch(
+                q_base, m_base, t_base, x_base, x2_base, a[:, None] * B + bn[None, :],
+                amask[:, None] & bnmask[None, :], rho * B + bn, bn, bnmask, T_LEN, INLINE, ACT)
     zsum = tl.sum(accz, 1)
     _out_lane(out_base, a, amask, r, acc0, zsum, A, 0, LANES, G, V)
     _out_lane(out_base, a, amask, r, acc1, zsum, A, 1, LANES, G, V)
@@ -220,7 +251,7 @@ def _gemv_axis1_kernel(
     A, B, P, NRB, SPLIT_LEN, T_LEN, X_SLOT, OUT_MAT,
     BITS: tl.constexpr, G: tl.constexpr, V: tl.constexpr, S: tl.constexpr,
     INLINE: tl.constexpr, MOE: tl.constexpr, MATS: tl.constexpr, ACT: tl.constexpr,
-    BA: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr,
+    BA: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     LANES: tl.constexpr = V if G > V else G
     TWO_B: tl.constexpr = 1 << BITS
@@ -242,19 +273,28 @@ def _gemv_axis1_kernel(
     a = rho + P * (rb * BA + tl.arange(0, BA))  # [BA] output rows
     amask = a < A
     acc = tl.zeros([BA, BB], tl.float32)
+    MPOS: tl.constexpr = 16 * INLINE  # where scale_q sits: the word's top half, or meta
     b_start = sid * SPLIT_LEN
+    b_end = tl.minimum(b_start + SPLIT_LEN, B)
+    b = b_start + tl.arange(0, BB)
+    bmask = b < b_end
+    # plane 0, meta and meta-meta of the first tile (x is read per lane below)
+    w, m, ss, so, zs, zo, xv, x2v = _fetch(
+        q_base, m_base, t_base, x_base, x2_base, a[:, None] * B + b[None, :],
+        amask[:, None] & bmask[None, :], rho * B + b, b, bmask, T_LEN, INLINE, False)
     for b0 in range(b_start, b_start + SPLIT_LEN, BB):
         b = b0 + tl.arange(0, BB)
-        bmask = b < B
+        bmask = b < b_end
         mask = amask[:, None] & bmask[None, :]
         woff = a[:, None] * B + b[None, :]
-        w = tl.load(q_base + woff, mask=mask, other=0)
-        MPOS: tl.constexpr = 16 * INLINE  # where scale_q sits: the word's top half, or meta
-        if INLINE:
-            m = w
-        else:
-            m = tl.load(m_base + woff, mask=mask, other=0).to(tl.int32)
-        s_mul, s_add, z_mul, z_add = _meta_consts(t_base, rho * B + b, bmask, T_LEN, BITS)
+        bn = b + BB  # the next tile; all masked off after the last
+        bnmask = bn < b_end
+        if PREFETCH:
+            w_n, m_n, ss_n, so_n, zs_n, zo_n, xv_n, x2v_n = _fetch(
+                q_base, m_base, t_base, x_base, x2_base, a[:, None] * B + bn[None, :],
+                amask[:, None] & bnmask[None, :], rho * B + bn, bn, bnmask, T_LEN, INLINE, False)
+        s_mul, s_add, z_mul, z_add = _meta_consts(ss, so, zs, zo, BITS)
+        m = m.to(tl.int32)
         scale = _byte(m, MPOS) * s_mul[None, :] + s_add[None, :]
         zterm = _byte(m, MPOS + 8) * z_mul[None, :] + z_add[None, :]  # 1 + zero / 2**BITS
         dot = tl.zeros([BA, BB], tl.float32)  # sum_j f_j x_j of each group
@@ -265,10 +305,22 @@ def _gemv_axis1_kernel(
             for j in tl.static_range(V):
                 if j < LANES:
                     if r * V + j < G:
-                        xj = _load_x(x_base, x2_base, b * G + (r * V + j), bmask, rw, ACT)
+                        xidx = b * G + (r * V + j)
+                        xj = tl.load(x_base + xidx, mask=bmask, other=0.0)
+                        if ACT:
+                            xj = _act(xj, tl.load(x2_base + xidx, mask=bmask, other=0.0), rw,
+                                      ACT)
+                        else:
+                            xj = xj.to(tl.float32)
                         dot += _lane(w, j, BITS) * xj[None, :]
                         xsum += xj
         acc += scale * (TWO_B * (dot - zterm * xsum[None, :]))
+        if PREFETCH:
+            w, m, ss, so, zs, zo, xv, x2v = w_n, m_n, ss_n, so_n, zs_n, zo_n, xv_n, x2v_n
+        else:
+            w, m, ss, so, zs, zo, xv, x2v = _fetch(
+                q_base, m_base, t_base, x_base, x2_base, a[:, None] * B + bn[None, :],
+                amask[:, None] & bnmask[None, :], rho * B + bn, bn, bnmask, T_LEN, INLINE, False)
     tl.atomic_add(out_base + a, tl.sum(acc, 1), mask=amask, sem="relaxed")
 
 
@@ -280,6 +332,7 @@ class Config:
     block_cols: int
     split: int
     num_warps: int = 4
+    prefetch: bool = True
 
 
 @functools.cache
@@ -333,7 +386,8 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
         a_rows, b_cols, pw.period, nrb, split_len, pw.table.shape[2], x_slot, out_mat,
         BITS=pw.bits, G=pw.group, V=lanes_per_word(pw.bits), S=pw.words,
         INLINE=pw.meta is None, MOE=moe, MATS=mats, ACT=act,
-        BA=cfg.block_rows, BB=cfg.block_cols, SPLIT=split, num_warps=cfg.num_warps,
+        BA=cfg.block_rows, BB=cfg.block_cols, SPLIT=split, PREFETCH=cfg.prefetch,
+        num_warps=cfg.num_warps,
     )
 
 
@@ -375,7 +429,7 @@ def gemv(x: Tensor, pw: PackedWeight, out: Tensor | None = None, *,
 
 
 def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
-               topk_weights: Tensor, *, out: Tensor | None = None,
+               topk_weights: Tensor, *, out: Tensor | None = None, h: Tensor | None = None,
                configs: tuple[Config | None, Config | None] = (None, None)) -> Tensor:
     """One token through its top-k experts: sum_s w_s * W2[e_s] (silu(W1[e_s] x) * W3[e_s] x).
 
@@ -389,6 +443,7 @@ def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
         topk_ids: int [k] on x's device.
         topk_weights: float [k] routing weights, already normalised.
         out: fp32 [D] to add into; new zeros if None.
+        h: zeroed fp32 [k, 2, F] workspace for W1 x and W3 x; new zeros if None.
         configs: tile shapes of the w1/w3 and w2 launches.
 
     Returns:
@@ -402,7 +457,8 @@ def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
     topk = topk_ids.numel()
     ids = topk_ids.to(torch.int32).contiguous()
     rw = topk_weights.to(torch.float32).contiguous()
-    h = torch.zeros((topk, 2, ffn), dtype=torch.float32, device=x.device)  # h1, h3 per slot
+    if h is None:
+        h = torch.zeros((topk, 2, ffn), dtype=torch.float32, device=x.device)  # h1, h3 per slot
     if out is None:
         out = torch.zeros(dim, dtype=torch.float32, device=x.device)
     _launch(x.contiguous(), x, rw, ids, w13, h, launches=2 * topk, moe=True, mats=2, act=False,

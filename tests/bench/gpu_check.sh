@@ -21,7 +21,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=c
 python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' \
     | tee -a "$OUT/gpu.txt"
 if [ -z "${SKIP_PYTEST:-}" ]; then
-    python3 -m pytest -m gpu tests/kernels -q -p no:cacheprovider -o addopts="--strict-markers" \
+    timeout "${PYTEST_TIMEOUT:-200}" python3 -m pytest -m gpu tests/kernels -q -p no:cacheprovider -o addopts="--strict-markers" \
         2>&1 | tee "$OUT/pytest-gpu.log" | tail -15
 fi
-python3 -m mixdesk.engine.bench --out "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log"
+timeout "${BENCH_TIMEOUT:-540}" python3 -m mixdesk.engine.bench --out "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log"
