@@ -367,3 +367,57 @@ def test_settings_survive_garbage(settings: Any) -> None:
     settings.default_params = SamplingParams(temperature=0.1, top_k=3)
     assert json.loads(settings.qsettings.value("chat/default_params"))["top_k"] == 3
     assert settings.default_params.temperature == 0.1
+
+
+def test_corrupt_chat_database_is_backed_up_and_the_user_told(
+        qtbot: Any, tmp_path: Path, monkeypatch: Any, settings: Any) -> None:
+    from mixdesk.app.gui.app import build_gui  # noqa: PLC0415
+
+    monkeypatch.setenv("MIXDESK_HOME", str(tmp_path / "home"))
+    db = tmp_path / "home" / "chats.sqlite3"
+    db.parent.mkdir()
+    db.write_bytes(b"\x00garbage, not SQLite" * 200)
+    gui = build_gui(settings=settings, theme_name="light")  # the user's own store path
+    qtbot.addWidget(gui.window)
+    gui.window.show()
+    try:
+        text = gui.window.banner.text()
+        assert gui.window.banner.isVisible() and "damaged" in text
+        backups = list(db.parent.glob("chats.sqlite3.*.bak"))
+        assert len(backups) == 1 and str(backups[0]) in text
+        assert backups[0].read_bytes().startswith(b"\x00garbage")
+        gui.session.set_system_prompt("fresh store works")  # writes a conversation
+        assert len(gui.session.conversations()) == 1
+    finally:
+        gui.shutdown()
+
+
+def test_crash_hook_logs_the_traceback_and_names_the_log(
+        qtbot: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    import logging  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from mixdesk.app.gui import crash  # noqa: PLC0415
+
+    shown: list[str] = []
+    monkeypatch.setattr(crash.QMessageBox, "exec", lambda box: shown.append(box.text()))
+    log_path = crash.setup_logging(tmp_path / "logs")
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # both restored after the test
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    reporter = crash.install_excepthook(log_path)
+    try:
+        try:
+            raise RuntimeError("boom in a slot")
+        except RuntimeError:
+            with qtbot.waitSignal(reporter.crashed, timeout=5_000):
+                sys.excepthook(*sys.exc_info())
+        qtbot.waitUntil(lambda: bool(shown), timeout=5_000)
+    finally:
+        for handler in list(logging.getLogger().handlers):
+            if getattr(handler, "baseFilename", "") == str(log_path):
+                logging.getLogger().removeHandler(handler)
+                handler.close()
+    assert str(log_path) in shown[0] and "RuntimeError: boom in a slot" in shown[0]
+    logged = log_path.read_text(encoding="utf-8")
+    assert "Traceback" in logged and "boom in a slot" in logged
