@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import torch
-from fixtures.builders import build_dense_mistral, build_tiny_random_mixtral, build_tiny_tokenizer
 from jinja2.exceptions import TemplateError
 from safetensors import safe_open
 from transformers import AutoTokenizer, MistralForCausalLM, MixtralForCausalLM
 
+from fixtures.builders import build_dense_mistral, build_tiny_random_mixtral, build_tiny_tokenizer
 from mixdesk.engine.checkpoint import INDEX_NAME, SINGLE_NAME, Checkpoint
 
 SHARD = re.compile(r"^model-(\d{5})-of-(\d{5})\.safetensors$")
