@@ -5,21 +5,36 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from PySide6.QtCore import QSize, Qt, Slot
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QToolButton, QWidget
+from PySide6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from mixdesk.app.gui import theme
 
 
-class Banner(QFrame):
+class Banner(QWidget):
     """One line of text with an optional action button and a close button.
 
+    The widget is the banner with its margin, so a hidden banner takes no room.
+
     Attributes:
-        level: "error", "warning" or "info" (styled by the `level` property).
+        level: "error", "warning" or "info" (styled by the frame's `level` property).
+        frame: the styled box inside.
     """
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.setObjectName("Banner")
+        self.frame = QFrame()
+        self.frame.setObjectName("Banner")
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(16, 8, 16, 0)
+        outer.addWidget(self.frame)
         self.level = "info"
         self.icon = QLabel()
         self.label = QLabel()
@@ -32,7 +47,7 @@ class Banner(QFrame):
         self.close_button.setAutoRaise(True)
         self.close_button.setToolTip("Dismiss")
         self.close_button.clicked.connect(self.hide)
-        layout = QHBoxLayout(self)
+        layout = QHBoxLayout(self.frame)
         layout.setContentsMargins(10, 6, 6, 6)
         layout.addWidget(self.icon, 0, Qt.AlignmentFlag.AlignTop)
         layout.addWidget(self.label, 1)
@@ -50,9 +65,9 @@ class Banner(QFrame):
     def show_message(self, level: str, text: str, action_text: str = "",
                      action: Callable[[], None] | None = None) -> None:
         self.level = level
-        self.setProperty("level", level)
-        self.style().unpolish(self)
-        self.style().polish(self)
+        self.frame.setProperty("level", level)
+        self.frame.style().unpolish(self.frame)
+        self.frame.style().polish(self.frame)
         self.label.setText(text)
         self._callback = action
         self.action.setText(action_text)

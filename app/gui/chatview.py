@@ -284,7 +284,10 @@ class ChatView(QScrollArea):
             "Ask anything. Enter sends, Shift+Enter starts a new line.")
         self.placeholder.setObjectName("Muted")
         self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self._column.addStretch(1)
+        # an empty chat centres the hint; otherwise messages sit at the top and
+        # the trailing stretch takes the rest
+        self.placeholder.setSizePolicy(QSizePolicy.Policy.Preferred,
+                                       QSizePolicy.Policy.Expanding)
         self._column.addWidget(self.placeholder)
         self._column.addStretch(1)
         self.setWidget(canvas)

@@ -155,10 +155,7 @@ class MainWindow(QMainWindow):
         center_column.setContentsMargins(0, 0, 0, 0)
         center_column.setSpacing(0)
         center_column.addWidget(top)
-        banner_row = QVBoxLayout()
-        banner_row.setContentsMargins(16, 8, 16, 0)
-        banner_row.addWidget(self.banner)
-        center_column.addLayout(banner_row)
+        center_column.addWidget(self.banner)
         center_column.addWidget(self.pages, 1)
 
         splitter = QSplitter()
@@ -194,7 +191,7 @@ class MainWindow(QMainWindow):
         self.chat_view.edit_submitted.connect(self._edit_and_resend)
         self.chat_view.regenerate_requested.connect(self._regenerate)
         self.sidebar.new_chat_requested.connect(self.new_chat)
-        self.sidebar.conversation_selected.connect(s.open_conversation)
+        self.sidebar.conversation_selected.connect(self.open_conversation)
         self.sidebar.rename_requested.connect(self.rename_conversation)
         self.sidebar.delete_requested.connect(self.delete_conversation)
         self.sidebar.export_requested.connect(self.export_conversation)
@@ -259,8 +256,14 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def new_chat(self) -> None:
+        self.side_panel.flush()
         self.session.new_conversation()
         self.composer.edit.setFocus()
+
+    @Slot(int)
+    def open_conversation(self, conversation_id: int) -> None:
+        self.side_panel.flush()  # a pending system prompt edit belongs to the chat it was typed in
+        self.session.open_conversation(conversation_id)
 
     @Slot(int)
     def _on_conversation_opened(self, conversation_id: int) -> None:

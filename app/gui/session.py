@@ -192,6 +192,7 @@ class ChatSession(QObject):
             self.store.update_settings(self.current.id, system_prompt=text)
             self.current = self.store.conversation(self.current.id)
             self.conversations_changed.emit()
+            self.settings_changed.emit()
 
     def set_params(self, params: SamplingParams) -> None:
         if self.current is None:
@@ -199,6 +200,7 @@ class ChatSession(QObject):
         assert self.current is not None
         self.store.update_settings(self.current.id, params=params_to_dict(params))
         self.current = self.store.conversation(self.current.id)
+        self.settings_changed.emit()
 
     def export_markdown(self, conversation_id: int) -> str:
         return self.store.export_markdown(conversation_id)

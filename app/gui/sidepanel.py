@@ -116,11 +116,16 @@ class SidePanel(QWidget):
         return box
 
     def load(self, system_prompt: str, params: SamplingParams, defaults: SamplingParams) -> None:
-        """Show a conversation's settings without emitting edits."""
+        """Show a conversation's settings without emitting edits.
+
+        Call `flush` before switching conversations, so a pending prompt edit
+        lands in the conversation it was typed for.
+        """
         self._loading = True
         self._base = defaults
+        editing = self._prompt_timer.isActive()  # the user is typing: their text wins
         try:
-            if self.system_prompt.toPlainText() != system_prompt:
+            if self.system_prompt.toPlainText() != system_prompt and not editing:
                 self.system_prompt.setPlainText(system_prompt)
             self.temperature.setValue(params.temperature)
             self.top_p.setValue(params.top_p)
@@ -130,7 +135,6 @@ class SidePanel(QWidget):
             self.seed.setValue(-1 if params.seed is None else params.seed)
         finally:
             self._loading = False
-        self._prompt_timer.stop()
 
     def params(self) -> SamplingParams:
         seed = self.seed.value()

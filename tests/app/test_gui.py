@@ -421,3 +421,23 @@ def test_crash_hook_logs_the_traceback_and_names_the_log(
     assert str(log_path) in shown[0] and "RuntimeError: boom in a slot" in shown[0]
     logged = log_path.read_text(encoding="utf-8")
     assert "Traceback" in logged and "boom in a slot" in logged
+
+
+def test_system_prompt_edit_lands_in_the_chat_it_was_typed_in(
+        qtbot: Any, ready: Any, fake_engine: Any) -> None:
+    gui = ready
+    fake_engine.answer = "ok"
+    send(qtbot, gui, "chat A")
+    chat_a = gui.session.current.id
+    gui.window.panel_button.setChecked(True)
+    panel = gui.window.side_panel
+    qtbot.keyClicks(panel.system_prompt, "Be terse.")
+    panel.temperature.setValue(0.25)  # a param change while the prompt edit is pending
+    assert panel.system_prompt.toPlainText() == "Be terse."
+    gui.window.new_chat()  # switch before the edit's timer fires
+    assert gui.session.store.conversation(chat_a).system_prompt == "Be terse."
+    assert gui.session.store.conversation(chat_a).params["temperature"] == 0.25
+    assert panel.system_prompt.toPlainText() == ""  # the new chat has its own
+    gui.window.open_conversation(chat_a)
+    assert panel.system_prompt.toPlainText() == "Be terse."
+    assert panel.temperature.value() == 0.25
