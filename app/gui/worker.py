@@ -36,14 +36,10 @@ GenerateFn = Callable[..., Iterator[Event]]
 
 
 def default_load(path: Path) -> Any:
-    """Load on the GPU when there is one (fp16), else on the CPU (fp32)."""
-    import torch  # noqa: PLC0415 - torch is imported on the worker thread, never at GUI start
+    """The front ends' shared loader: the GPU when there is one, else the CPU."""
+    from mixdesk.engine.loader import open_model  # noqa: PLC0415 - torch loads on this thread
 
-    from mixdesk.engine.loader import load_model  # noqa: PLC0415
-
-    if torch.cuda.is_available():
-        return load_model(path, device="cuda", dtype=torch.float16)
-    return load_model(path, device="cpu", dtype=torch.float32)
+    return open_model(path, device="auto", dtype="auto")
 
 
 def default_generate(lm: Any, prompt: Any, params: SamplingParams, *, chat: bool,

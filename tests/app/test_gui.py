@@ -441,3 +441,27 @@ def test_system_prompt_edit_lands_in_the_chat_it_was_typed_in(
     gui.window.open_conversation(chat_a)
     assert panel.system_prompt.toPlainText() == "Be terse."
     assert panel.temperature.value() == 0.25
+
+
+def test_main_runs_the_real_entry_point_and_quits_cleanly(tmp_path: Path) -> None:
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    code = (
+        "from PySide6.QtCore import QTimer\n"
+        "from mixdesk.app.gui.app import application\n"
+        "from mixdesk.app.gui import main\n"
+        "app = application()\n"
+        "QTimer.singleShot(1500, app.quit)\n"
+        "raise SystemExit(main([]))\n"
+    )
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", MIXDESK_HOME=str(tmp_path / "home"),
+               XDG_CONFIG_HOME=str(tmp_path / "config"))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "home" / "chats.sqlite3").is_file()
+    log = (tmp_path / "home" / "logs" / "mixdesk-gui.log").read_text(encoding="utf-8")
+    assert "shut down cleanly" in log
+    assert (tmp_path / "config" / "mixdesk" / "mixdesk.conf").is_file()  # geometry saved
