@@ -465,3 +465,18 @@ def test_main_runs_the_real_entry_point_and_quits_cleanly(tmp_path: Path) -> Non
     log = (tmp_path / "home" / "logs" / "mixdesk-gui.log").read_text(encoding="utf-8")
     assert "shut down cleanly" in log
     assert (tmp_path / "config" / "mixdesk" / "mixdesk.conf").is_file()  # geometry saved
+
+
+def test_dark_theme_renders_code_on_a_dark_background(qtbot: Any, make_gui: Any,
+                                                      fake_engine: Any,
+                                                      fake_model_dir: Path,
+                                                      load_model: Any) -> None:
+    from mixdesk.app.gui.markdown import code_colors  # noqa: PLC0415
+
+    gui = make_gui(engine=fake_engine, theme_name="dark")
+    load_model(gui, fake_model_dir)
+    assert gui.window.dark and gui.app.palette().base().color().lightness() < 80
+    fake_engine.answer = "```rust\nfn main() {}\n```"
+    answer = send(qtbot, gui, "rust please")
+    html = gui.window.chat_view.widgets[answer.id].body.toHtml()
+    assert code_colors(dark=True).background.lower() in html.lower()
