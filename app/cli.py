@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from mixdesk.engine.errors import MixdeskError
@@ -73,6 +74,27 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="interactive chat in the terminal")
     _add_model_flags(chat)
     _add_sampling_flags(chat, temperature=0.7)
+
+    quant = sub.add_parser("quantize", help="quantize a model folder into the mixdesk format")
+    quant.add_argument("source", help="an unquantized model folder (hub layout), or 'demo'")
+    quant.add_argument("dest", help="the output folder; run again with the same one to resume")
+    quant.add_argument("--recipe", default="hqq-card",
+                       help="hqq-card (default), 2bit-g16, 3bit-g64 or 4bit-g64")
+    quant.add_argument("--axis", type=int, choices=[0, 1], default=None,
+                       help="grouping axis (default: the recipe's, 0 for hqq-card)")
+    quant.add_argument("--device", default="auto", help="where hqq's solver runs")
+
+    imp = sub.add_parser("import-hqq", help="import a published hqq 0.1.x checkpoint (qmodel.pt)")
+    imp.add_argument("source", help="a folder with qmodel.pt and config.json")
+    imp.add_argument("dest", help="a new or empty output folder")
+    imp.add_argument("--tokenizer-from", default=None,
+                     help="a folder with the tokenizer files, if the checkpoint lacks them")
+
+    gui = sub.add_parser("gui", help="open the desktop app")
+    gui.add_argument("--selftest", action="store_true",
+                     help="start offscreen, answer one prompt, exit 0 if all works")
+    gui.add_argument("gui_args", nargs=argparse.REMAINDER,
+                     help="passed to the app: --model PATH, --screenshot PNG, --timeout S")
 
     serve = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
     _add_model_flags(serve)
@@ -195,6 +217,52 @@ class _EventError(MixdeskError):
     """A Failed event surfaced as an exception for the exit-code path."""
 
 
+def _quantize_progress(event: Any) -> None:
+    eta = f", {event.eta_s:.0f} s left" if event.eta_s is not None else ""
+    done = event.bytes_done / event.bytes_total if event.bytes_total else 0.0
+    print(f"\r{event.phase}: {event.tensors_done}/{event.tensors_total} tensors, "
+          f"{done:4.0%}{eta}   ", end="", file=sys.stderr, flush=True)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from mixdesk.engine.loader import resolve_model_path  # noqa: PLC0415
+    from mixdesk.engine.qformat import quantize_model  # noqa: PLC0415
+    from mixdesk.engine.quantize import get_recipe  # noqa: PLC0415
+
+    recipe = get_recipe(args.recipe, axis=args.axis)
+    if args.source == "demo":
+        from mixdesk.engine.demo import ensure_demo  # noqa: PLC0415
+
+        ensure_demo(progress=_progress_line)
+    device = None if args.device == "auto" else args.device
+    try:
+        path = quantize_model(resolve_model_path(args.source), Path(args.dest), recipe,
+                              progress=_quantize_progress, device=device)
+    except KeyboardInterrupt:
+        print("\nmixdesk: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(file=sys.stderr)
+    print(path)
+    return 0
+
+
+def cmd_import_hqq(args: argparse.Namespace) -> int:
+    from mixdesk.engine.hqq_import import import_hqq  # noqa: PLC0415
+
+    tokenizer_from = Path(args.tokenizer_from) if args.tokenizer_from else None
+    path = import_hqq(Path(args.source), Path(args.dest), tokenizer_from=tokenizer_from,
+                      progress=_quantize_progress)
+    print(file=sys.stderr)
+    print(path)
+    return 0
+
+
+def cmd_gui(args: argparse.Namespace) -> int:
+    from mixdesk.app.gui import main as gui_main  # noqa: PLC0415 - only `gui` loads Qt
+
+    return gui_main(list(args.gui_args), selftest=args.selftest)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from mixdesk.app.server import run_server  # noqa: PLC0415 - only `serve` loads the ASGI stack
 
@@ -208,6 +276,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "generate": cmd_generate,
     "chat": cmd_chat,
     "serve": cmd_serve,
+    "quantize": cmd_quantize,
+    "import-hqq": cmd_import_hqq,
+    "gui": cmd_gui,
 }
 
 

@@ -162,3 +162,24 @@ def test_serve_refuses_an_open_bind_without_a_key(tiny_mixtral: Path, tmp_path: 
         if env_key is not None:
             os.environ["MIXDESK_API_KEY"] = env_key
     assert_user_error(result, "0.0.0.0", "API key")
+
+
+def test_quantize_then_generate(tiny_mixtral: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "tiny-q"
+    result = mixdesk("quantize", str(tiny_mixtral), str(dest), "--recipe", "4bit-g64",
+                     home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    assert "4bit-g64" in json.dumps(manifest)
+    run = mixdesk("generate", str(dest), "--prompt", "hello", "--temperature", "0",
+                  "--max-new-tokens", "6", "--json", home=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert len(json.loads(run.stdout)["token_ids"]) >= 1
+
+
+def test_quantize_rejects_an_unknown_recipe(tiny_mixtral: Path, tmp_path: Path) -> None:
+    result = mixdesk("quantize", str(tiny_mixtral), str(tmp_path / "out"), "--recipe", "1bit",
+                     home=tmp_path)
+    assert_user_error(result, "unknown recipe '1bit'", "hqq-card")
+    assert not (tmp_path / "out" / "manifest.json").exists()
