@@ -176,25 +176,25 @@ def check_gemv(case: Case) -> float:
 
 
 SWEEP_TILES = {  # (rows, cols, warps) per program
-    0: [(1, 512, 4), (2, 512, 4), (2, 256, 4), (4, 128, 4), (4, 256, 4), (8, 128, 4),
-        (16, 128, 8), (2, 1024, 8)],
-    1: [(32, 64, 4), (16, 128, 4), (64, 32, 4), (8, 128, 4), (32, 32, 4), (128, 32, 8)],
+    0: [(1, 512, 4), (1, 1024, 4), (2, 512, 4), (2, 256, 4), (4, 128, 4), (4, 256, 4),
+        (8, 128, 4), (16, 128, 8), (2, 1024, 8)],
+    1: [(32, 64, 4), (16, 128, 4), (64, 32, 4), (8, 128, 4), (32, 32, 4), (16, 64, 4),
+        (8, 256, 4)],
 }
 
 
 def candidate_configs(pw: PackedWeight) -> list[Any]:
     """Tile shapes to sweep, each with and without the register prefetch; the K split
     keeps ~4 programs per SM."""
-    from mixdesk.kernels.gemv import Config, default_config  # noqa: PLC0415
+    from mixdesk.kernels.gemv import Config, default_config, split_for  # noqa: PLC0415
 
-    a_rows, b_cols = pw.grid
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    out = {default_config(pw, 1, torch.device("cuda"))}
+    _, b_cols = pw.grid
+    cuda = torch.device("cuda")
+    out = {default_config(pw, 1, cuda)}
     for rows, cols, warps in SWEEP_TILES[pw.axis]:
         if cols > 2 * b_cols:
             continue
-        programs = math.ceil(a_rows / rows) * (pw.words if pw.axis == 0 else 1)
-        split = max(1, min(math.ceil(4 * sms / programs), math.ceil(b_cols / cols)))
+        split = split_for(pw, rows, cols, 1, cuda)
         for prefetch in (True, False):
             out.add(Config(rows, cols, split, warps, prefetch))
     return sorted(out, key=lambda c: (c.num_warps, c.block_rows, c.block_cols, c.prefetch))
@@ -202,7 +202,7 @@ def candidate_configs(pw: PackedWeight) -> list[Any]:
 
 def bench_gemv(case: Case, bandwidth: float, sweep: bool) -> dict[str, Any]:
     """Time one GEMV case (default tile, then the sweep); bytes are what one call reads."""
-    from mixdesk.kernels.gemv import Config, gemv  # noqa: PLC0415
+    from mixdesk.kernels.gemv import TUNED, Config, gemv  # noqa: PLC0415
 
     probe = random_packed(case)
     n_copies = copies_for(probe.nbytes())
@@ -234,6 +234,11 @@ def bench_gemv(case: Case, bandwidth: float, sweep: bool) -> dict[str, Any]:
             trials.append({"config": asdict(cfg), "us": t * 1e6})
         ok = [t for t in trials if "us" in t]
         best = min(ok, key=lambda t: t["us"])
+        cfg = best["config"]  # later sections (moe, decode) run with the measured best
+        TUNED[(case.bits, case.group, case.axis, case.n, case.k)] = (
+            cfg["block_rows"], cfg["block_cols"], cfg["num_warps"], cfg["prefetch"])
+        result["tuned"] = [case.bits, case.group, case.axis, case.n, case.k,
+                           *TUNED[(case.bits, case.group, case.axis, case.n, case.k)]]
         result.update(best_config=best["config"], best_us=best["us"],
                       best_gbs=nbytes / best["us"] / 1e3,
                       best_pct_bw=100 * nbytes / (best["us"] * 1e-6) / bandwidth,
@@ -425,8 +430,9 @@ def _print_table(rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mixdesk-bench", description=__doc__.split("\n")[0])
     parser.add_argument("--out", help="write the results as JSON here")
-    parser.add_argument("--sections", default="dense,moe,decode,hqq,kernels",
-                        help="comma-separated, run in this order: dense,moe,decode,hqq,kernels")
+    parser.add_argument("--sections", default="kernels,moe,decode,dense,hqq",
+                        help="comma-separated, run in this order (the kernels sweep tunes "
+                             "the tiles that moe and decode then use)")
     parser.add_argument("--sweep", action="store_true", help="sweep tile shapes per kernel")
     parser.add_argument("--axes", default="0,1", help="axes to benchmark (kernels section)")
     parser.add_argument("--no-compile", action="store_true", help="skip hqq's torch.compile")

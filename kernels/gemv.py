@@ -10,6 +10,8 @@ A code becomes a float without an int->float convert (a quarter-rate
 instruction on Hopper): its bits are moved to the top of an fp32 mantissa whose
 exponent is 0, giving f = 1 + q / 2**bits exactly, and the 1 is taken out once
 per group: (q - z) * s * x = f * (2**bits * s * x) - (1 + z / 2**bits) * (2**bits * s * x).
+The 8-bit scale and zero codes go the same way (1 + code/256), against a meta-meta
+table stored in the form that makes each of them one FMA (layout.meta_table).
 
 axis 0 (the card's): a group's lanes are output rows a, a + A, ..., a + (g-1)A
 of one column b, so x[b] is one vector per tile and each lane has its own
@@ -70,30 +72,16 @@ def _fetch(q_base, m_base, t_base, x_base, x2_base, woff, mask, tix, xidx, bmask
         m = w
     else:
         m = tl.load(m_base + woff, mask=mask, other=0)
-    s_step = tl.load(t_base + tix, mask=bmask, other=0.0)
-    s_off = tl.load(t_base + T_LEN + tix, mask=bmask, other=0.0)
-    z_step = tl.load(t_base + 2 * T_LEN + tix, mask=bmask, other=0.0)
-    z_off = tl.load(t_base + 3 * T_LEN + tix, mask=bmask, other=0.0)
+    s_mul = tl.load(t_base + tix, mask=bmask, other=0.0)
+    s_add = tl.load(t_base + T_LEN + tix, mask=bmask, other=0.0)
+    z_mul = tl.load(t_base + 2 * T_LEN + tix, mask=bmask, other=0.0)
+    z_add = tl.load(t_base + 3 * T_LEN + tix, mask=bmask, other=0.0)
     xv = tl.load(x_base + xidx, mask=bmask, other=0.0)
     if ACT:
         x2v = tl.load(x2_base + xidx, mask=bmask, other=0.0)
     else:
         x2v = xv
-    return w, m, s_step, s_off, z_step, z_off, xv, x2v
-
-
-@triton.jit
-def _meta_consts(s_step, s_off, z_step, z_off, BITS: tl.constexpr):
-    """Per-column constants so that, with fs = 1 + scale_q/256 and fz = 1 + zero_q/256,
-    scale = fs * s_mul + s_add and 1 + zero / 2**BITS = fz * z_mul + z_add."""
-    s_step = s_step.to(tl.float32)
-    z_step = z_step.to(tl.float32)
-    INV: tl.constexpr = 1.0 / (1 << BITS)
-    s_mul = 256.0 * s_step
-    s_add = -(256.0 + s_off.to(tl.float32)) * s_step
-    z_mul = (256.0 * INV) * z_step
-    z_add = 1.0 - (256.0 + z_off.to(tl.float32)) * z_step * INV
-    return s_mul, s_add, z_mul, z_add
+    return w, m, s_mul, s_add, z_mul, z_add, xv, x2v
 
 
 @triton.jit
@@ -146,7 +134,6 @@ def _gemv_axis0_kernel(
     BA: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     LANES: tl.constexpr = V if G > V else G
-    TWO_B: tl.constexpr = 1 << BITS
     pid = tl.program_id(0)
     sid = pid % SPLIT
     pid = pid // SPLIT
@@ -198,12 +185,11 @@ def _gemv_axis0_kernel(
             w_n, m_n, ss_n, so_n, zs_n, zo_n, xv_n, x2v_n = _fetch(
                 q_base, m_base, t_base, x_base, x2_base, a[:, None] * B + bn[None, :],
                 amask[:, None] & bnmask[None, :], rho * B + bn, bn, bnmask, T_LEN, INLINE, ACT)
-        s_mul, s_add, z_mul, z_add = _meta_consts(ss, so, zs, zo, BITS)
-        xb = _act(xv, x2v, rw, ACT) * TWO_B
+        xb = _act(xv, x2v, rw, ACT)
         m = m.to(tl.int32)
-        # sxb = 2**BITS * scale * x, one FMA a group
-        sxb = _byte(m, MPOS) * (s_mul * xb)[None, :] + (s_add * xb)[None, :]
-        accz += (_byte(m, MPOS + 8) * z_mul[None, :] + z_add[None, :]) * sxb
+        # sxb = 2**BITS * scale * x, one FMA a group; zz = 1 + zero / 2**BITS
+        sxb = _byte(m, MPOS) * (ss * xb)[None, :] + (so * xb)[None, :]
+        accz += (_byte(m, MPOS + 8) * zs[None, :] + zo[None, :]) * sxb
         acc0 = _acc_lane(acc0, w, sxb, 0, LANES, BITS)
         acc1 = _acc_lane(acc1, w, sxb, 1, LANES, BITS)
         acc2 = _acc_lane(acc2, w, sxb, 2, LANES, BITS)
@@ -254,7 +240,6 @@ def _gemv_axis1_kernel(
     BA: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     LANES: tl.constexpr = V if G > V else G
-    TWO_B: tl.constexpr = 1 << BITS
     pid = tl.program_id(0)
     sid = pid % SPLIT
     pid = pid // SPLIT
@@ -293,10 +278,9 @@ def _gemv_axis1_kernel(
             w_n, m_n, ss_n, so_n, zs_n, zo_n, xv_n, x2v_n = _fetch(
                 q_base, m_base, t_base, x_base, x2_base, a[:, None] * B + bn[None, :],
                 amask[:, None] & bnmask[None, :], rho * B + bn, bn, bnmask, T_LEN, INLINE, False)
-        s_mul, s_add, z_mul, z_add = _meta_consts(ss, so, zs, zo, BITS)
         m = m.to(tl.int32)
-        scale = _byte(m, MPOS) * s_mul[None, :] + s_add[None, :]
-        zterm = _byte(m, MPOS + 8) * z_mul[None, :] + z_add[None, :]  # 1 + zero / 2**BITS
+        scale = _byte(m, MPOS) * ss[None, :] + so[None, :]  # 2**BITS * scale
+        zterm = _byte(m, MPOS + 8) * zs[None, :] + zo[None, :]  # 1 + zero / 2**BITS
         dot = tl.zeros([BA, BB], tl.float32)  # sum_j f_j x_j of each group
         xsum = tl.zeros([BB], tl.float32)  # sum_j x_j of each group
         for r in tl.static_range(S):
@@ -314,7 +298,7 @@ def _gemv_axis1_kernel(
                             xj = xj.to(tl.float32)
                         dot += _lane(w, j, BITS) * xj[None, :]
                         xsum += xj
-        acc += scale * (TWO_B * (dot - zterm * xsum[None, :]))
+        acc += scale * (dot - zterm * xsum[None, :])
         if PREFETCH:
             w, m, ss, so, zs, zo, xv, x2v = w_n, m_n, ss_n, so_n, zs_n, zo_n, xv_n, x2v_n
         else:
@@ -351,21 +335,40 @@ def _residue_rows(pw: PackedWeight) -> tuple[int, int]:
     return residues, math.ceil(a_rows / residues)
 
 
-def default_config(pw: PackedWeight, launches: int, device: torch.device) -> Config:
-    """A tile shape that keeps ~8 words and <= ~140 accumulators per thread, and enough
-    programs (K split if needed) to fill the GPU."""
+# Tile shapes measured best on an H100 (tests/bench/gpu_check.sh --sweep; docs/PERFORMANCE.md),
+# by (bits, group, axis, N, K): (rows, cols, warps, prefetch). The K split is recomputed for
+# the number of matrices a launch covers.
+TUNED: dict[tuple[int, int, int, int, int], tuple[int, int, int, bool]] = {}
+
+
+def split_for(pw: PackedWeight, block_rows: int, block_cols: int, launches: int,
+              device: torch.device, programs_per_sm: int = 4) -> int:
+    """K split that gives ~`programs_per_sm` programs per SM (atomics add the parts)."""
     _, b_cols = pw.grid
     residues, rows = _residue_rows(pw)
+    planes = pw.words if pw.axis == 0 else 1
+    programs = residues * math.ceil(rows / block_rows) * planes * launches
+    sms = _sm_count(device.index or 0) if device.type == "cuda" else 4
+    return max(1, min(math.ceil(programs_per_sm * sms / programs),
+                      math.ceil(b_cols / block_cols)))
+
+
+def default_config(pw: PackedWeight, launches: int, device: torch.device) -> Config:
+    """The measured tile for this shape if there is one, else one that keeps ~8 words and
+    <= ~140 accumulators per thread; K is split so that the programs fill the GPU."""
+    tuned = TUNED.get((pw.bits, pw.group, pw.axis, *pw.shape))
+    if tuned is not None:
+        rows, cols, warps, prefetch = tuned
+        return Config(rows, cols, split_for(pw, rows, cols, launches, device), warps, prefetch)
+    _, b_cols = pw.grid
+    _, rows_per_residue = _residue_rows(pw)
     lanes = min(pw.group, lanes_per_word(pw.bits))
     tile = 512 if (pw.axis == 0 and lanes > 8) else 1024
     cap_cols = 512 if pw.axis == 0 else 128
     block_cols = _pow2_at_most(b_cols, cap_cols)
-    block_rows = _pow2_at_most(rows, max(1, tile // block_cols))
-    planes = pw.words if pw.axis == 0 else 1
-    programs = residues * math.ceil(rows / block_rows) * planes * launches
-    sms = _sm_count(device.index or 0) if device.type == "cuda" else 4
-    split = max(1, min(math.ceil(4 * sms / programs), math.ceil(b_cols / block_cols)))
-    return Config(block_rows, block_cols, split)
+    block_rows = _pow2_at_most(rows_per_residue, max(1, tile // block_cols))
+    return Config(block_rows, block_cols,
+                  split_for(pw, block_rows, block_cols, launches, device))
 
 
 def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, out: Tensor, *,

