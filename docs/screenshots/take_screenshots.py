@@ -62,7 +62,7 @@ def chat(gui: Gui, model: Path) -> None:
         raise SystemExit("model load timed out")
     if session.model_state != "ready":
         raise SystemExit(gui.window.banner.text())
-    session.set_params(SamplingParams(temperature=0.0, max_new_tokens=160,
+    session.set_params(SamplingParams(temperature=0.0, max_new_tokens=140,
                                       repetition_penalty=1.1))
     for prompt in PROMPTS:
         done: list[object] = []
