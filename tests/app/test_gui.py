@@ -480,3 +480,53 @@ def test_dark_theme_renders_code_on_a_dark_background(qtbot: Any, make_gui: Any,
     answer = send(qtbot, gui, "rust please")
     html = gui.window.chat_view.widgets[answer.id].body.toHtml()
     assert code_colors(dark=True).background.lower() in html.lower()
+
+
+def test_first_run_builds_the_demo_with_progress_then_is_ready_to_chat(
+        qtbot: Any, make_gui: Any, fake_engine: Any, monkeypatch: Any) -> None:
+    from mixdesk.engine import demo  # noqa: PLC0415
+
+    def fake_ensure_demo(dest: Path, *, progress: Any) -> Path:  # on the task thread
+        progress("reading SmolLM2-135M-Instruct", 0.0)
+        progress("writing weights", 0.55)
+        dest.mkdir(parents=True)
+        (dest / "config.json").write_text('{"model_type": "mixtral", "num_local_experts": 8}')
+        progress("done", 1.0)
+        return dest
+
+    monkeypatch.setattr(demo, "ensure_demo", fake_ensure_demo)
+    gui = make_gui(engine=fake_engine)
+    page = gui.window.first_run
+    assert gui.window.pages.currentWidget() is page
+    stages: list[tuple[str, float]] = []
+    page_progress = page.set_progress
+    monkeypatch.setattr(page, "set_progress",
+                        lambda stage, f: (stages.append((stage, f)), page_progress(stage, f)))
+    with qtbot.waitSignal(gui.session.model_state_changed, timeout=20_000,
+                          check_params_cb=lambda state, _i: state == "ready"):
+        qtbot.mouseClick(page.build_button, Qt.MouseButton.LeftButton)
+    assert [s for s, _ in stages] == ["reading SmolLM2-135M-Instruct", "writing weights", "done"]
+    assert gui.window.pages.currentIndex() == 0  # the chat page
+    assert gui.session.model_info["name"] == "demo"
+    assert [m.name for m in gui.window.local_models] == ["demo"]
+    fake_engine.answer = "Paris."
+    assert send(qtbot, gui, "What is the capital of France?").content == "Paris."
+
+
+def test_model_menu_lists_local_models_and_loads_the_one_picked(
+        qtbot: Any, make_gui: Any, fake_engine: Any, fake_model_dir: Path) -> None:
+    other = fake_model_dir.parent / "another-model"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "mistral"}')
+    gui = make_gui(engine=fake_engine)
+    gui.window._fill_model_menu()
+    labels = [a.text() for a in gui.window.model_menu.actions() if a.text()]
+    assert labels[0].startswith("another-model · mistral")
+    assert labels[1].startswith("fake-model · mixtral · 4 experts")
+    with qtbot.waitSignal(gui.session.model_state_changed, timeout=10_000,
+                          check_params_cb=lambda state, _i: state == "ready"):
+        gui.window.model_menu.actions()[1].trigger()
+    assert gui.window.model_button.text() == "fake-model · cpu"
+    gui.window._fill_model_menu()
+    checked = [a.text() for a in gui.window.model_menu.actions() if a.isChecked()]
+    assert len(checked) == 1 and checked[0].startswith("fake-model")
