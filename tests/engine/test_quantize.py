@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -234,3 +235,27 @@ def test_estimate_bytes_matches_what_quantize_stores() -> None:
 def test_quantize_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     quantize_weight(torch.randn(64, 64), QuantSpec(4, 64))
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.slow
+def test_smol_moe_matrices_match_hqq_exactly(smol_moe: Path) -> None:
+    from mixdesk.engine.checkpoint import Checkpoint  # noqa: PLC0415
+
+    checkpoint = Checkpoint(smol_moe)
+    for name, (bits, group) in {
+        "model.layers.0.self_attn.q_proj.weight": (4, 64),  # 5184 groups: meta padded
+        "model.layers.7.block_sparse_moe.experts.5.w2.weight": (2, 8),
+    }.items():
+        weight = checkpoint.tensor(name)
+        for axis in (0, 1):
+            ref_codes, ref_scale, ref_zero, _ = _hqq_reference(weight.float(), bits, group, axis)
+            qw = quantize_weight(weight, QuantSpec(bits, group, axis))
+            assert torch.equal(qw.codes(), ref_codes.view(qw.codes().shape)), name
+            assert qw.scale.codes is not None and qw.zero.codes is not None
+            # 8-bit meta: within half a meta step of hqq's fp32 scale and zero
+            for meta, ref in ((qw.scale, ref_scale), (qw.zero, ref_zero)):
+                assert meta.qmeta is not None
+                step = meta.qmeta[0].float()
+                col = torch.arange(ref.numel()) % step.numel()
+                err = (meta.dequantize() - ref).abs()
+                assert (err <= 0.5 * step[col] * 1.01 + 1e-7).all(), name
