@@ -22,7 +22,7 @@ from PySide6.QtCore import QCoreApplication, QEventLoop, QSettings, QTimer
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QApplication
 
-from mixdesk.app.gui import theme
+from mixdesk.app.gui import markdown, theme
 from mixdesk.app.gui.crash import install_excepthook, setup_logging
 from mixdesk.app.gui.mainwindow import MainWindow
 from mixdesk.app.gui.session import ChatSession
@@ -118,6 +118,7 @@ def build_gui(
 
     QGuiApplication.styleHints().colorSchemeChanged.connect(follow_system)
     client.probe()
+    QTimer.singleShot(0, markdown.warm_up)  # parsers and lexers before the first answer
     return gui
 
 

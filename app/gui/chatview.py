@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import logging
+import time
 from typing import Any
 
 from PySide6.QtCore import QSize, Qt, QTimer, QUrl, Signal, Slot
@@ -32,6 +33,8 @@ from mixdesk.app.gui.markdown import COPY_SCHEME, render
 from mixdesk.engine.chats import Message
 
 log = logging.getLogger("mixdesk.gui.chatview")
+
+MIN_RENDER_INTERVAL_S = 0.05
 
 STATUS_TEXT = {
     "streaming": "writing…",
@@ -292,6 +295,14 @@ class ChatView(QScrollArea):
         self._column.addStretch(1)
         self.setWidget(canvas)
         self._stick_to_bottom = True
+        # streaming text is drawn at most every MIN_RENDER_INTERVAL_S, and never
+        # more than a quarter of the time: a long answer re-renders slower
+        self._pending: dict[int, str] = {}
+        self._last_render_s = 0.0
+        self._last_render_at = 0.0
+        self._render_timer = QTimer(self)
+        self._render_timer.setSingleShot(True)
+        self._render_timer.timeout.connect(self._render_pending)
         self.verticalScrollBar().rangeChanged.connect(self._on_range_changed)
         self.verticalScrollBar().valueChanged.connect(self._on_scrolled)
 
@@ -299,6 +310,7 @@ class ChatView(QScrollArea):
         return list(self.widgets.values())
 
     def set_messages(self, messages: list[Message]) -> None:
+        self._pending.clear()
         for w in self.widgets.values():
             self._column.removeWidget(w)
             w.deleteLater()
@@ -325,11 +337,28 @@ class ChatView(QScrollArea):
         self.placeholder.hide()
 
     def update_text(self, message_id: int, text: str) -> None:
-        w = self.widgets.get(message_id)
-        if w is not None:
-            w.set_text(text)
+        """Show a growing answer's text (coalesced; see MIN_RENDER_INTERVAL_S)."""
+        if message_id not in self.widgets:
+            return
+        self._pending[message_id] = text
+        if not self._render_timer.isActive():
+            interval = max(MIN_RENDER_INTERVAL_S, 4 * self._last_render_s)
+            wait = interval - (time.monotonic() - self._last_render_at)
+            self._render_timer.start(max(0, int(wait * 1000)))
+
+    @Slot()
+    def _render_pending(self) -> None:
+        started = time.monotonic()
+        pending, self._pending = self._pending, {}
+        for message_id, text in pending.items():
+            w = self.widgets.get(message_id)
+            if w is not None:
+                w.set_text(text)
+        self._last_render_at = time.monotonic()
+        self._last_render_s = self._last_render_at - started
 
     def finish_message(self, message: Message) -> None:
+        self._pending.pop(message.id, None)
         w = self.widgets.get(message.id)
         if w is not None:
             w.finish(message)

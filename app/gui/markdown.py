@@ -12,6 +12,7 @@ address is `copy:<n>`; `Rendered.code_blocks[n]` is the text to copy.
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -56,6 +57,7 @@ def code_colors(dark: bool) -> CodeColors:
                       header="#8b949e" if dark else "#57606a")
 
 
+@lru_cache(maxsize=512)  # a streaming answer re-renders its finished code blocks each batch
 def highlight_code(code: str, language: str, *, dark: bool) -> str:
     """The code as HTML spans with inline colours (no wrapping <pre>)."""
     try:
@@ -99,13 +101,89 @@ def _parser(dark: bool) -> MarkdownIt:
     return md
 
 
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_COPY_LINK = re.compile(COPY_SCHEME + r":(\d+)\"")
+
+
+def split_blocks(text: str) -> list[str]:
+    """Cut markdown where a new top-level block starts, never inside a code fence.
+
+    A cut falls before a line that starts in column 0 after a blank line, so
+    indented continuations (list items, indented code) stay with their block.
+    Rendering the pieces one by one gives the same page; it lets a streaming
+    answer re-render only its last piece.
+    """
+    pieces: list[str] = []
+    current: list[str] = []
+    fence = ""
+    previous_blank = False
+    for line in text.split("\n"):
+        if not fence and previous_blank and current and line and not line[0].isspace():
+            pieces.append("\n".join(current))
+            current = []
+        current.append(line)
+        match = _FENCE.match(line)
+        if match:
+            marker = match.group(1)
+            if not fence:
+                fence = marker
+            elif marker[0] == fence[0] and len(marker) >= len(fence) and \
+                    line.strip() == marker:
+                fence = ""
+        previous_blank = not line.strip()
+    pieces.append("\n".join(current))
+    return pieces
+
+
+@lru_cache(maxsize=4096)
+def _render_piece(piece: str, dark: bool) -> tuple[str, tuple[str, ...]]:
+    env: dict[str, Any] = {"code_blocks": []}
+    body = _parser(dark).render(piece, env)
+    return body, tuple(env["code_blocks"])
+
+
+def _renumber_copy_links(body: str, offset: int) -> str:
+    def shift(match: re.Match[str]) -> str:
+        return f'{COPY_SCHEME}:{int(match.group(1)) + offset}"'
+
+    return _COPY_LINK.sub(shift, body)
+
+
 def render(text: str, *, dark: bool = False) -> Rendered:
     """Render markdown `text` for a QTextDocument.
+
+    Finished blocks come from a cache, so re-rendering a growing answer costs
+    about as much as its last block.
 
     Args:
         text: the message, possibly still growing.
         dark: use the dark code theme.
     """
-    env: dict[str, Any] = {"code_blocks": []}
-    body = _parser(dark).render(text, env)
-    return Rendered(html=body, code_blocks=env["code_blocks"])
+    pieces = render_pieces(text, dark=dark)
+    return Rendered(html="".join(p.html for p in pieces),
+                    code_blocks=[c for p in pieces for c in p.code_blocks])
+
+
+def render_pieces(text: str, *, dark: bool = False) -> list[Rendered]:
+    """`render`, one `Rendered` per `split_blocks` piece; copy links numbered across all."""
+    out: list[Rendered] = []
+    count = 0
+    for piece in split_blocks(text):
+        body, codes = _render_piece(piece, dark)
+        if codes:
+            body = _renumber_copy_links(body, count)
+            count += len(codes)
+        out.append(Rendered(html=body, code_blocks=list(codes)))
+    return out
+
+
+WARM_UP_LANGUAGES = ("python", "bash", "json", "javascript", "typescript", "c", "cpp", "rust",
+                     "go", "java", "sql", "html", "yaml")
+
+
+def warm_up() -> None:
+    """Build the parsers and load the common lexers now, not during the first answer."""
+    sample = "# t\n\n**b** `c`\n\n" + "".join(f"```{lang}\nx\n```\n\n"
+                                                for lang in WARM_UP_LANGUAGES)
+    for dark in (False, True):
+        render(sample, dark=dark)

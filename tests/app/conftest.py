@@ -53,6 +53,7 @@ class FakeEngine:
 
     tps: float = 2000.0
     answer: str | None = None
+    tokens: list[str] | None = None  # the answer as these tokens (wins over `answer`)
     prompts: list[Any] = field(default_factory=list)
     after_cancel: list[int] = field(default_factory=list)
     on_start: Callable[[Any], None] | None = None
@@ -69,8 +70,12 @@ class FakeEngine:
         self.prompts.append(prompt)
         if self.on_start is not None:
             self.on_start(prompt)
-        pieces = list(self.answer) if self.answer is not None else \
-            [WORDS[i % len(WORDS)] for i in range(params.max_new_tokens)]
+        if self.tokens is not None:
+            pieces = list(self.tokens)
+        elif self.answer is not None:
+            pieces = list(self.answer)
+        else:
+            pieces = [WORDS[i % len(WORDS)] for i in range(params.max_new_tokens)]
         pieces = pieces[:params.max_new_tokens]
         text, late, t0 = "", 0, time.perf_counter()
         self.after_cancel.append(0)
@@ -91,7 +96,8 @@ class FakeEngine:
                 late += 1
                 self.after_cancel[-1] = late
             yield Token(i, piece, stats(i + 1))
-        yield Done("length" if self.answer is None else "eos", text,
+        scripted = self.answer is not None or self.tokens is not None
+        yield Done("eos" if scripted else "length", text,
                    tuple(range(len(pieces))), stats(len(pieces)))
 
 
