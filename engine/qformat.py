@@ -457,6 +457,7 @@ def _write_unit(path: Path, out: Mapping[str, torch.Tensor], weights: Mapping[st
               metadata={"format": f"{FORMAT_NAME}/{FORMAT_VERSION}"})
     with partial.open("rb") as handle:
         os.fsync(handle.fileno())
+    os.chmod(partial, 0o644)  # safetensors creates 0600; a model folder is for sharing
     os.replace(partial, path)
     for name in weights:
         weights[name]["file"] = path.name
