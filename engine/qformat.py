@@ -48,6 +48,7 @@ from mixdesk.engine.errors import (
     DiskSpaceError,
     JobCancelled,
     ModelFormatError,
+    NoGPUError,
     OutputFolderError,
 )
 from mixdesk.engine.quantize import (
@@ -290,6 +291,7 @@ def quantize_model(
         ModelFormatError: the source is not a readable model folder.
         OutputFolderError: dest is in use.
         DiskSpaceError: not enough free disk for the output.
+        NoGPUError: device is cuda and there is no GPU.
         JobCancelled: `cancel` was set; nothing half-written is left to load.
     """
     src, dest = Path(src), Path(dest)
@@ -301,6 +303,8 @@ def quantize_model(
     if not tensors:
         raise ModelFormatError(f"{src}: the checkpoint holds no weights")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise NoGPUError("no CUDA GPU is available to quantize on; use --device cpu (slower)")
 
     state = _open_job(dest, recipe)
     units: dict[str, list[_SourceTensor]] = {}

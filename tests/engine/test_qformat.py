@@ -23,6 +23,7 @@ from mixdesk.engine.errors import (
     DiskSpaceError,
     JobCancelled,
     ModelFormatError,
+    NoGPUError,
     OutputFolderError,
     RecipeError,
 )
@@ -238,6 +239,9 @@ def test_output_folder_checks(tiny_src: Path, quantized: Path, tmp_path: Path) -
         quantize_model(tiny_src, quantized, "hqq-card")
     with pytest.raises(RecipeError, match="unknown recipe"):
         quantize_model(tiny_src, tmp_path / "x", "5bit-g3")
+    if not torch.cuda.is_available():
+        with pytest.raises(NoGPUError):
+            quantize_model(tiny_src, tmp_path / "y", "hqq-card", device="cuda")
     # an unfinished job only resumes with its own recipe
     stop = threading.Event()
     stop.set()
