@@ -338,6 +338,17 @@ class QuantizedWeight:
         zero = self.zero.dequantize(dtype).view(meta_shape)
         return ((self.codes().to(dtype) - zero) * scale).reshape(self.shape)
 
+    def logical(self) -> dict[str, Tensor]:
+        """The kernels' logical form (kernels/layout.py): q uint8 [N, K], scale_q and
+        zero_q uint8 [n], meta fp16 [4, C] = (scale step, scale offset, zero step,
+        zero offset); group i's meta pair is column i % C. Needs 8-bit meta."""
+        s, z = self.scale, self.zero
+        if s.codes is None or z.codes is None or s.qmeta is None or z.qmeta is None:
+            raise RecipeError("the kernels' layout needs 8-bit meta")
+        n = self.n_groups
+        return {"q": self.codes().reshape(self.shape), "scale_q": s.codes.reshape(-1)[:n],
+                "zero_q": z.codes.reshape(-1)[:n], "meta": torch.cat([s.qmeta, z.qmeta])}
+
     def nbytes(self) -> dict[str, int]:
         """Bytes stored, split into `qweight` and `meta`."""
         meta = sum(t.numel() * t.element_size() for k, t in self.tensors("w").items()

@@ -259,3 +259,20 @@ def test_smol_moe_matrices_match_hqq_exactly(smol_moe: Path) -> None:
                 col = torch.arange(ref.numel()) % step.numel()
                 err = (meta.dequantize() - ref).abs()
                 assert (err <= 0.5 * step[col] * 1.01 + 1e-7).all(), name
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_logical_form_for_the_kernels(axis: int) -> None:
+    # kernels/layout.py's formula over our logical form gives back our dequantization
+    weight = torch.randn(40, 96) * 0.03  # 480 groups of 8: meta padded to 4 columns
+    qw = quantize_weight(weight, QuantSpec(2, 8, axis))
+    form = qw.logical()
+    q, meta = form["q"].float(), form["meta"].float()
+    n = qw.n_groups
+    col = torch.arange(n) % meta.shape[1]
+    scale = (form["scale_q"].float() - meta[1, col]) * meta[0, col]
+    zero = (form["zero_q"].float() - meta[3, col]) * meta[2, col]
+    grouped = q.reshape((8, n) if axis == 0 else (n, 8))
+    shape = (1, n) if axis == 0 else (n, 1)
+    rebuilt = ((grouped - zero.view(shape)) * scale.view(shape)).reshape(40, 96)
+    torch.testing.assert_close(rebuilt, qw.dequantize(torch.float32))
