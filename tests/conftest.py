@@ -15,6 +15,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["QT_QPA_PLATFORM"] = "offscreen"
 
+import torch  # noqa: E402
+
+# Triton reads TRITON_INTERPRET when `@triton.jit` decorates, so it must be set
+# before any test module imports a kernel: without a GPU, kernels run in the
+# interpreter.
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
 import shutil  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Iterator  # noqa: E402

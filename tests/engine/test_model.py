@@ -55,8 +55,13 @@ def test_greedy_tokens_match_transformers_for_32_steps(
     ours, theirs = _load_pair(request, fixture, reference_cls)
     seed, prompt = _random_prompt(ours.args.vocab_size, 11)
     with torch.inference_mode():
-        expected = theirs.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False,
-                                   min_new_tokens=32, pad_token_id=0)[0, len(prompt):].tolist()
+        # transformers' own cache, stepped by hand: generate() would stop at EOS
+        out = theirs(torch.tensor([prompt]), use_cache=True)
+        expected = []
+        for _ in range(32):
+            expected.append(int(out.logits[0, -1].argmax()))
+            out = theirs(torch.tensor([[expected[-1]]]), past_key_values=out.past_key_values,
+                         use_cache=True)
         logits = ours.model(torch.tensor([prompt]), torch.arange(len(prompt)))[0, -1]
         got = []
         for step in range(32):
