@@ -23,8 +23,10 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/mixdesk demo
 
+# the desktop app where there is a display, else the terminal chat
 run: demo
-	$(VENV)/bin/mixdesk chat demo
+	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ]; then $(VENV)/bin/mixdesk gui --model demo; \
+	else echo "no display: opening the terminal chat (mixdesk chat demo)"; $(VENV)/bin/mixdesk chat demo; fi
 
 lint: setup
 	$(VENV)/bin/ruff check .
