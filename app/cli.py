@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     gui = sub.add_parser("gui", help="open the desktop app")
     gui.add_argument("--selftest", action="store_true",
                      help="start offscreen, answer one prompt, exit 0 if all works")
-    gui.add_argument("--model", default=None, help="load this model folder at start")
+    gui.add_argument("--model", default=None, help="load this model folder (or 'demo') at start")
 
     serve = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
     _add_model_flags(serve)
@@ -259,7 +259,11 @@ def cmd_import_hqq(args: argparse.Namespace) -> int:
 def cmd_gui(args: argparse.Namespace) -> int:
     from mixdesk.app.gui import main as gui_main  # noqa: PLC0415 - only `gui` loads Qt
 
-    return gui_main(["--model", args.model] if args.model else [], selftest=args.selftest)
+    if not args.model:
+        return gui_main([], selftest=args.selftest)
+    from mixdesk.engine.loader import resolve_model_path  # noqa: PLC0415
+
+    return gui_main(["--model", str(resolve_model_path(args.model))], selftest=args.selftest)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
