@@ -295,6 +295,7 @@ class ChatView(QScrollArea):
         self._column.addStretch(1)
         self.setWidget(canvas)
         self._stick_to_bottom = True
+        self._reveal_id = 0  # a search hit to keep in view, until the chat changes
         # streaming text is drawn at most every MIN_RENDER_INTERVAL_S, and never
         # more than a quarter of the time: a long answer re-renders slower
         self._pending: dict[int, str] = {}
@@ -311,6 +312,7 @@ class ChatView(QScrollArea):
 
     def set_messages(self, messages: list[Message]) -> None:
         self._pending.clear()
+        self._reveal_id = 0
         for w in self.widgets.values():
             self._column.removeWidget(w)
             w.deleteLater()
@@ -319,9 +321,11 @@ class ChatView(QScrollArea):
             self._append(m)
         self._update_actions()
         self._stick_to_bottom = True
-        QTimer.singleShot(0, self.scroll_to_bottom)
+        self._column.activate()
+        self.scroll_to_bottom()
 
     def add_message(self, message: Message) -> None:
+        self._reveal_id = 0
         self._append(message)
         self._update_actions()
         self._stick_to_bottom = True
@@ -390,6 +394,20 @@ class ChatView(QScrollArea):
                 last and w.message.role == "assistant" and not self.busy)
             w.edit_button.setVisible(w.message.role == "user" and not self.busy)
 
+    def reveal(self, message_id: int) -> None:
+        """Scroll to a message (a search hit) and keep it in view while the page lays out."""
+        if message_id not in self.widgets:
+            return
+        self._stick_to_bottom = False
+        self._reveal_id = message_id
+        self._scroll_to_reveal()
+
+    def _scroll_to_reveal(self) -> None:
+        w = self.widgets.get(self._reveal_id)
+        if w is not None:
+            self._column.activate()
+            self.ensureWidgetVisible(w, 0, 40)
+
     @Slot()
     def scroll_to_bottom(self) -> None:
         bar = self.verticalScrollBar()
@@ -397,7 +415,9 @@ class ChatView(QScrollArea):
 
     @Slot(int, int)
     def _on_range_changed(self, _low: int, high: int) -> None:
-        if self._stick_to_bottom:
+        if self._reveal_id:  # message heights settle over a few layouts
+            self._scroll_to_reveal()
+        elif self._stick_to_bottom:
             self.verticalScrollBar().setValue(high)
 
     @Slot(int)

@@ -18,6 +18,7 @@ from mixdesk.engine.chats import Conversation, SearchHit
 
 ConversationIdRole = Qt.ItemDataRole.UserRole + 1
 IsHeaderRole = Qt.ItemDataRole.UserRole + 2
+MessageIdRole = Qt.ItemDataRole.UserRole + 3
 Index = QModelIndex | QPersistentModelIndex
 
 
@@ -26,6 +27,7 @@ class Row:
     text: str
     conversation_id: int = 0  # 0 for a header
     tooltip: str = ""
+    message_id: int = 0  # the matching message, for search results
 
     @property
     def is_header(self) -> bool:
@@ -64,7 +66,7 @@ def search_rows(hits: list[SearchHit]) -> list[Row]:
     for h in hits:
         snippet = " ".join(h.snippet.replace("[[", "").replace("]]", "").split())
         text = h.title if h.message_id is None else f"{h.title}\n{snippet}"
-        rows.append(Row(text, h.conversation_id, snippet))
+        rows.append(Row(text, h.conversation_id, snippet, h.message_id or 0))
     return rows
 
 
@@ -111,6 +113,7 @@ class ConversationListModel(QAbstractListModel):
             Qt.ItemDataRole.ToolTipRole: row.tooltip or None,
             ConversationIdRole: row.conversation_id,
             IsHeaderRole: row.is_header,
+            MessageIdRole: row.message_id,
         }
         if role == Qt.ItemDataRole.FontRole and row.is_header:
             font = QFont()

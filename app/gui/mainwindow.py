@@ -192,6 +192,7 @@ class MainWindow(QMainWindow):
         self.chat_view.regenerate_requested.connect(self._regenerate)
         self.sidebar.new_chat_requested.connect(self.new_chat)
         self.sidebar.conversation_selected.connect(self.open_conversation)
+        self.sidebar.message_selected.connect(self.chat_view.reveal)
         self.sidebar.rename_requested.connect(self.rename_conversation)
         self.sidebar.delete_requested.connect(self.delete_conversation)
         self.sidebar.export_requested.connect(self.export_conversation)

@@ -17,7 +17,11 @@ from PySide6.QtWidgets import (
 )
 
 from mixdesk.app.gui import theme
-from mixdesk.app.gui.conversations import ConversationIdRole, ConversationListModel
+from mixdesk.app.gui.conversations import (
+    ConversationIdRole,
+    ConversationListModel,
+    MessageIdRole,
+)
 
 SEARCH_DELAY_MS = 150  # search as you type, without a query per keystroke
 
@@ -31,6 +35,7 @@ class Sidebar(QWidget):
     Signals:
         new_chat_requested()
         conversation_selected(conversation_id: int)
+        message_selected(message_id: int): a search result was picked; show that message.
         rename_requested(conversation_id: int)
         delete_requested(conversation_id: int)
         export_requested(conversation_id: int, fmt: str): "md" or "json".
@@ -41,6 +46,7 @@ class Sidebar(QWidget):
 
     new_chat_requested = Signal()
     conversation_selected = Signal(int)
+    message_selected = Signal(int)
     rename_requested = Signal(int)
     delete_requested = Signal(int)
     export_requested = Signal(int, str)
@@ -149,6 +155,9 @@ class Sidebar(QWidget):
         cid = int(index.data(ConversationIdRole) or 0)
         if cid:
             self.conversation_selected.emit(cid)
+            mid = int(index.data(MessageIdRole) or 0)
+            if mid:
+                self.message_selected.emit(mid)
 
     @Slot()
     def _rename_selected(self) -> None:
