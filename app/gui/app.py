@@ -35,6 +35,7 @@ from mixdesk.engine.paths import chats_db_path, logs_dir
 log = logging.getLogger("mixdesk.gui")
 
 SELFTEST_PROMPT = "What is the capital of France?"
+SHUTDOWN_WAIT_MS = 10_000  # generation stops within a token; only a model load takes longer
 
 
 def application(argv: list[str] | None = None) -> QApplication:
@@ -77,7 +78,7 @@ class Gui:
         if self.closed:
             return
         self.closed = True
-        self.client.shutdown()
+        self.client.shutdown(timeout_ms=SHUTDOWN_WAIT_MS)
         # deliver what the worker sent before it stopped (last tokens, finished)
         QCoreApplication.processEvents()
         self.session.close()
@@ -146,9 +147,15 @@ def run(argv: list[str] | None = None, *, selftest: bool = False) -> int:
     if model and Path(model).is_dir():
         gui.session.load_model(model)
     gui.window.show()
-    code = gui.app.exec()
+    code = int(gui.app.exec())
     gui.shutdown()
-    return int(code)
+    if gui.client.engine_thread.isRunning():
+        # a model load cannot be interrupted; the chats are closed and safe, so leave
+        # now instead of letting Qt abort on a running thread at interpreter exit
+        log.warning("engine thread still busy at exit (a model load); exiting without it")
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def wait_until(done: Callable[[], bool], timeout_s: float) -> bool:

@@ -11,8 +11,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSize, Qt, Slot
-from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence, QShortcut
+from PySide6.QtCore import QSize, Qt, QUrl, Slot
+from PySide6.QtGui import (
+    QAction,
+    QCloseEvent,
+    QDesktopServices,
+    QGuiApplication,
+    QKeySequence,
+    QShortcut,
+)
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -419,6 +426,7 @@ class MainWindow(QMainWindow):
             action.setChecked(str(m.path) == loaded)
         menu.addSeparator()
         menu.addAction("Open a model folder…", self.choose_model_folder)
+        menu.addAction("Show the models folder", self._show_models_folder)
         unload = menu.addAction("Unload model", self.session.unload_model)
         unload.setEnabled(self.session.model_state == "ready")
 
@@ -446,6 +454,12 @@ class MainWindow(QMainWindow):
         self.composer.edit.setPlaceholderText(
             "Type a message… (Enter sends, Shift+Enter new line)" if state == "ready"
             else "Load a model from the menu above to start chatting")
+
+    @Slot()
+    def _show_models_folder(self) -> None:
+        folder = self.settings.models_folder
+        folder.mkdir(parents=True, exist_ok=True)
+        QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
 
     @Slot()
     def choose_model_folder(self) -> None:
