@@ -13,20 +13,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from mixdesk.engine.errors import ModelFormatError
+from mixdesk.engine.events import Done, Event, SamplingParams, Stats, Token
+
+if TYPE_CHECKING:  # Qt loads only in the tests that build a window (not the server's)
+    from mixdesk.app.gui.app import Gui
+    from mixdesk.app.gui.settings import Settings
+    from mixdesk.app.gui.worker import EngineWorker
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-
-from PySide6.QtCore import QSettings  # noqa: E402
-
-from mixdesk.app.gui.app import Gui, build_gui  # noqa: E402
-from mixdesk.app.gui.settings import Settings  # noqa: E402
-from mixdesk.app.gui.worker import EngineWorker  # noqa: E402
-from mixdesk.engine.chats import ChatStore  # noqa: E402
-from mixdesk.engine.errors import ModelFormatError  # noqa: E402
-from mixdesk.engine.events import Done, Event, SamplingParams, Stats, Token  # noqa: E402
 
 WORDS = ("Start ", "with ", "a ", "chassis, ", "then ", "the ", "engine. ")
 
@@ -111,6 +110,10 @@ def fake_model_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
+    from PySide6.QtCore import QSettings  # noqa: PLC0415
+
+    from mixdesk.app.gui.settings import Settings  # noqa: PLC0415
+
     s = Settings(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
     s.models_folder = tmp_path / "models"
     return s
@@ -119,6 +122,10 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def make_gui(qtbot: Any, tmp_path: Path, settings: Settings) -> Iterator[Callable[..., Gui]]:
     """Build a window on tmp_path/chats.sqlite3; every one built is shut down after."""
+    from mixdesk.app.gui.app import build_gui  # noqa: PLC0415
+    from mixdesk.app.gui.worker import EngineWorker  # noqa: PLC0415
+    from mixdesk.engine.chats import ChatStore  # noqa: PLC0415
+
     built: list[Gui] = []
 
     def make(*, engine: FakeEngine | None = None, worker: EngineWorker | None = None,
