@@ -55,6 +55,8 @@ def format_stats(stats: dict[str, Any] | None) -> str:
         parts.append(f"TTFT {stats['ttft_s']:.2f} s")
     if stats.get("generated_tokens"):
         parts.append(f"{stats['generated_tokens']} tokens")
+    if stats.get("dropped_turns"):
+        parts.append(f"{stats['dropped_turns']} oldest exchange(s) left out to fit the context")
     reason = stats.get("finish_reason")
     if reason == "length":
         parts.append("hit the token limit")

@@ -165,6 +165,26 @@ class EngineWorker(QObject):
             log.exception("freeing CUDA memory failed")
         self.model_unloaded.emit()
 
+    def _fit_context(self, messages: list[dict[str, str]], params: SamplingParams,
+                     cancel: threading.Event) -> tuple[Iterator[Event], int]:
+        """Start generating; if the history overflows the context, leave out the oldest
+        exchanges (as chat apps do) until it fits. Returns the events and how many
+        exchanges were left out."""
+        dropped = 0
+        events = iter(self._generate_fn(self.model, messages, params, chat=True, cancel=cancel))
+        first = next(events, None)
+        while isinstance(first, Failed) and first.kind == "ContextOverflowError":
+            shorter = drop_oldest_turn(messages)
+            if shorter is None:
+                break
+            messages, dropped = shorter, dropped + 1
+            events = iter(self._generate_fn(self.model, messages, params, chat=True,
+                                            cancel=cancel))
+            first = next(events, None)
+        if dropped:
+            log.info("left out %d old exchange(s) to fit the context", dropped)
+        return itertools.chain([first] if first is not None else [], events), dropped
+
     @Slot(int, object, object, object)
     def generate(self, request_id: int, messages: list[dict[str, str]],
                  params: SamplingParams, cancel: threading.Event) -> None:
@@ -187,8 +207,8 @@ class EngineWorker(QObject):
             last_emit = time.monotonic()
 
         try:
-            for event in self._generate_fn(self.model, messages, params, chat=True,
-                                           cancel=cancel):
+            events, dropped = self._fit_context(messages, params, cancel)
+            for event in events:
                 if isinstance(event, Token):
                     stats = asdict(event.stats)
                     if event.text:
@@ -201,6 +221,8 @@ class EngineWorker(QObject):
                     flush()
                     final = asdict(event.stats)
                     final["vram_used"] = _safe_vram()
+                    if dropped:
+                        final["dropped_turns"] = dropped
                     self.finished.emit(request_id, event.reason, event.text, final)
                     return
                 elif isinstance(event, Failed):
@@ -223,6 +245,22 @@ class EngineWorker(QObject):
             return
         flush()  # a generator that ends without Done: treat what came as the answer
         self.finished.emit(request_id, "eos", "".join(streamed), stats)
+
+
+def drop_oldest_turn(messages: list[dict[str, str]]) -> list[dict[str, str]] | None:
+    """The history without its oldest exchange (a system prompt stays), or None.
+
+    None when only the last message (the one to answer) is left besides the
+    system prompt: there is nothing more to drop.
+    """
+    head = [m for m in messages[:1] if m["role"] == "system"]
+    rest = messages[len(head):]
+    if len(rest) <= 1:
+        return None
+    cut = 1
+    if rest[0]["role"] == "user" and len(rest) > 2 and rest[1]["role"] == "assistant":
+        cut = 2  # keep user/assistant alternation: drop the whole exchange
+    return head + rest[cut:]
 
 
 def _safe_vram() -> int | None:

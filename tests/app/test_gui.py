@@ -576,3 +576,18 @@ def test_a_search_hit_opens_its_chat_scrolled_to_the_message(qtbot: Any, ready: 
     bar = gui.window.chat_view.verticalScrollBar()
     qtbot.waitUntil(lambda: bar.maximum() > 0, timeout=5_000)
     assert not widget.visibleRegion().isEmpty() and bar.value() < bar.maximum()
+
+
+def test_drop_oldest_turn_keeps_the_system_prompt_and_alternation() -> None:
+    from mixdesk.app.gui.worker import drop_oldest_turn  # noqa: PLC0415
+
+    def msgs(*roles: str) -> list[dict[str, str]]:
+        return [{"role": r, "content": f"{r}{i}"} for i, r in enumerate(roles)]
+
+    history = msgs("system", "user", "assistant", "user", "assistant", "user")
+    shorter = drop_oldest_turn(history)
+    assert [m["content"] for m in shorter] == ["system0", "user3", "assistant4", "user5"]
+    assert [m["content"] for m in drop_oldest_turn(shorter)] == ["system0", "user5"]
+    assert drop_oldest_turn(msgs("system", "user")) is None
+    assert drop_oldest_turn(msgs("user")) is None
+    assert [m["role"] for m in drop_oldest_turn(msgs("assistant", "user"))] == ["user"]

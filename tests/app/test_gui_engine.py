@@ -184,3 +184,26 @@ def test_sigkill_mid_answer_then_reopen_shows_it_interrupted(
     widget = gui.window.chat_view.widgets[answer.id]
     assert widget.status_badge.text().startswith("interrupted")
     assert gui.window.banner.isVisible() and "interrupted" in gui.window.banner.text()
+
+
+def test_a_history_longer_than_the_context_drops_the_oldest_exchanges(
+        qtbot: Any, make_gui: Any, load_model: Any, tiny_mixtral: Path) -> None:
+    gui = make_gui()
+    load_model(gui, tiny_mixtral)
+    context = gui.session.model_info["context"]
+    store = gui.session.store
+    conv = store.create_conversation("long", params={"temperature": 0.0, "max_new_tokens": 8})
+    filler = "lorem ipsum dolor sit amet " * (context // 20)  # each message ~ the context
+    for i in range(3):
+        store.add_message(conv.id, "user", f"question {i} {filler}")
+        store.add_message(conv.id, "assistant", f"answer {i} {filler}")
+    gui.session.open_conversation(conv.id)
+    with qtbot.waitSignal(gui.session.message_finished, timeout=120_000) as blocker:
+        gui.session.send("and now a short one")
+    answer = blocker.args[0]
+    assert answer.status == "complete", gui.window.banner.text()
+    assert answer.stats["dropped_turns"] == 3
+    assert answer.stats["context_used"] <= context
+    assert "left out to fit the context" in \
+        gui.window.chat_view.widgets[answer.id].stats_label.text()
+    assert len(store.messages(conv.id)) == 8  # nothing is deleted from the history
