@@ -304,8 +304,13 @@ def bench_moe(bandwidth: float, axis: int = 0, experts: int = 8) -> dict[str, An
 # ---------------------------------------------------------------------------- hqq
 
 
-def _pack_quantized(qw: Any) -> PackedWeight:
-    """engine.quantize.QuantizedWeight (8-bit meta) -> the kernels' layout."""
+def pack_quantized_weight(qw: Any) -> PackedWeight:
+    """engine.quantize.QuantizedWeight (8-bit meta) -> the kernels' layout.
+
+    The adapter the loader needs (it belongs there; it lives here until then):
+    codes in the weight's natural layout, meta codes flat in group order, and the
+    two fp16 (step, offset) rows of scale and zero stacked into meta [4, C].
+    """
     n_rows, k = qw.shape
     n = qw.n_groups
     q = qw.codes().reshape(n_rows, k)
@@ -329,7 +334,7 @@ def bench_hqq(case: Case, compile_hqq: bool = True) -> dict[str, Any]:
     linear.weight.data.copy_(w)
     config = BaseQuantizeConfig(nbits=case.bits, group_size=case.group, axis=case.axis)
     hqq_layer = HQQLinear(linear, config, compute_dtype=torch.float16, device="cuda")
-    ours = _pack_quantized(quantize_weight(w, QuantSpec(case.bits, case.group, case.axis),
+    ours = pack_quantized_weight(quantize_weight(w, QuantSpec(case.bits, case.group, case.axis),
                                            device="cuda")).to("cuda")
     nbytes = ours.nbytes() + 2 * case.k + 4 * case.n
     out: dict[str, Any] = {"case": case.label, "bytes_ours": nbytes}

@@ -338,7 +338,20 @@ def _residue_rows(pw: PackedWeight) -> tuple[int, int]:
 # Tile shapes measured best on an H100 (tests/bench/gpu_check.sh --sweep; docs/PERFORMANCE.md),
 # by (bits, group, axis, N, K): (rows, cols, warps, prefetch). The K split is recomputed for
 # the number of matrices a launch covers.
-TUNED: dict[tuple[int, int, int, int, int], tuple[int, int, int, bool]] = {}
+# Measured 2026-11-22, run 3 in docs/PERFORMANCE.md (tests/bench/results/h100-run3.json).
+TUNED: dict[tuple[int, int, int, int, int], tuple[int, int, int, bool]] = {
+    (2, 8, 0, 14336, 4096): (2, 512, 4, False),
+    (2, 8, 0, 4096, 14336): (16, 128, 8, False),
+    (4, 64, 0, 4096, 4096): (8, 128, 4, False),
+    (4, 64, 0, 1024, 4096): (8, 128, 4, False),
+    (2, 8, 1, 14336, 4096): (16, 128, 4, False),
+    (2, 8, 1, 4096, 14336): (64, 32, 4, True),
+    (4, 64, 1, 4096, 4096): (16, 128, 4, True),
+    (4, 64, 1, 1024, 4096): (32, 32, 4, False),
+    (2, 16, 0, 14336, 4096): (1, 512, 4, True),
+    (3, 64, 0, 14336, 4096): (4, 256, 4, False),
+    (4, 64, 0, 14336, 4096): (4, 256, 4, True),
+}
 
 
 def split_for(pw: PackedWeight, block_rows: int, block_cols: int, launches: int,

@@ -66,3 +66,17 @@ def test_stack_needs_one_spec() -> None:
     assert stack([a, a]).n_mats == 2
     with pytest.raises(ValueError, match="share"):
         stack([a, b])
+
+
+@pytest.mark.parametrize(("bits", "group", "axis", "shape"),
+                         [(2, 8, 0, (64, 96)), (2, 8, 1, (40, 64)), (4, 64, 1, (24, 128)),
+                          (4, 64, 0, (128, 24))])
+def test_pack_reads_the_quantizer_format(bits: int, group: int, axis: int,
+                                         shape: tuple[int, int]) -> None:
+    """engine.quantize's QuantizedWeight, packed, dequantizes to exactly its own values."""
+    pytest.importorskip("hqq")
+    from mixdesk.engine.bench import pack_quantized_weight  # noqa: PLC0415
+    from mixdesk.engine.quantize import QuantSpec, quantize_weight  # noqa: PLC0415
+
+    qw = quantize_weight(0.02 * torch.randn(shape), QuantSpec(bits, group, axis))
+    assert torch.equal(reference.dequantize(pack_quantized_weight(qw)), qw.dequantize())
