@@ -275,7 +275,16 @@ class MainWindow(QMainWindow):
 
     @Slot(int)
     def _on_conversation_opened(self, conversation_id: int) -> None:
-        self.chat_view.set_messages(self.session.messages())
+        messages = self.session.messages()
+        self.chat_view.set_messages(messages)
+        # the status bar speaks for this chat: its last answer's numbers
+        last = next((m.stats for m in reversed(messages)
+                     if m.role == "assistant" and m.stats and "context_max" in m.stats), None)
+        if last is not None:
+            self.status.set_stats(last)
+        elif not self.session.busy:
+            self.status.set_stats({})
+            self.status.set_context_max((self.session.model_info or {}).get("context"))
         self.chat_view.set_busy(self.session.busy)
         self.export_button.setEnabled(bool(conversation_id))
         if conversation_id:

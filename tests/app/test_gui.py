@@ -330,6 +330,8 @@ def test_restart_shows_every_conversation(qtbot: Any, ready: Any, make_gui: Any,
     assert [r.text for r in again.window.list_model.rows if r.is_header] == ["Today"]
     again.session.open_conversation(again.session.conversations()[1].id)
     assert [w.text for w in again.window.chat_view.message_widgets()][0] == "chat number one"
+    # the status bar shows that chat's last answer, though no model is loaded now
+    assert again.window.status.context.text() == "ctx 10/2048"
 
 
 def test_shutdown_mid_answer_is_clean_and_saves_the_partial_answer(
