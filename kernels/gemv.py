@@ -422,25 +422,30 @@ def _interpreted_types() -> tuple[type, ...]:
 
 def gemv(x: Tensor, pw: PackedWeight, out: Tensor | None = None, *,
          config: Config | None = None) -> Tensor:
-    """y = W @ x for matrix 0 of `pw`, in fp32.
+    """y = W @ x in fp32, for every matrix of `pw` in one launch (they share x).
 
     Args:
         x: [K], fp16, bf16 or fp32, contiguous.
-        pw: the packed weight (`layout.pack`).
-        out: fp32 [N] to add into (zero it first for a plain product); new zeros if None.
+        pw: the packed weight (`layout.pack`), or a stack of M (`layout.stack`, e.g. k and v).
+        out: fp32 [N], or [M, N] for a stack, to add into (zero it first for a plain
+            product); new zeros if None.
         config: tile shape; `default_config` if None.
 
     Returns:
-        `out`, fp32 [N].
+        `out`, fp32 [N] for one matrix, [M, N] for a stack.
     """
     _check_device(x)
     n_rows, k = pw.shape
     if x.numel() != k:
         raise ValueError(f"x has {x.numel()} elements, W is {pw.shape}")
+    mats = pw.n_mats
+    shape = (n_rows,) if mats == 1 else (mats, n_rows)
     if out is None:
-        out = torch.zeros(n_rows, dtype=torch.float32, device=x.device)
-    _launch(x.contiguous(), x, x, x, pw, out, launches=1, moe=False, mats=1, act=False,
-            x_slot=0, out_mat=0, config=config)
+        out = torch.zeros(shape, dtype=torch.float32, device=x.device)
+    elif out.numel() != mats * n_rows or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous fp32 {shape}")
+    _launch(x.contiguous(), x, x, x, pw, out, launches=mats, moe=False, mats=1, act=False,
+            x_slot=0, out_mat=n_rows, config=config)
     return out
 
 

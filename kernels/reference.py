@@ -61,8 +61,9 @@ def dequantize(pw: PackedWeight, mat: int = 0) -> Tensor:
 
 
 def gemv(x: Tensor, pw: PackedWeight, out: Tensor | None = None) -> Tensor:
-    """Reference of `kernels.gemv.gemv`: fp32 [N] = W @ x, W matrix 0 of `pw`."""
-    y = dequantize(pw) @ x.float()
+    """Reference of `kernels.gemv.gemv`: fp32 [N] = W @ x, or [M, N] for a stack of M."""
+    y = torch.stack([dequantize(pw, m) @ x.float() for m in range(pw.n_mats)])
+    y = y[0] if pw.n_mats == 1 else y
     if out is not None:
         out += y
         return out

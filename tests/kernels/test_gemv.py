@@ -63,6 +63,21 @@ def test_gemv_fp32_and_bf16_inputs() -> None:
     assert check((40, 24), 4, 8, 0, dtype=torch.bfloat16) < 1e-5
 
 
+@pytest.mark.skipif(CUDA, reason="the GPU tests check single matrices at full size")
+@pytest.mark.parametrize("axis", [0, 1])
+def test_gemv_stack_is_one_launch_per_matrix(axis: int) -> None:
+    """k and v (one shape, one x) as a stack: out [2, N], each row its own matrix."""
+    def one() -> PackedWeight:
+        logical = random_logical((24, 40), bits=4, group=8, device=DEVICE)
+        return pack(*logical, bits=4, group=8, axis=axis)
+
+    kv = stack([one(), one()])
+    x = torch.randn(40, device=DEVICE, dtype=torch.float16)
+    y = gemv(x, kv)
+    assert y.shape == (2, 24)
+    assert rel_error(y, reference.gemv(x, kv)) < 1e-5
+
+
 def _random_moe(dim: int, ffn: int, experts: int, axis: int) -> tuple[PackedWeight, PackedWeight]:
     bits, group = 2, 8
 
