@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     gui.add_argument("--selftest", action="store_true",
                      help="start offscreen, answer one prompt, exit 0 if all works")
     gui.add_argument("--model", default=None, help="load this model folder (or 'demo') at start")
+    gui.add_argument("--screenshot", default=None, help="save a PNG of the window (selftest)")
+    gui.add_argument("--timeout", type=float, default=None, help="selftest time limit, seconds")
 
     serve = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
     _add_model_flags(serve)
@@ -258,12 +260,16 @@ def cmd_import_hqq(args: argparse.Namespace) -> int:
 
 def cmd_gui(args: argparse.Namespace) -> int:
     from mixdesk.app.gui import main as gui_main  # noqa: PLC0415 - only `gui` loads Qt
-
-    if not args.model:
-        return gui_main([], selftest=args.selftest)
     from mixdesk.engine.loader import resolve_model_path  # noqa: PLC0415
 
-    return gui_main(["--model", str(resolve_model_path(args.model))], selftest=args.selftest)
+    argv = []
+    if args.model:
+        argv += ["--model", str(resolve_model_path(args.model))]
+    if args.screenshot:
+        argv += ["--screenshot", args.screenshot]
+    if args.timeout is not None:
+        argv += ["--timeout", str(args.timeout)]
+    return gui_main(argv, selftest=args.selftest)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -31,7 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from mixdesk.engine.errors import MixdeskError
+from mixdesk.engine.errors import (  # re-exported: the GUI imports them from here
+    ChatDatabaseCorruptError,
+    ChatDatabaseLockedError,
+    ChatImportError,
+    ChatStoreError,
+)
 
 log = logging.getLogger("mixdesk.chats")
 
@@ -47,22 +52,6 @@ EXPORT_FORMAT = "mixdesk-chat"
 EXPORT_VERSION = 1
 DEFAULT_TITLE = "New chat"
 COMMIT_INTERVAL_S = 0.5  # the answer on disk is never more than this behind (issue: <= 1 s)
-
-
-class ChatStoreError(MixdeskError):
-    """The chat database cannot be opened or written."""
-
-
-class ChatDatabaseCorruptError(ChatStoreError):
-    """The chat database file is damaged or is not a mixdesk database."""
-
-
-class ChatDatabaseLockedError(ChatStoreError):
-    """Another process holds the chat database locked."""
-
-
-class ChatImportError(ChatStoreError):
-    """A file given to import is not a mixdesk chat export."""
 
 
 _V1 = """

@@ -81,3 +81,19 @@ class RemoteEngineError(MixdeskError):
 
 class RemoteAuthError(RemoteEngineError):
     """A remote server refused the API key (HTTP 401 or 403)."""
+
+
+class ChatStoreError(MixdeskError):
+    """The chat database cannot be opened or written."""
+
+
+class ChatDatabaseCorruptError(ChatStoreError):
+    """The chat database file is damaged or is not a mixdesk database."""
+
+
+class ChatDatabaseLockedError(ChatStoreError):
+    """Another process holds the chat database locked."""
+
+
+class ChatImportError(ChatStoreError):
+    """A file given to import is not a mixdesk chat export."""

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from jinja2.exceptions import TemplateError
 from torch import Tensor
 
 from mixdesk.engine.errors import (
@@ -52,10 +53,29 @@ def encode_prompt(tokenizer: Any, prompt: Prompt, chat: bool) -> list[int]:
     if prompt and isinstance(prompt[0], dict):
         if not getattr(tokenizer, "chat_template", None):
             raise TokenizerError("this model's tokenizer has no chat template; send plain text")
-        text = tokenizer.apply_chat_template(list(prompt), tokenize=False,
-                                             add_generation_prompt=True)
+        text = render_chat(tokenizer, list(prompt))  # type: ignore[arg-type]
         return list(tokenizer.encode(text, add_special_tokens=False))
     return [int(t) for t in prompt]  # type: ignore[arg-type]
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The chat template applied to messages, ready for the assistant's turn.
+
+    Some templates (Mixtral's, Mistral v0.1's) refuse a system message; then
+    the system prompt goes in front of the first user turn, as those models'
+    authors suggest.
+    """
+    try:
+        return str(tokenizer.apply_chat_template(messages, tokenize=False,
+                                                 add_generation_prompt=True))
+    except TemplateError as refused:
+        if len(messages) > 1 and messages[0]["role"] == "system" \
+                and messages[1]["role"] == "user":
+            system, first, *rest = messages
+            merged = {"role": "user", "content": f"{system['content']}\n\n{first['content']}"}
+            return render_chat(tokenizer, [merged, *rest])
+        raise InvalidRequestError(
+            f"the model's chat template refuses this conversation: {refused}") from None
 
 
 class StreamingDetokenizer:

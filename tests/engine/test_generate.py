@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from pathlib import Path
 
@@ -176,3 +177,30 @@ def test_chat_prompt_uses_the_tokenizers_template(tiny: LoadedModel) -> None:
         tiny.tokenizer.encode(rendered, add_special_tokens=False)
     assert encode_prompt(tiny.tokenizer, "hi", chat=True) == encode_prompt(
         tiny.tokenizer, [{"role": "user", "content": "hi"}], chat=True)
+
+
+# Mixtral-Instruct's own rule: only user and assistant, alternating, user first
+STRICT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant') }}"
+    "{% endif %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+    "{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def test_system_prompt_folds_into_the_first_turn_when_the_template_refuses_it(
+        tiny: LoadedModel) -> None:
+    tokenizer = copy.deepcopy(tiny.tokenizer)
+    tokenizer.chat_template = STRICT_TEMPLATE
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    ids = encode_prompt(tokenizer, messages, chat=True)
+    assert "[INST] be brief\n\nhi [/INST]" in tokenizer.decode(ids)
+
+
+def test_a_conversation_the_template_refuses_is_an_invalid_request(tiny: LoadedModel) -> None:
+    tokenizer = copy.deepcopy(tiny.tokenizer)
+    tokenizer.chat_template = STRICT_TEMPLATE
+    messages = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+    with pytest.raises(InvalidRequestError, match="must alternate"):
+        encode_prompt(tokenizer, messages, chat=True)
