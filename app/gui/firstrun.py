@@ -34,7 +34,7 @@ class FirstRunPage(QWidget):
         headline.setObjectName("Headline")
         intro = QLabel(
             "You have no model yet. mixdesk can build a small demo model right now: "
-            "SmolLM2-135M-Instruct turned into an 8-expert mixture, a few hundred MB, "
+            "SmolLM2-135M-Instruct turned into an 8-expert mixture, about 1.4 GB on disk, "
             "built from files already on this computer. It is tiny, so expect simple "
             "answers; it shows how everything works before you download Mixtral.")
         intro.setWordWrap(True)
