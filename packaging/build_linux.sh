@@ -26,6 +26,8 @@ say() { printf '[build_linux] %s\n' "$*"; }
 if [[ "${1:-}" != "--skip-bundle" ]]; then
     start=$(date +%s)
     say "PyInstaller, TORCH_VARIANT=$VARIANT ($("$PYTHON" -m PyInstaller --version))"
+    # PYTHONWARNINGS: the torch hook imports every torch module; hide their deprecation noise
+    PYTHONWARNINGS=ignore::DeprecationWarning,ignore::FutureWarning \
     TORCH_VARIANT="$VARIANT" "$PYTHON" -m PyInstaller --noconfirm --log-level WARN \
         --distpath "$DIST" --workpath "$WORK" packaging/mixdesk.spec
     say "bundle built in $(( $(date +%s) - start )) s"
@@ -80,20 +82,8 @@ Description: Chat with Mixtral on your own GPU
  A desktop app and engine that quantizes Mixtral-8x7B-Instruct to fit the VRAM
  you give it and streams its answers into a chat window. Torch build: $VARIANT.
 EOF
-for script in postinst postrm; do
-    cat > "$ROOT/DEBIAN/$script" <<'EOF'
-#!/bin/sh
-set -e
-# refresh the menu and icon caches where the desktop has them
-if command -v update-desktop-database >/dev/null 2>&1; then
-    update-desktop-database -q /usr/share/applications || true
-fi
-if command -v gtk-update-icon-cache >/dev/null 2>&1; then
-    gtk-update-icon-cache -q -t /usr/share/icons/hicolor || true
-fi
-EOF
-    chmod 0755 "$ROOT/DEBIAN/$script"
-done
+# no maintainer scripts: desktop-file-utils and hicolor-icon-theme refresh the menu and
+# icon caches through dpkg file triggers when files land in their folders
 DEB="$DIST/mixdesk_${VERSION}-1_${DEBARCH}.deb"
 # xz -1: about as small as gzip -9 and several times faster than dpkg-deb's default xz -6
 dpkg-deb --root-owner-group -Zxz -z1 --build "$ROOT" "$DEB" >/dev/null
