@@ -8,9 +8,14 @@ Each test breaks a hard-linked copy of the bundle (cheap, and the original is un
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -32,10 +37,15 @@ def _copy(tmp_path: Path) -> Path:
     return dest
 
 
+def _env(tmp_path: Path) -> dict[str, str]:
+    """A user's environment: no virtualenv, no PYTHONPATH, a fresh HOME."""
+    return {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "LANG": "C.UTF-8",
+            "QT_QPA_PLATFORM": "offscreen", "HF_HUB_OFFLINE": "1"}
+
+
 def _selftest(bundle: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """`mixdesk gui --selftest` from `bundle`, outside any virtualenv."""
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "LANG": "C.UTF-8",
-           "QT_QPA_PLATFORM": "offscreen", "HF_HUB_OFFLINE": "1"}
+    env = _env(tmp_path)
     assert MODEL
     return subprocess.run(
         [str(bundle / "mixdesk"), "gui", "--selftest", "--timeout", "120", "--model", MODEL],
@@ -76,6 +86,47 @@ def test_missing_tokenizer_module_fails(tmp_path: Path) -> None:
     for ext in found:
         ext.unlink()
     result = _selftest(bundle, tmp_path)
-    assert result.returncode != 0
-    assert "selftest: FAILED" in result.stderr or "tokenizers" in result.stderr, \
-        result.stderr[-2000:]
+    assert result.returncode == 1
+    assert "selftest: FAILED: loading" in result.stderr, result.stderr[-2000:]
+
+
+def test_frozen_generate_and_serve(tmp_path: Path) -> None:
+    """The other commands work frozen too: `generate`, and `serve` (lazily imported ASGI stack)."""
+    assert BUNDLE and MODEL
+    exe = str(Path(BUNDLE) / "mixdesk")
+    gen = subprocess.run([exe, "generate", MODEL, "--prompt", "Hello", "--max-new-tokens", "4",
+                          "--temperature", "0", "--json"],
+                         env=_env(tmp_path), capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert gen.returncode == 0, gen.stderr[-2000:]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([exe, "serve", MODEL, "--port", str(port)], env=_env(tmp_path),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/models", timeout=5) as r:
+                    model_id = json.load(r)["data"][0]["id"]
+                break
+            except OSError:
+                assert server.poll() is None, server.communicate()[0][-2000:]
+                assert time.monotonic() < deadline, "the frozen server did not start in 120 s"
+                time.sleep(0.5)
+        body = json.dumps({"model": model_id, "max_tokens": 4,
+                           "messages": [{"role": "user", "content": "hi"}]}).encode()
+        req = urllib.request.Request(f"{base}/chat/completions", data=body,
+                                     headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            answer = json.load(r)
+        assert answer["choices"][0]["message"]["role"] == "assistant"
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
