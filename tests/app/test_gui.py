@@ -277,12 +277,10 @@ def test_first_run_offers_the_demo_and_hardware_is_shown(qtbot: Any, make_gui: A
     assert "RAM" in gui.window.status.ram.text()
 
 
-def test_a_500_tokens_per_second_stream_is_rendered_in_coalesced_batches(
+def test_window_stays_responsive_at_500_tokens_per_second(
         qtbot: Any, ready: Any, fake_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Speed is a benchmark matter; what is tested is that redraws are coalesced.
-
-    The event-loop gaps are printed for the record (measured here: worst 25-42 ms).
-    """
+    """Event-loop latency stays under 50 ms during a 500 tok/s stream (issue 6 asks for
+    this measurement), because redraws are coalesced, which is asserted first."""
     from mixdesk.app.gui import chatview  # noqa: PLC0415
 
     renders = 0
@@ -313,11 +311,15 @@ def test_a_500_tokens_per_second_stream_is_rendered_in_coalesced_batches(
     ticker.stop()
     assert blocker.args[0].stats["generated_tokens"] == len(fake_engine.tokens) >= 650
     assert blocker.args[0].content == text
+    ordered = sorted(gaps[1:])
     print(f"{renders} renders for {len(fake_engine.tokens)} tokens; event-loop gaps: "
-          f"worst {max(gaps[1:], default=0)} ms over {len(gaps)} ticks")
+          f"worst {ordered[-1]} ms, second {ordered[-2]} ms over {len(gaps)} ticks")
     # one render per token would be 650+; coalescing keeps it to tens
     assert 1 <= renders < len(fake_engine.tokens) / 5
-    assert len(gaps) > 10, "the event loop kept turning during the stream"
+    assert len(gaps) > 100
+    # Under 50 ms; one tick may be late by an OS hiccup on a shared 2-core CI machine
+    # (measured here: worst 25-42 ms), never twice and never by much.
+    assert ordered[-2] < 50 and ordered[-1] < 100
 
 
 def test_restart_shows_every_conversation(qtbot: Any, ready: Any, make_gui: Any,
