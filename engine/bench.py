@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mixdesk.engine.fastpath import pack_quantized_weight
 from mixdesk.kernels import reference
 from mixdesk.kernels.layout import PackedWeight, pack, random_logical, stack
 
@@ -302,21 +303,6 @@ def bench_moe(bandwidth: float, axis: int = 0, experts: int = 8) -> dict[str, An
 
 
 # ---------------------------------------------------------------------------- hqq
-
-
-def pack_quantized_weight(qw: Any) -> PackedWeight:
-    """engine.quantize.QuantizedWeight (8-bit meta) -> the kernels' layout.
-
-    The adapter the loader needs (it belongs there; it lives here until then):
-    codes in the weight's natural layout, meta codes flat in group order, and the
-    two fp16 (step, offset) rows of scale and zero stacked into meta [4, C].
-    """
-    n_rows, k = qw.shape
-    n = qw.n_groups
-    q = qw.codes().reshape(n_rows, k)
-    meta = torch.cat([qw.scale.qmeta, qw.zero.qmeta]).to(torch.float16)  # [4, C]
-    return pack(q, qw.scale.codes.reshape(-1)[:n], qw.zero.codes.reshape(-1)[:n], meta,
-                bits=qw.spec.bits, group=qw.spec.group, axis=qw.spec.axis)
 
 
 def bench_hqq(case: Case, compile_hqq: bool = True) -> dict[str, Any]:

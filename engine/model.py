@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixdesk.engine.config import ModelArgs
+from mixdesk.kernels.layout import PackedWeight
 
 
 class RMSNorm(nn.Module):
@@ -109,13 +110,19 @@ class Expert(nn.Module):
 
 
 class MoE(nn.Module):
-    """Top-k routed experts; softmax over all experts, then the top-k renormalised."""
+    """Top-k routed experts; softmax over all experts, then the top-k renormalised.
+
+    With `packed` set (engine.fastpath, on CUDA), one token goes through
+    `kernels.gemv.moe_decode`: the top-k ids stay on the device, no host sync.
+    Many tokens are grouped by expert, which reads the chosen ids on the host.
+    """
 
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.top_k = args.top_k
         self.gate = nn.Linear(args.dim, args.n_experts, bias=False) if args.is_moe else None
         self.experts = nn.ModuleList(Expert(args.dim, args.ffn_dim) for _ in range(args.n_experts))
+        self.packed: tuple[PackedWeight, PackedWeight] | None = None  # (w13 stack, w2 stack)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gate is None:
@@ -124,7 +131,13 @@ class MoE(nn.Module):
         x = x.reshape(-1, shape[-1])  # [N, D]
         probs = F.softmax(self.gate(x), dim=-1, dtype=torch.float32)  # [N, E]
         weights, chosen = torch.topk(probs, self.top_k, dim=-1)  # [N, A]
-        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+        weights = weights / weights.sum(dim=-1, keepdim=True)  # fp32
+        if self.packed is not None and x.shape[0] == 1:  # decode: ids read on the device
+            from mixdesk.kernels.gemv import moe_decode  # noqa: PLC0415 - triton only here
+
+            y = moe_decode(x[0], *self.packed, chosen[0], weights[0])  # fp32 [D]
+            return y.to(x.dtype).view(shape)
+        weights = weights.to(x.dtype)
         out = torch.zeros_like(x)
         # group tokens by expert: each expert runs once on all the tokens it was picked for
         for e in chosen.unique().tolist():

@@ -51,6 +51,7 @@ from mixdesk.engine.errors import (
     NoGPUError,
     OutputFolderError,
 )
+from mixdesk.engine.fastpath import enable_kernels
 from mixdesk.engine.quantize import (
     QuantizedWeight,
     QuantLinear,
@@ -644,10 +645,12 @@ def iter_file_tensors(path: Path) -> Iterable[tuple[str, torch.Tensor]]:
 
 def load_quantized_into(model: nn.Module, folder: Path, device: torch.device | str,
                         dtype: torch.dtype, *, verify_hashes: bool = True,
-                        cache_dequantized: bool = False) -> None:
+                        cache_dequantized: bool = False, kernels: bool = True) -> None:
     """Replace the model's quantized Linear modules by QuantLinear and load every tensor.
 
-    Works on a model built on the meta device: every parameter is assigned.
+    Works on a model built on the meta device: every parameter is assigned. Then,
+    on CUDA, packs the weights for the fused kernels (engine.fastpath), and logs
+    one line saying which path runs and why.
 
     Args:
         model: our Transformer (or any module with the same weight names).
@@ -657,6 +660,8 @@ def load_quantized_into(model: nn.Module, folder: Path, device: torch.device | s
         verify_hashes: check each file's sha256 against the manifest.
         cache_dequantized: QuantLinear keeps its dequantized weight after the
             first call (fast on the CPU, costs full-size memory).
+        kernels: use the fused kernels where the device runs them; False keeps
+            the torch dequantize path everywhere.
 
     Raises:
         ModelFormatError: the folder is damaged or does not fit the model.
@@ -695,6 +700,10 @@ def load_quantized_into(model: nn.Module, folder: Path, device: torch.device | s
     if left:
         raise ModelFormatError(f"{qf.folder}: the quantized model lacks {left[0]} "
                                f"({len(left)} missing)")
+    if kernels:
+        enable_kernels(model, device)
+    else:
+        log.info("kernels turned off: the torch dequantize path is used")
 
 
 def _parent(model: nn.Module, dotted: str, path: Path) -> tuple[nn.Module, str]:

@@ -28,13 +28,16 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixdesk.engine.errors import RecipeError
+
+if TYPE_CHECKING:
+    from mixdesk.kernels.layout import PackedWeight
 
 log = logging.getLogger("mixdesk.engine.quantize")
 
@@ -414,10 +417,13 @@ class QuantLinear(nn.Module):
 
     The pure-torch path dequantizes both meta levels and the weight on every
     call (or once, with `cache=True`, trading memory for speed on the CPU).
+    With `packed` set (engine.fastpath, on CUDA), one token (x with a single
+    row) runs the fused dequant-GEMV kernel instead; many rows keep the torch path.
 
     Attributes:
         spec: the quantization spec.
         in_features, out_features: as nn.Linear.
+        packed: the kernels' copy of the weight, or None for the torch path only.
     """
 
     qweight: Tensor
@@ -431,6 +437,7 @@ class QuantLinear(nn.Module):
         self.dtype = dtype
         self.cache = cache
         self._cached: Tensor | None = None
+        self.packed: PackedWeight | None = None
         self._names: list[tuple[str, str]] = []  # (stored suffix, buffer name)
         for key, tensor in weight.tensors("w").items():
             suffix = key.removeprefix("w.")
@@ -446,6 +453,11 @@ class QuantLinear(nn.Module):
         return self.quantized().dequantize(dtype or self.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.packed is not None and x.numel() == self.in_features:  # one token: decode
+            from mixdesk.kernels.gemv import gemv  # noqa: PLC0415 - triton only on this path
+
+            y = gemv(x.reshape(-1), self.packed)  # fp32 [N]
+            return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
         if self._cached is not None and self._cached.dtype == x.dtype:
             weight = self._cached
         else:

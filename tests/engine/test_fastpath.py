@@ -1,0 +1,115 @@
+"""engine.fastpath: the kernel path of QuantLinear and MoE decode against the torch path.
+
+On the CPU the kernels run in the Triton interpreter (TRITON_INTERPRET=1, set by
+tests/conftest.py) on small shapes with fresh random inputs; loading on the CPU
+keeps the torch path and says so in one log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mixdesk.engine import fastpath
+from mixdesk.engine.config import ModelArgs
+from mixdesk.engine.loader import load_model
+from mixdesk.engine.model import MoE
+from mixdesk.engine.qformat import quantize_model
+from mixdesk.engine.quantize import QuantLinear, QuantSpec, quantize_weight
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+
+
+def rel_error(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((y.double() - ref.double()).norm() / ref.double().norm())
+
+
+def quant_linear(shape: tuple[int, int], spec: QuantSpec, gen: torch.Generator) -> QuantLinear:
+    w = torch.randn(*shape, generator=gen) / shape[1] ** 0.5
+    return QuantLinear(quantize_weight(w, spec), dtype=torch.float32).to(DEVICE)
+
+
+LINEAR_CASES = [  # (N, K), bits, group, axis: odd K, padded meta groups, both axes
+    ((64, 40), 2, 8, 0),
+    ((24, 48), 2, 8, 1),
+    ((128, 24), 4, 64, 0),
+    ((16, 128), 4, 64, 1),
+    ((32, 36), 3, 16, 0),
+]
+
+
+@pytest.mark.parametrize(("shape", "bits", "group", "axis"), LINEAR_CASES)
+def test_quant_linear_kernel_path_equals_torch_path(shape: tuple[int, int], bits: int,
+                                                    group: int, axis: int) -> None:
+    gen = torch.Generator().manual_seed(time.time_ns() % 2**31)  # fresh inputs each run
+    module = quant_linear(shape, QuantSpec(bits=bits, group=group, axis=axis), gen)
+    x = torch.randn(1, 1, shape[1], generator=gen).to(DEVICE)
+    prefill = torch.randn(1, 3, shape[1], generator=gen).to(DEVICE)
+    ref, ref_prefill = module(x), module(prefill)
+    assert fastpath.pack_linear(module) and module.packed is not None
+    y = module(x)
+    assert y.shape == ref.shape and y.dtype == ref.dtype
+    assert rel_error(y, ref) < 1e-5
+    assert torch.equal(module(prefill), ref_prefill)  # many rows: still the torch path
+
+
+def test_kernel_reason_names_what_the_kernels_do_not_take() -> None:
+    card = QuantSpec(bits=2, group=8)
+    assert fastpath.kernel_reason(card, (64, 60)) is None
+    assert "N % group" in str(fastpath.kernel_reason(card, (84, 60)))  # tiny_mixtral's w1
+    assert fastpath.kernel_reason(QuantSpec(bits=2, group=8, meta_bits=None), (64, 64))
+    assert fastpath.kernel_reason(QuantSpec(bits=8, group=64), (64, 64))
+    assert fastpath.kernel_reason(QuantSpec(bits=4, group=64, axis=1), (64, 96))
+
+
+def quantized_moe(dim: int, ffn: int, experts: int, spec: QuantSpec,
+                  gen: torch.Generator) -> MoE:
+    args = ModelArgs(model_type="mixtral", vocab_size=8, dim=dim, n_layers=1, n_heads=1,
+                     n_kv_heads=1, head_dim=dim, ffn_dim=ffn, n_experts=experts, top_k=2)
+    moe = MoE(args)
+    assert moe.gate is not None
+    moe.gate.weight.data = torch.randn(experts, dim, generator=gen)
+    for expert in moe.experts:
+        for name, shape in (("w1", (ffn, dim)), ("w3", (ffn, dim)), ("w2", (dim, ffn))):
+            setattr(expert, name, quant_linear(shape, spec, gen))
+    return moe.requires_grad_(False).to(DEVICE)
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(bits=2, group=8), QuantSpec(bits=4, group=64, axis=1)],
+                         ids=["2b-g8-ax0", "4b-g64-ax1"])
+def test_moe_decode_kernel_path_equals_torch_path(spec: QuantSpec) -> None:
+    gen = torch.Generator().manual_seed(time.time_ns() % 2**31)
+    moe = quantized_moe(64, 128, 4, spec, gen)
+    x = torch.randn(1, 1, 64, generator=gen).to(DEVICE)
+    prefill = torch.randn(1, 5, 64, generator=gen).to(DEVICE)
+    ref, ref_prefill = moe(x), moe(prefill)
+    for module in moe.modules():
+        if isinstance(module, QuantLinear):
+            assert fastpath.pack_linear(module)
+    assert fastpath.fuse_experts(moe) and moe.packed is not None
+    assert all(m.packed is None for m in moe.modules() if isinstance(m, QuantLinear))
+    assert rel_error(moe(x), ref) < 1e-5
+    assert torch.equal(moe(prefill), ref_prefill)  # prefill groups tokens by expert in torch
+
+
+def test_fuse_needs_every_expert_packed() -> None:
+    gen = torch.Generator().manual_seed(0)
+    moe = quantized_moe(64, 128, 2, QuantSpec(bits=2, group=8), gen)
+    assert not fastpath.fuse_experts(moe) and moe.packed is None
+
+
+@pytest.mark.skipif(CUDA, reason="on a GPU the loader takes the kernel path")
+def test_cpu_load_keeps_torch_path_and_says_so(tiny_mixtral: Path, tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    folder = quantize_model(tiny_mixtral, tmp_path / "card", "hqq-card")
+    with caplog.at_level(logging.INFO, logger="mixdesk.engine"):
+        lm = load_model(folder, device="cpu")
+    lines = [r.getMessage() for r in caplog.records if "dequantize path" in r.getMessage()]
+    assert lines == ["CUDA not available: the torch dequantize path is used"]
+    assert any(isinstance(m, QuantLinear) for m in lm.model.modules())
+    assert all(m.packed is None for m in lm.model.modules() if isinstance(m, QuantLinear | MoE))
