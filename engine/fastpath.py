@@ -161,7 +161,8 @@ def random_quantized(shape: tuple[int, int], spec: QuantSpec, device: torch.devi
 def random_quantized_model(args: ModelArgs, attention: QuantSpec, experts: QuantSpec,
                            device: str, dtype: torch.dtype) -> Transformer:
     """Our Transformer with random quantized attention and experts (dense rest random)."""
-    model = Transformer(args).to(device=device, dtype=dtype)
+    with torch.device(device):  # built in place: the dense fp32 copy never leaves the device
+        model = Transformer(args)
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear) or name in ("lm_head",) or name.endswith("gate"):
             continue
@@ -169,7 +170,7 @@ def random_quantized_model(args: ModelArgs, attention: QuantSpec, experts: Quant
         parent, _, leaf = name.rpartition(".")
         qw = random_quantized((module.out_features, module.in_features), spec, device)
         setattr(model.get_submodule(parent), leaf, QuantLinear(qw, dtype=dtype))
-    return model.eval()
+    return model.to(dtype).eval()  # fp16 meta and uint8 codes are unchanged
 
 
 def time_decode(model: Transformer, steps: int) -> float:
