@@ -38,8 +38,9 @@ say "bundle $(du -sh "$DIST/mixdesk" | cut -f1)"
 # --- .tar.gz: the folder as it is; run ./mixdesk/mixdesk gui -------------------
 TARBALL="$DIST/mixdesk-$VERSION-linux-$ARCH-$VARIANT.tar.gz"
 # gzip -6 (the default): -9 is ~3x slower on torch's libraries for ~1% less
+t0=$(date +%s)
 tar -C "$DIST" --owner=0 --group=0 -czf "$TARBALL" mixdesk
-say "$(basename "$TARBALL") $(du -h "$TARBALL" | cut -f1)"
+say "$(basename "$TARBALL") $(du -h "$TARBALL" | cut -f1) in $(( $(date +%s) - t0 )) s"
 
 # --- .deb -------------------------------------------------------------------------
 command -v dpkg-deb >/dev/null || { say "dpkg-deb missing (apt-get install dpkg-dev); no .deb"; exit 1; }
@@ -86,5 +87,6 @@ EOF
 # icon caches through dpkg file triggers when files land in their folders
 DEB="$DIST/mixdesk_${VERSION}-1_${DEBARCH}.deb"
 # xz -1: about as small as gzip -9 and several times faster than dpkg-deb's default xz -6
+t0=$(date +%s)
 dpkg-deb --root-owner-group -Zxz -z1 --build "$ROOT" "$DEB" >/dev/null
-say "$(basename "$DEB") $(du -h "$DEB" | cut -f1)"
+say "$(basename "$DEB") $(du -h "$DEB" | cut -f1) in $(( $(date +%s) - t0 )) s"
