@@ -41,8 +41,11 @@ from mixdesk.app.gui.chatview import ChatView
 from mixdesk.app.gui.composer import Composer
 from mixdesk.app.gui.conversations import ConversationListModel
 from mixdesk.app.gui.firstrun import FirstRunPage
+from mixdesk.app.gui.localserver import LocalServer
 from mixdesk.app.gui.models import LocalModel, find_models, human_bytes
 from mixdesk.app.gui.preferences import PreferencesDialog
+from mixdesk.app.gui.remotes import RemoteServer, remote_path, with_server
+from mixdesk.app.gui.serverdialog import AddServerDialog
 from mixdesk.app.gui.session import ChatSession
 from mixdesk.app.gui.sidebar import Sidebar
 from mixdesk.app.gui.sidepanel import SidePanel
@@ -63,6 +66,7 @@ class MainWindow(QMainWindow):
         session: the chat logic.
         dark: the theme draws dark.
         local_models: model folders found in the models folder.
+        local_server: the Local server switch's state and request log.
     """
 
     def __init__(self, session: ChatSession, *, dark: bool = False,
@@ -73,6 +77,7 @@ class MainWindow(QMainWindow):
         self.dark = dark
         self.local_models: list[LocalModel] = []
         self._demo_job: Any = None
+        self.local_server = LocalServer(session.client, self.settings, self)
         self.setWindowTitle("mixdesk")
         self.setWindowIcon(theme.app_icon())
         self.resize(1200, 780)
@@ -433,7 +438,21 @@ class MainWindow(QMainWindow):
             action = menu.addAction(label, partial(self.session.load_model, m.path))
             action.setCheckable(True)
             action.setChecked(str(m.path) == loaded)
+        servers = self.settings.remote_servers
+        if servers:
+            menu.addSeparator()
+        for server in servers:
+            for model in server.models:
+                action = menu.addAction(f"{model} · {server.host}",
+                                        partial(self.session.use_remote, server, model))
+                action.setCheckable(True)
+                action.setChecked(remote_path(server.url, model) == loaded)
         menu.addSeparator()
+        menu.addAction("Add a server…", self.add_server)
+        if servers:
+            remove = menu.addMenu("Remove a server")
+            for server in servers:
+                remove.addAction(server.url, partial(self.remove_server, server.url))
         menu.addAction("Open a model folder…", self.choose_model_folder)
         menu.addAction("Show the models folder", self._show_models_folder)
         unload = menu.addAction("Unload model", self.session.unload_model)
@@ -512,8 +531,25 @@ class MainWindow(QMainWindow):
         self._demo_job = run_in_background(task, done, self.first_run.set_progress)
 
     @Slot()
+    def add_server(self) -> None:
+        dialog = AddServerDialog(self)
+        if dialog.exec() and dialog.server is not None:
+            self.save_server(dialog.server)
+
+    def save_server(self, server: RemoteServer) -> None:
+        """Remember a tested server; its models join the model picker."""
+        self.settings.remote_servers = with_server(self.settings.remote_servers, server)
+        self.settings.sync()
+        self.show_notice("info", f"Added {server.host}: {', '.join(server.models)}. Pick a "
+                         "model from the model menu.")
+
+    def remove_server(self, url: str) -> None:
+        self.settings.remote_servers = [s for s in self.settings.remote_servers if s.url != url]
+        self.settings.sync()
+
+    @Slot()
     def open_preferences(self) -> None:
-        dialog = PreferencesDialog(self.settings, self)
+        dialog = PreferencesDialog(self.settings, self, local_server=self.local_server)
         if dialog.exec():
             app = QGuiApplication.instance()
             from PySide6.QtWidgets import QApplication  # noqa: PLC0415

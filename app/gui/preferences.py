@@ -1,4 +1,4 @@
-"""The preferences dialog: theme, font size, models folder."""
+"""The preferences dialog: theme, font size, models folder, and the Local server switch."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from PySide6.QtWidgets import (
     QDialogButtonBox,
     QFileDialog,
     QFormLayout,
+    QGroupBox,
     QHBoxLayout,
     QLineEdit,
     QPushButton,
@@ -15,13 +16,20 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from mixdesk.app.gui.localserver import LocalServer
+from mixdesk.app.gui.localserverview import LocalServerPanel
 from mixdesk.app.gui.settings import THEMES, Settings
 
 
 class PreferencesDialog(QDialog):
-    """Edits `Settings`; writes them only on OK."""
+    """Edits `Settings`; writes them only on OK. The Local server switch acts at once.
 
-    def __init__(self, settings: Settings, parent: QWidget | None = None) -> None:
+    Attributes:
+        server_panel: the Local server switch and log, when a `LocalServer` was given.
+    """
+
+    def __init__(self, settings: Settings, parent: QWidget | None = None,
+                 local_server: LocalServer | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Preferences")
         self.settings = settings
@@ -48,6 +56,12 @@ class PreferencesDialog(QDialog):
         form.addRow("Theme", self.theme)
         form.addRow("Font size", self.font_size)
         form.addRow("Models folder", folder_row)
+        self.server_panel: LocalServerPanel | None = None
+        if local_server is not None:
+            self.server_panel = LocalServerPanel(local_server)
+            group = QGroupBox("Local server (OpenAI-compatible, this computer only)")
+            QHBoxLayout(group).addWidget(self.server_panel)
+            form.addRow(group)
         form.addRow(buttons)
 
     def _browse(self) -> None:

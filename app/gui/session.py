@@ -18,6 +18,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal, Slot
 
+from mixdesk.app.gui.remotes import RemoteServer, remote_path
 from mixdesk.app.gui.settings import Settings, params_from_dict, params_to_dict
 from mixdesk.app.gui.worker import EngineClient
 from mixdesk.engine.chats import (
@@ -124,6 +125,8 @@ class ChatSession(QObject):
         worker.model_loaded.connect(self._on_model_loaded)
         worker.load_failed.connect(self._on_load_failed)
         worker.model_unloaded.connect(self._on_model_unloaded)
+        worker.remote_failed.connect(self._on_remote_failed)
+        self._before_remote: tuple[str, dict[str, Any] | None] = ("none", None)
 
     # --- state ---
 
@@ -365,6 +368,25 @@ class ChatSession(QObject):
         self.model_state_changed.emit("loading", {"path": str(path), "name": Path(path).name})
         self.client.load(path)
 
+    def use_remote(self, server: RemoteServer, model: str) -> None:
+        """Chat with `model` on a saved server; the current engine stays if it fails."""
+        if self.busy:
+            self.notice.emit("warning", "Stop the answer in progress before switching models.")
+            return
+        self._before_remote = (self.model_state, self.model_info)
+        self._loading_path = remote_path(server.url, model)
+        self.model_state = "loading"
+        self.model_state_changed.emit("loading", {"path": self._loading_path,
+                                                  "name": f"{model} · {server.host}"})
+        self.client.use_remote(server.url, server.api_key, model)
+
+    @Slot(str, str)
+    def _on_remote_failed(self, message: str, kind: str) -> None:
+        log.warning("remote model failed (%s): %s", kind, message)
+        self.model_state, self.model_info = self._before_remote
+        self.model_state_changed.emit(self.model_state, self.model_info or {})
+        self.notice.emit("error", message)
+
     def unload_model(self) -> None:
         if self.busy:
             self.stop()
@@ -374,7 +396,8 @@ class ChatSession(QObject):
     def _on_model_loaded(self, info: dict[str, Any]) -> None:
         self.model_info = info
         self.model_state = "ready"
-        self.settings.last_model = str(info.get("path", ""))
+        if not info.get("remote"):  # the app reopens local models only
+            self.settings.last_model = str(info.get("path", ""))
         self.model_state_changed.emit("ready", info)
 
     @Slot(str, str)

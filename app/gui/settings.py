@@ -15,12 +15,14 @@ from typing import Any
 
 from PySide6.QtCore import QByteArray, QSettings
 
+from mixdesk.app.gui.remotes import RemoteServer, servers_from_data
 from mixdesk.engine.events import SamplingParams
 from mixdesk.engine.paths import models_dir
 
 log = logging.getLogger("mixdesk.gui.settings")
 
 THEMES = ("system", "light", "dark")
+DEFAULT_SERVER_PORT = 8080  # the port `mixdesk serve` uses too; 0 means any free port
 DEFAULT_PARAMS = SamplingParams()
 PARAM_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "seed")
 
@@ -114,6 +116,31 @@ class Settings:
     @default_params.setter
     def default_params(self, value: SamplingParams) -> None:
         self.qsettings.setValue("chat/default_params", json.dumps(params_to_dict(value)))
+
+    @property
+    def remote_servers(self) -> list[RemoteServer]:
+        """Servers added with "Add a server…". API keys are kept here, in plain text in
+        the user's own settings file (like the other apps' keys in their config)."""
+        raw = self._get("remote/servers", "[]", str)
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError:
+            data = []
+        return servers_from_data(data)
+
+    @remote_servers.setter
+    def remote_servers(self, value: list[RemoteServer]) -> None:
+        self.qsettings.setValue("remote/servers", json.dumps([s.to_dict() for s in value]))
+
+    @property
+    def server_port(self) -> int:
+        """The port of the Local server switch (it always binds 127.0.0.1)."""
+        port = int(self._get("server/port", DEFAULT_SERVER_PORT, int))
+        return port if 0 <= port <= 65535 else DEFAULT_SERVER_PORT
+
+    @server_port.setter
+    def server_port(self, value: int) -> None:
+        self.qsettings.setValue("server/port", int(value))
 
     @property
     def geometry(self) -> QByteArray | None:

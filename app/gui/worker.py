@@ -9,6 +9,13 @@ busy inside the generation loop): it is a `threading.Event` per request that
 
 The worker never writes into GUI-thread objects; everything it reports
 travels as plain Python values in signals.
+
+The engine is either a local LoadedModel (`model`) or a `RemoteEngine`
+(`remote`); both yield the same events. The "Local server" switch also lives
+here, because it serves the worker's model: while it is on, the server's own
+generation thread is the only one that runs the model, and the worker's chats
+go through a `RemoteEngine` pointed at that server, so they wait in the same
+queue as outside clients instead of running the model beside them.
 """
 
 from __future__ import annotations
@@ -20,12 +27,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
-from mixdesk.engine.errors import MixdeskError
+from mixdesk.engine.errors import MixdeskError, RemoteEngineError
 from mixdesk.engine.events import Done, Event, Failed, SamplingParams, Stats, Token
+
+if TYPE_CHECKING:  # both load lazily: the web server only when the switch is turned on
+    from mixdesk.app.server import BackgroundServer
+    from mixdesk.engine.remote import RemoteEngine
 
 log = logging.getLogger("mixdesk.gui.worker")
 
@@ -80,6 +91,8 @@ class EngineWorker(QObject):
 
     Attributes:
         model: the LoadedModel, or None. Touched only on the worker thread.
+        remote: the RemoteEngine chats go to instead, or None.
+        server: the Local server serving `model`, or None.
         batch_interval_s: how long tokens are gathered before one
             `tokens_streamed`.
 
@@ -93,6 +106,12 @@ class EngineWorker(QObject):
             whole answer; reason is eos, stop, length or cancelled.
         failed(request_id: int, message: str, kind: str, partial: str): the
             answer failed; `partial` is the text streamed before it did.
+        remote_failed(message: str, kind: str): a remote model could not be used;
+            the engine in use before is kept.
+        server_started(url: str): the Local server answers at url.
+        server_stopped(): the Local server stopped (switched off, or its model went).
+        server_failed(message: str): the Local server could not start.
+        request_served(record: RequestRecord): emitted from the server's thread.
     """
 
     model_loaded = Signal(object)
@@ -102,6 +121,11 @@ class EngineWorker(QObject):
     tokens_streamed = Signal(int, str, object)
     finished = Signal(int, str, str, object)
     failed = Signal(int, str, str, str)
+    remote_failed = Signal(str, str)
+    server_started = Signal(str)
+    server_stopped = Signal()
+    server_failed = Signal(str)
+    request_served = Signal(object)
 
     def __init__(
         self,
@@ -112,6 +136,10 @@ class EngineWorker(QObject):
     ) -> None:
         super().__init__()
         self.model: Any = None
+        self.model_name = ""
+        self.remote: RemoteEngine | None = None
+        self.server: BackgroundServer | None = None
+        self._via_server: RemoteEngine | None = None
         self.batch_interval_s = batch_interval_s
         self._load_fn = load_fn
         self._generate_fn = generate_fn
@@ -122,9 +150,12 @@ class EngineWorker(QObject):
 
     @Slot(str)
     def load(self, path: str) -> None:
+        self.close_server()
+        self.drop_remote()
         self.model = None  # free the old one first: two models rarely fit
         try:
             self.model = self._load_fn(Path(path))
+            self.model_name = Path(path).name
         except MixdeskError as e:
             log.warning("load of %s failed: %s", path, e)
             self.load_failed.emit(str(e), type(e).__name__)
@@ -153,8 +184,91 @@ class EngineWorker(QObject):
             info["vram_used"] = None
         return info
 
+    @Slot(str, str, str)
+    def use_remote(self, url: str, api_key: str, model: str) -> None:
+        """Chat with `model` on the server at `url` from now on, if it answers.
+
+        The server is asked for its models first; when that fails the engine in use
+        stays (a dropped Wi-Fi must not unload a local model).
+        """
+        from mixdesk.engine.remote import RemoteEngine  # noqa: PLC0415 - only when used
+
+        engine: RemoteEngine | None = None
+        try:
+            engine = RemoteEngine(url, api_key or None, model=model)
+            served = engine.models()
+            if model not in served:
+                raise RemoteEngineError(f"{engine.base_url} no longer serves {model!r}; it "
+                                        f"serves {', '.join(served) or 'no models'}")
+        except MixdeskError as e:
+            if engine is not None:
+                engine.close()
+            log.warning("remote model %s at %s: %s", model, url, e)
+            self.remote_failed.emit(str(e), type(e).__name__)
+            return
+        self.close_server()
+        self.drop_remote()
+        self.model = None  # the remote model replaces the local one: free its memory
+        self.remote = engine
+        from mixdesk.app.gui.remotes import remote_path, server_host  # noqa: PLC0415
+
+        self.model_loaded.emit({
+            "path": remote_path(engine.base_url, model), "name": model,
+            "device": server_host(engine.base_url), "context": engine.context_max.get(model),
+            "remote": engine.base_url, "vram_used": None})
+
+    def drop_remote(self) -> None:
+        if self.remote is not None:
+            self.remote.close()
+            self.remote = None
+
+    @Slot(int)
+    def start_server(self, port: int) -> None:
+        """Serve the loaded local model on http://127.0.0.1:port/v1 (0: any free port)."""
+        if self.server is not None:
+            self.server_started.emit(self.server.url)
+            return
+        if self.model is None:
+            self.server_failed.emit("Load a local model first: the server shares the model "
+                                    "loaded in the app." if self.remote is None else
+                                    "The model in use is remote; load a local model to serve "
+                                    "it.")
+            return
+        from mixdesk.app.server import BackgroundServer, create_app  # noqa: PLC0415
+        from mixdesk.engine.remote import RemoteEngine  # noqa: PLC0415
+
+        try:
+            app = create_app(self.model, model_id=self.model_name,
+                             on_request=self.request_served.emit)
+            server = BackgroundServer(app, host="127.0.0.1", port=port)  # loopback only
+            url = server.start()
+        except MixdeskError as e:
+            self.server_failed.emit(str(e))
+            return
+        self.server = server
+        self._via_server = RemoteEngine(url, model=self.model_name)
+        log.info("serving %s on %s", self.model_name, url)
+        self.server_started.emit(url)
+
+    @Slot()
+    def stop_server(self) -> None:
+        self.close_server()
+
+    def close_server(self) -> None:
+        """Stop the Local server if it runs (any thread, once the worker is idle)."""
+        server, self.server = self.server, None
+        if self._via_server is not None:
+            self._via_server.close()
+            self._via_server = None
+        if server is not None:
+            server.stop()
+            log.info("local server on %s stopped", server.url)
+            self.server_stopped.emit()
+
     @Slot()
     def unload(self) -> None:
+        self.close_server()
+        self.drop_remote()
         self.model = None
         try:
             import torch  # noqa: PLC0415
@@ -165,21 +279,27 @@ class EngineWorker(QObject):
             log.exception("freeing CUDA memory failed")
         self.model_unloaded.emit()
 
+    def _events(self, messages: list[dict[str, str]], params: SamplingParams,
+                cancel: threading.Event) -> Iterator[Event]:
+        engine = self._via_server or self.remote  # the server's queue runs the model now
+        if engine is not None:
+            return engine.generate(messages, params, chat=True, cancel=cancel)
+        return self._generate_fn(self.model, messages, params, chat=True, cancel=cancel)
+
     def _fit_context(self, messages: list[dict[str, str]], params: SamplingParams,
                      cancel: threading.Event) -> tuple[Iterator[Event], int]:
         """Start generating; if the history overflows the context, leave out the oldest
         exchanges (as chat apps do) until it fits. Returns the events and how many
         exchanges were left out."""
         dropped = 0
-        events = iter(self._generate_fn(self.model, messages, params, chat=True, cancel=cancel))
+        events = iter(self._events(messages, params, cancel))
         first = next(events, None)
         while isinstance(first, Failed) and first.kind == "ContextOverflowError":
             shorter = drop_oldest_turn(messages)
             if shorter is None:
                 break
             messages, dropped = shorter, dropped + 1
-            events = iter(self._generate_fn(self.model, messages, params, chat=True,
-                                            cancel=cancel))
+            events = iter(self._events(messages, params, cancel))
             first = next(events, None)
         if dropped:
             log.info("left out %d old exchange(s) to fit the context", dropped)
@@ -188,7 +308,7 @@ class EngineWorker(QObject):
     @Slot(int, object, object, object)
     def generate(self, request_id: int, messages: list[dict[str, str]],
                  params: SamplingParams, cancel: threading.Event) -> None:
-        if self.model is None:
+        if self.model is None and self.remote is None:
             self.failed.emit(request_id, "No model is loaded; choose one from the model menu.",
                              "NoModelError", "")
             return
@@ -283,12 +403,18 @@ class EngineClient(QObject):
         unload_requested()
         probe_requested()
         generate_requested(request_id, messages, params, cancel)
+        remote_requested(url: str, api_key: str, model: str)
+        server_start_requested(port: int)
+        server_stop_requested()
     """
 
     load_requested = Signal(str)
     unload_requested = Signal()
     probe_requested = Signal()
     generate_requested = Signal(int, object, object, object)
+    remote_requested = Signal(str, str, str)
+    server_start_requested = Signal(int)
+    server_stop_requested = Signal()
 
     def __init__(self, worker: EngineWorker | None = None,
                  parent: QObject | None = None) -> None:
@@ -302,6 +428,9 @@ class EngineClient(QObject):
         self.unload_requested.connect(self.worker.unload, queued)
         self.probe_requested.connect(self.worker.probe, queued)
         self.generate_requested.connect(self.worker.generate, queued)
+        self.remote_requested.connect(self.worker.use_remote, queued)
+        self.server_start_requested.connect(self.worker.start_server, queued)
+        self.server_stop_requested.connect(self.worker.stop_server, queued)
         self.worker.finished.connect(self._on_finished, queued)
         self.worker.failed.connect(self._on_failed, queued)
         self._ids = itertools.count(1)
@@ -320,6 +449,15 @@ class EngineClient(QObject):
 
     def probe(self) -> None:
         self.probe_requested.emit()
+
+    def use_remote(self, url: str, api_key: str, model: str) -> None:
+        self.remote_requested.emit(url, api_key, model)
+
+    def start_server(self, port: int) -> None:
+        self.server_start_requested.emit(port)
+
+    def stop_server(self) -> None:
+        self.server_stop_requested.emit()
 
     def generate(self, messages: list[dict[str, str]], params: SamplingParams) -> int:
         """Queue a chat generation; returns the request id the worker's signals carry."""
@@ -350,5 +488,7 @@ class EngineClient(QObject):
         ended = self.engine_thread.wait(timeout_ms)
         if not ended:
             log.error("engine thread did not end within %d ms", timeout_ms)
+        self.worker.close_server()  # the port is free when the app has quit
+        self.worker.drop_remote()
         self.worker.model = None
         return bool(ended)
