@@ -66,7 +66,10 @@ chmod -R u=rwX,go=rX "$ROOT"
 # Runtime libraries the bundle does not carry (PyInstaller leaves out libc, the GL
 # stack and what the desktop provides). Qt's xcb platform needs libxcb-cursor0 since
 # Qt 6.5; Wayland sessions use the bundled wayland plugin.
-DEPENDS="libc6 (>= 2.28), libstdc++6, libgl1, libegl1, libfontconfig1, libfreetype6, \
+# The bundle's Python and libraries were linked on this machine: it needs this glibc or newer
+# (build on the oldest distribution you support; CI uses Ubuntu 22.04, glibc 2.35).
+GLIBC="$(ldd --version | head -1 | grep -oE '[0-9]+\.[0-9]+$')"
+DEPENDS="libc6 (>= $GLIBC), libstdc++6, libgl1, libegl1, libfontconfig1, libfreetype6, \
 libxkbcommon0, libxkbcommon-x11-0, libdbus-1-3, libxcb-cursor0, libxcb-icccm4, \
 libxcb-keysyms1, libxcb-shape0, libxcb-render-util0, libxcb-image0, libglib2.0-0t64 | libglib2.0-0"
 SIZE_KB="$(du -sk "$ROOT" | cut -f1)"
