@@ -76,8 +76,8 @@ def quantized(request: pytest.FixtureRequest, kernel_src: Path,
     return quantize_model(kernel_src, dest, str(request.param), device="cuda")
 
 
-def _load(folder: Path, *, kernels: bool) -> LoadedModel:
-    lm = load_model(folder, device="cuda", dtype=torch.float16, context=128)
+def _load(folder: Path, *, kernels: bool, dtype: torch.dtype = torch.float16) -> LoadedModel:
+    lm = load_model(folder, device="cuda", dtype=dtype, context=128)
     if not kernels:
         fastpath.disable_kernels(lm.model)
     return lm
@@ -110,7 +110,14 @@ def _forced(model: Transformer, tokens: list[int]) -> list[torch.Tensor]:
 
 @torch.inference_mode()
 def test_greedy_32_tokens_kernels_equal_torch_path(quantized: Path) -> None:
-    fast, slow = _load(quantized, kernels=True), _load(quantized, kernels=False)
+    """The kernels in fp16 against the torch dequantize path in fp32.
+
+    The torch path run in fp16 is not the reference: it dequantizes 2-bit g8's
+    scale and zero in fp16 and drifts from the exact dequantization by KL 1.9e-3
+    (measured on the H100), while the kernels keep fp32 meta and stay at 1.9e-6.
+    """
+    fast, slow = _load(quantized, kernels=True), _load(quantized, kernels=False,
+                                                       dtype=torch.float32)
     linears = [m for m in fast.model.modules() if isinstance(m, QuantLinear)]
     attention = [m for m in linears if m.in_features == DIM and m.out_features <= HEADS * 32]
     assert attention and all(m.packed is not None for m in attention)
@@ -122,6 +129,31 @@ def test_greedy_32_tokens_kernels_equal_torch_path(quantized: Path) -> None:
     print(f"{quantized.name}: tokens equal {tokens == want}, KL mean {kl.mean():.2e} "
           f"max {kl.max():.2e}")
     assert tokens == want or float(kl.mean()) <= 1e-3, (tokens, want, kl)
+
+
+@torch.inference_mode()
+def test_in_fp32_kernels_equal_the_torch_path_and_fp16_error_is_measured(quantized: Path
+                                                                         ) -> None:
+    """Separates the kernels' arithmetic from fp16 rounding.
+
+    In fp32 both paths compute the same sums, so the greedy tokens must agree.
+    In fp16 each path is scored against the fp32 torch path along its own tokens;
+    both KLs are printed for docs/PERFORMANCE.md.
+    """
+    fast32 = _load(quantized, kernels=True, dtype=torch.float32)
+    slow32 = _load(quantized, kernels=False, dtype=torch.float32)
+    tokens32, _ = _greedy(fast32.model, 32)
+    want32, _ = _greedy(slow32.model, 32)
+    for name, kernels in (("kernels", True), ("torch", False)):
+        half = _load(quantized, kernels=kernels)
+        tokens, logprobs = _greedy(half.model, 32)
+        ref = _forced(slow32.model, tokens)
+        kl = torch.stack([(r.exp() * (r - p)).sum() for r, p in zip(ref, logprobs, strict=True)])
+        print(f"{quantized.name}: fp16 {name} path vs fp32 torch path: KL mean {kl.mean():.2e} "
+              f"max {kl.max():.2e}")
+        del half
+    print(f"{quantized.name}: fp32 tokens equal {tokens32 == want32}")
+    assert tokens32 == want32
 
 
 @torch.inference_mode()
