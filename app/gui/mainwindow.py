@@ -197,6 +197,7 @@ class MainWindow(QMainWindow):
         s.notice.connect(self.show_notice)
         s.settings_changed.connect(self._load_side_panel)
         s.client.worker.hardware_probed.connect(self._on_hardware)
+        self.local_server.state_changed.connect(self._on_local_server)
 
         self.composer.submitted.connect(self._send)
         self.composer.stop_requested.connect(s.stop)
@@ -529,6 +530,11 @@ class MainWindow(QMainWindow):
             self.session.load_model(result)
 
         self._demo_job = run_in_background(task, done, self.first_run.set_progress)
+
+    @Slot(str, str, str)
+    def _on_local_server(self, _state: str, _url: str, message: str) -> None:
+        if message:  # it failed to start, or stopped because its model went away
+            self.show_notice("warning", message)
 
     @Slot()
     def add_server(self) -> None:

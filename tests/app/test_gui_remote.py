@@ -237,3 +237,42 @@ def test_local_server_without_a_local_model_says_so(qtbot: Any, make_gui: Any) -
         local.set_enabled(True)
     assert local.state == "off" and local.url == ""
     assert blocker.args[2].startswith("Load a local model first")
+
+
+def test_a_server_with_an_api_key(qtbot: Any, make_gui: Any, tiny_mixtral: Path) -> None:
+    key = "k-" + socket.gethostname()
+    with BackgroundServer(create_app(engine_load(tiny_mixtral), model_id="tiny",
+                                     api_key=key)) as server:
+        gui = make_gui()
+        dialog, ok, text = try_connection(qtbot, gui, server.url)
+        assert not ok and "needs an API key" in text and dialog.server is None
+        dialog, ok, text = try_connection(qtbot, gui, server.url, "wrong")
+        assert not ok and "check the API key" in text
+        dialog, ok, text = try_connection(qtbot, gui, server.url, key)
+        assert ok, text
+        assert dialog.server is not None
+        gui.window.save_server(dialog.server)
+        saved = gui.session.settings
+        saved.sync()
+        assert saved.remote_servers[0].api_key == key  # kept in the settings file
+        pick_model(qtbot, gui, f"tiny · 127.0.0.1:{server.port}")
+        gui.session.set_params(GREEDY)
+        answer = send(qtbot, gui, PROMPT)  # the saved key reaches the worker's engine
+        assert answer.status == "complete" and answer.content
+
+
+def test_local_server_stops_when_its_model_is_unloaded(
+        qtbot: Any, make_gui: Any, load_model: Any, tiny_mixtral: Path) -> None:
+    gui = make_gui()
+    load_model(gui, tiny_mixtral)
+    gui.session.settings.server_port = 0
+    local = gui.window.local_server
+    with qtbot.waitSignal(local.state_changed, timeout=60_000,
+                          check_params_cb=lambda state, _url, _msg: state == "on"):
+        local.set_enabled(True)
+    port = int(local.url.rsplit(":", 1)[1].split("/")[0])
+    with qtbot.waitSignal(local.state_changed, timeout=30_000,
+                          check_params_cb=lambda state, _url, _msg: state == "off"):
+        gui.session.unload_model()
+    assert port_is_free(port)
+    assert "its model was unloaded" in gui.window.banner.text()
