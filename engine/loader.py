@@ -68,7 +68,8 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, torc
 
 def open_model(name: str | Path, *, device: str = "auto", dtype: str = "auto",
                context: int | None = None,
-               progress: Callable[[str, float], None] | None = None) -> LoadedModel:
+               progress: Callable[[str, float], None] | None = None,
+               budget_gb: float | None = None) -> LoadedModel:
     """What the front ends call: resolve "auto", build the demo on first use, then load.
 
     Args:
@@ -77,13 +78,15 @@ def open_model(name: str | Path, *, device: str = "auto", dtype: str = "auto",
         dtype: "auto", "float32", "bfloat16" or "float16".
         context: KV cache length (default min(model maximum, 4096)).
         progress: reports the demo build, (stage, fraction).
+        budget_gb: VRAM the load may use; None: no check.
     """
     if str(name) == "demo":
         from mixdesk.engine.demo import ensure_demo  # noqa: PLC0415 - only the demo needs it
 
         ensure_demo(progress=progress)
     torch_device, torch_dtype = resolve_device(device, dtype)
-    return load_model(name, device=torch_device, dtype=torch_dtype, context=context)
+    return load_model(name, device=torch_device, dtype=torch_dtype, context=context,
+                      budget_gb=budget_gb)
 
 
 def load_tokenizer(folder: Path) -> Any:
@@ -102,7 +105,7 @@ def load_tokenizer(folder: Path) -> Any:
 
 
 def load_model(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
-               context: int | None = None) -> LoadedModel:
+               context: int | None = None, budget_gb: float | None = None) -> LoadedModel:
     """Read config, weights and tokenizer from a model folder.
 
     Args:
@@ -110,9 +113,13 @@ def load_model(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = to
         device: "cpu" or "cuda[:n]".
         dtype: dtype for the weights and activations.
         context: KV cache length; defaults to min(config maximum, 4096).
+        budget_gb: VRAM the load may use (engine.budget); None: no check.
 
     Returns:
         The loaded model.
+
+    Raises:
+        OutOfVRAMError: the model does not fit `budget_gb`; the message says what would.
     """
     folder = resolve_model_path(path)
     if str(path) == "demo" and not folder.is_dir():
@@ -122,6 +129,8 @@ def load_model(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = to
     args = ModelArgs.from_folder(folder)
     tokenizer = load_tokenizer(folder)
     context = min(context or DEFAULT_CONTEXT, args.max_seq_len)
+    if budget_gb is not None:
+        enforce_budget(folder, device, budget_gb, context)
     if is_quantized_folder(folder):  # the mixdesk quantized format (engine.qformat)
         with torch.device("meta"):
             model = Transformer(args)
@@ -152,6 +161,27 @@ def load_model(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = to
     model.eval()
     model.setup_cache(context)
     return LoadedModel(folder, args, model, tokenizer, torch.device(device), dtype, context)
+
+
+def enforce_budget(folder: Path, device: str, budget_gb: float, context: int) -> None:
+    """Refuse a GPU load that the plan for `budget_gb` cannot hold (engine.budget).
+
+    A folder that is not quantized loads dense, so it is planned without a recipe.
+    """
+    if not device.startswith("cuda"):
+        log.info("a VRAM budget applies to GPU loads; ignored on %s", device)
+        return
+    from mixdesk.engine.budget import check_fits, detect_gpu, plan  # noqa: PLC0415
+    from mixdesk.engine.fastpath import kernels_unavailable  # noqa: PLC0415
+    from mixdesk.engine.quantize import Recipe  # noqa: PLC0415
+
+    gpu = detect_gpu(torch.device(device).index or 0)
+    dense = None if is_quantized_folder(folder) else Recipe("dense", ())
+    fitted = plan(folder, gpu, budget_gb, context, recipe=dense, runnable_only=True,
+                  kernel_copy=kernels_unavailable(device) is None)
+    check_fits(fitted, gpu)
+    log.info("plan: %s, %.2f GB of VRAM predicted, budget %.1f GB", fitted.recipe.name,
+             fitted.vram_total / 1e9, budget_gb)
 
 
 def _read_state(checkpoint: Checkpoint, args: ModelArgs, dtype: torch.dtype

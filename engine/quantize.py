@@ -671,14 +671,23 @@ def estimate_bytes(recipe: Recipe, shapes: Mapping[str, tuple[int, ...]]) -> dic
         if spec is None or numel % spec.group:
             totals[kind_of(name)] += numel * keep_size
             continue
-        n = numel // spec.group
-        if spec.meta_bits is None:
-            meta = 2 * n * 2
-        else:
-            cols = math.ceil(n / spec.meta_group)
-            meta = 2 * (cols * spec.meta_group + 2 * cols * 2)  # uint8 codes + fp16 pairs
-        totals[kind_of(name)] += packed_nbytes(numel, spec.bits) + meta
+        totals[kind_of(name)] += sum(quantized_nbytes(numel, spec))
     return totals
+
+
+def quantized_nbytes(numel: int, spec: QuantSpec) -> tuple[int, int]:
+    """(codes, meta) bytes one weight of `numel` elements stores under `spec`.
+
+    meta is scale and zero together: fp16 per group, or 8-bit codes padded to whole
+    meta groups plus their fp16 (step, offset) pairs.
+    """
+    n = numel // spec.group
+    if spec.meta_bits is None:
+        meta = 2 * n * 2
+    else:
+        cols = math.ceil(n / spec.meta_group)
+        meta = 2 * (cols * spec.meta_group + 2 * cols * 2)  # uint8 codes + fp16 pairs
+    return packed_nbytes(numel, spec.bits), meta
 
 
 # ---------------------------------------------------------------------------- fidelity
