@@ -93,6 +93,18 @@ fi
 say "4/5 installed selftest: /usr/bin/mixdesk gui --selftest"
 frozen /usr/bin/mixdesk gui --selftest --timeout 300 --model "$MODEL" \
     || fail "the installed app's selftest failed (above)"
+# and on a real X server through Qt's xcb plugin and the system's X libraries, as a
+# desktop session starts it (where Xvfb is installed; CI installs it)
+if command -v xvfb-run >/dev/null; then
+    say "4/5 installed selftest on X11 (xvfb-run, QT_QPA_PLATFORM=xcb)"
+    home="$(mktemp -d "$WORK/home.XXXXXX")"
+    env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$home" LANG=C.UTF-8 QT_QPA_PLATFORM=xcb \
+        HF_HUB_OFFLINE=1 xvfb-run -a -s "-screen 0 1280x800x24" /usr/bin/mixdesk gui --selftest \
+        --timeout 300 --model "$MODEL" --screenshot "$WORK/installed-xcb.png" \
+        || fail "the installed app's selftest failed on X11 (above)"
+else
+    say "4/5 no xvfb-run: the X11 (xcb) selftest is skipped"
+fi
 
 say "5/5 dpkg -r mixdesk"
 "${SUDO[@]}" dpkg -r mixdesk >/dev/null
