@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="grouping axis (default: the recipe's, 0 for hqq-card)")
     quant.add_argument("--device", default="auto", help="where hqq's solver runs")
 
+    plan = sub.add_parser("plan", help="what fits a VRAM budget: recipe, placement, bytes, tok/s")
+    plan.add_argument("model", help="a model folder (quantized or not), or 'demo'")
+    plan.add_argument("--budget", type=float, default=None,
+                      help="VRAM to use, GB (default: the whole GPU)")
+    plan.add_argument("--context", type=_positive_int, default=4096, help="tokens (default 4096)")
+    plan.add_argument("--recipe", default=None, help="force a recipe (default: the best that fits)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+
     imp = sub.add_parser("import-hqq", help="import a published hqq 0.1.x checkpoint (qmodel.pt)")
     imp.add_argument("source", help="a folder with qmodel.pt and config.json")
     imp.add_argument("dest", help="a new or empty output folder")
@@ -247,6 +255,22 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from mixdesk.engine.budget import describe_plan, detect_gpu, plan  # noqa: PLC0415
+    from mixdesk.engine.loader import resolve_model_path  # noqa: PLC0415
+    from mixdesk.engine.quantize import get_recipe  # noqa: PLC0415
+
+    gpu = detect_gpu()
+    if gpu is None and args.budget is None:
+        print("mixdesk: error: no CUDA GPU here; give --budget GB to plan for one",
+              file=sys.stderr)
+        return 2
+    recipe = get_recipe(args.recipe) if args.recipe else None
+    fitted = plan(resolve_model_path(args.model), gpu, args.budget, args.context, recipe=recipe)
+    print(json.dumps(fitted.to_dict(), indent=1) if args.json else describe_plan(fitted))
+    return 0
+
+
 def cmd_import_hqq(args: argparse.Namespace) -> int:
     from mixdesk.engine.hqq_import import import_hqq  # noqa: PLC0415
 
@@ -286,6 +310,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "chat": cmd_chat,
     "serve": cmd_serve,
     "quantize": cmd_quantize,
+    "plan": cmd_plan,
     "import-hqq": cmd_import_hqq,
     "gui": cmd_gui,
 }

@@ -199,3 +199,14 @@ def test_generate_loads_neither_qt_nor_the_web_server(tiny_mixtral: Path, tmp_pa
     loaded = set(out.stdout.split("LOADED", 1)[1].split())
     assert "torch" in loaded  # the check is live: the engine did run
     assert loaded & {"PySide6", "shiboken6", "starlette", "uvicorn"} == set()
+
+
+def test_plan_prints_a_table_and_refuses_a_tiny_budget(
+        tiny_mixtral: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mixdesk.app.cli import main  # noqa: PLC0415
+
+    assert main(["plan", str(tiny_mixtral), "--budget", "2", "--context", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "4bit-g64" in out and "kv cache" in out and "tok/s" in out
+    assert main(["plan", str(tiny_mixtral), "--budget", "0.01", "--context", "64"]) == 2
+    assert "needs at least" in capsys.readouterr().err
