@@ -98,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--tokenizer-from", default=None,
                      help="a folder with the tokenizer files, if the checkpoint lacks them")
 
+    dl = sub.add_parser("download", help="download a model from the Hugging Face hub")
+    dl.add_argument("repo_id", help="a hub id, e.g. mistralai/Mixtral-8x7B-Instruct-v0.1")
+    dl.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
+    dl.add_argument("--dest", default=None,
+                    help="the model folder to create (default: $MIXDESK_HOME/models/<name>)")
+    dl.add_argument("--token", default=None,
+                    help="a hub token for gated repos (default: HF_TOKEN or the stored one)")
+    dl.add_argument("--save-token", action="store_true",
+                    help="store --token in huggingface_hub's token store for next time")
+
     gui = sub.add_parser("gui", help="open the desktop app")
     gui.add_argument("--selftest", action="store_true",
                      help="start offscreen, answer one prompt, exit 0 if all works")
@@ -271,6 +281,33 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _download_progress(event: Any) -> None:
+    from mixdesk.engine.hub import human_bytes  # noqa: PLC0415
+
+    eta = f", {event.eta_s:.0f} s left" if event.eta_s is not None else ""
+    done = event.done / event.total if event.total else 0.0
+    print(f"\r{human_bytes(event.done)} of {human_bytes(event.total)} ({done:4.0%}), "
+          f"{human_bytes(event.speed)}/s{eta}, file {event.files_done + 1}/{event.files_total}   ",
+          end="", file=sys.stderr, flush=True)
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from mixdesk.engine.hub import download, save_token  # noqa: PLC0415
+
+    if args.save_token and args.token:
+        save_token(args.token)
+    try:
+        path = download(args.repo_id, revision=args.revision,
+                        dest=Path(args.dest) if args.dest else None, token=args.token,
+                        progress=_download_progress)
+    except KeyboardInterrupt:
+        print("\nmixdesk: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(file=sys.stderr)
+    print(path)
+    return 0
+
+
 def cmd_import_hqq(args: argparse.Namespace) -> int:
     from mixdesk.engine.hqq_import import import_hqq  # noqa: PLC0415
 
@@ -310,6 +347,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "chat": cmd_chat,
     "serve": cmd_serve,
     "quantize": cmd_quantize,
+    "download": cmd_download,
     "plan": cmd_plan,
     "import-hqq": cmd_import_hqq,
     "gui": cmd_gui,

@@ -209,3 +209,26 @@ def test_cancel_leaves_no_finished_folder(repo: Path) -> None:
     path = download(REPO)
     _same_files(path, repo)
     assert not partial_dir(dest).exists()
+
+
+def test_cli_download(repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mixdesk.app.cli import main  # noqa: PLC0415
+
+    dest = tmp_path / "mine"
+    assert main(["download", REPO, "--revision", "main", "--dest", str(dest)]) == 0
+    assert capsys.readouterr().out.strip() == str(dest)
+    _same_files(dest, repo)
+
+
+def test_cli_gated_repo_is_one_line_exit_2(fake_hub: FakeHub, tiny_mixtral: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from mixdesk.app.cli import main  # noqa: PLC0415
+
+    fake_hub.add_repo("mistralai/Gated-Mixtral", tiny_mixtral, gated=True)
+    assert main(["download", "mistralai/Gated-Mixtral"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mixdesk: error: mistralai/Gated-Mixtral is a gated model")
+    assert "\n" not in err
+    assert main(["download", "mistralai/Gated-Mixtral", "--token", VALID_TOKEN,
+                 "--save-token"]) == 0
+    assert is_downloaded(models_dir() / "Gated-Mixtral")
