@@ -30,7 +30,7 @@ ArchitecturesInstallIn64BitMode=x64compatible
 OutputDir={#DistDir}
 OutputBaseFilename=mixdesk-{#AppVersion}-windows-x64-{#Variant}-setup
 SetupIconFile=..\..\resources\icons\mixdesk.ico
-UninstallDisplayIcon={app}\mixdesk.exe
+UninstallDisplayIcon={app}\mixdesk-gui.exe
 ; torch's DLLs compress well with LZMA2; solid would be smaller but needs as much RAM as the input
 Compression=lzma2/normal
 SolidCompression=no
@@ -46,16 +46,16 @@ Name: "addtopath"; Description: "Add the mixdesk command to my PATH"; GroupDescr
 Source: "{#DistDir}\mixdesk\*"; DestDir: "{app}"; Flags: ignoreversion recursesubdirs createallsubdirs
 
 [Icons]
-; the .exe is a console program (it is the CLI too); the shortcut starts the window
-Name: "{autoprograms}\mixdesk"; Filename: "{app}\mixdesk.exe"; Parameters: "gui"; IconFilename: "{app}\mixdesk.exe"
-Name: "{autodesktop}\mixdesk"; Filename: "{app}\mixdesk.exe"; Parameters: "gui"; IconFilename: "{app}\mixdesk.exe"; Tasks: desktopicon
+; mixdesk-gui.exe is the windowed twin of the console mixdesk.exe (no console window)
+Name: "{autoprograms}\mixdesk"; Filename: "{app}\mixdesk-gui.exe"; IconFilename: "{app}\mixdesk-gui.exe"
+Name: "{autodesktop}\mixdesk"; Filename: "{app}\mixdesk-gui.exe"; IconFilename: "{app}\mixdesk-gui.exe"; Tasks: desktopicon
 
 [Registry]
 ; the user's PATH (HKCU); uninstalling leaves the entry, which then points nowhere
 Root: HKCU; Subkey: "Environment"; ValueType: expandsz; ValueName: "Path"; ValueData: "{olddata};{app}"; Tasks: addtopath; Check: NeedsAddPath(ExpandConstant('{app}'))
 
 [Run]
-Filename: "{app}\mixdesk.exe"; Parameters: "gui"; Description: "{cm:LaunchProgram,mixdesk}"; Flags: nowait postinstall skipifsilent runminimized
+Filename: "{app}\mixdesk-gui.exe"; Description: "{cm:LaunchProgram,mixdesk}"; Flags: nowait postinstall skipifsilent
 
 [Code]
 function NeedsAddPath(Dir: string): Boolean;

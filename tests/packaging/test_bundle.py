@@ -130,3 +130,17 @@ def test_frozen_generate_and_serve(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def test_no_arguments_opens_the_window(tmp_path: Path) -> None:
+    """Double-clicking the program (no arguments) starts the app, not the CLI's usage text."""
+    assert BUNDLE
+    app = subprocess.Popen([str(Path(BUNDLE) / "mixdesk")], env=_env(tmp_path),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        app.wait(timeout=15)
+    except subprocess.TimeoutExpired:  # still running: the window is up
+        app.send_signal(signal.SIGTERM)
+        app.wait(timeout=30)
+        return
+    pytest.fail(f"exited {app.returncode} at once: {app.communicate()[0][-2000:]}")
