@@ -11,6 +11,7 @@
 #                            (default .venv/bin/python)
 #   --skip-bundle            reuse dist/mixdesk and only remake the .tar.gz and .deb
 set -euo pipefail
+trap 'printf "[build_linux] FAILED at line %s: %s\n" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -18,7 +19,7 @@ VARIANT="${TORCH_VARIANT:-cpu}"
 PYTHON="${PYTHON:-.venv/bin/python}"
 DIST="$REPO/dist"
 WORK="$REPO/build/pyinstaller"
-VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)"
+VERSION="$(awk -F'"' '/^version = /{print $2; exit}' pyproject.toml)"
 ARCH="$(uname -m)"
 DEBARCH="$(dpkg --print-architecture 2>/dev/null || echo amd64)"
 say() { printf '[build_linux] %s\n' "$*"; }
@@ -68,7 +69,8 @@ chmod -R u=rwX,go=rX "$ROOT"
 # Qt 6.5; Wayland sessions use the bundled wayland plugin.
 # The bundle's Python and libraries were linked on this machine: it needs this glibc or newer
 # (build on the oldest distribution you support; CI uses Ubuntu 22.04, glibc 2.35).
-GLIBC="$(ldd --version | head -1 | grep -oE '[0-9]+\.[0-9]+$')"
+# (no `ldd --version | head`: under pipefail, ldd's SIGPIPE would end the script silently)
+GLIBC="$(getconf GNU_LIBC_VERSION | awk '{print $2}')"
 DEPENDS="libc6 (>= $GLIBC), libstdc++6, libgl1, libegl1, libfontconfig1, libfreetype6, \
 libxkbcommon0, libxkbcommon-x11-0, libdbus-1-3, libxcb-cursor0, libxcb-icccm4, \
 libxcb-keysyms1, libxcb-shape0, libxcb-render-util0, libxcb-image0, libglib2.0-0t64 | libglib2.0-0"

@@ -12,6 +12,7 @@
 # password (GitHub's runners); otherwise they are skipped with a message, and the script
 # fails only if SMOKE_REQUIRE_DEB=1.
 set -euo pipefail
+trap 'printf "[smoke] FAILED at line %s: %s\n" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -30,7 +31,7 @@ else
     TORCH_VARIANT=cpu PYTHON="$PYTHON" packaging/build_linux.sh
 fi
 BUNDLE="$DIST/mixdesk"
-VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)"
+VERSION="$(awk -F'"' '/^version = /{print $2; exit}' pyproject.toml)"
 DEB="$DIST/mixdesk_${VERSION}-1_$(dpkg --print-architecture).deb"
 test -x "$BUNDLE/mixdesk" || fail "no bundle at $BUNDLE"
 test -f "$DEB" || fail "no .deb at $DEB"
@@ -73,7 +74,7 @@ else
     say "ok (bundle only) in $(( $(date +%s) - started )) s"
     exit 0
 fi
-if dpkg-query -W -f='${Status}' mixdesk 2>/dev/null | grep -q "ok installed"; then
+if [[ "$(dpkg-query -W -f='${Status}' mixdesk 2>/dev/null || true)" == *"ok installed"* ]]; then
     fail "a mixdesk package is already installed here; remove it first (dpkg -r mixdesk)"
 fi
 installed=0

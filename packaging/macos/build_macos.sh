@@ -7,6 +7,7 @@
 # run by .github/workflows/package.yml. The app is not signed or notarized: users open it
 # with right-click > Open the first time (signing needs a Developer ID; see the README).
 set -euo pipefail
+trap 'printf "[build_macos] FAILED at line %s: %s\n" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO"
@@ -14,7 +15,7 @@ PYTHON="${PYTHON:-python3}"
 VARIANT="${TORCH_VARIANT:-cpu}"
 DIST="$REPO/dist"
 WORK="$REPO/build/pyinstaller"
-VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)"
+VERSION="$(awk -F'"' '/^version = /{print $2; exit}' pyproject.toml)"
 ARCH="$(uname -m)"
 say() { printf '[build_macos] %s\n' "$*"; }
 
