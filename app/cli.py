@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from mixdesk.engine.errors import MixdeskError
+from mixdesk.engine.errors import MixdeskError, NoGPUError
 
 log = logging.getLogger("mixdesk.cli")
 
@@ -244,18 +244,15 @@ def _quantize_progress(event: Any) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from mixdesk.engine.loader import resolve_model_path  # noqa: PLC0415
+    from mixdesk.engine.loader import prepare_model_path  # noqa: PLC0415
     from mixdesk.engine.qformat import quantize_model  # noqa: PLC0415
     from mixdesk.engine.quantize import get_recipe  # noqa: PLC0415
 
     recipe = get_recipe(args.recipe, axis=args.axis)
-    if args.source == "demo":
-        from mixdesk.engine.demo import ensure_demo  # noqa: PLC0415
-
-        ensure_demo(progress=_progress_line)
+    source = prepare_model_path(args.source, _progress_line)
     device = None if args.device == "auto" else args.device
     try:
-        path = quantize_model(resolve_model_path(args.source), Path(args.dest), recipe,
+        path = quantize_model(source, Path(args.dest), recipe,
                               progress=_quantize_progress, device=device)
     except KeyboardInterrupt:
         print("\nmixdesk: interrupted; run the same command again to resume", file=sys.stderr)
@@ -272,9 +269,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     gpu = detect_gpu()
     if gpu is None and args.budget is None:
-        print("mixdesk: error: no CUDA GPU here; give --budget GB to plan for one",
-              file=sys.stderr)
-        return 2
+        raise NoGPUError("no CUDA GPU here; give --budget GB to plan for one")
     recipe = get_recipe(args.recipe) if args.recipe else None
     fitted = plan(resolve_model_path(args.model), gpu, args.budget, args.context, recipe=recipe)
     print(json.dumps(fitted.to_dict(), indent=1) if args.json else describe_plan(fitted))

@@ -57,6 +57,16 @@ def resolve_model_path(name: str | Path) -> Path:
     return Path(name).expanduser()
 
 
+def prepare_model_path(name: str | Path,
+                       progress: Callable[[str, float], None] | None = None) -> Path:
+    """The folder `name` means, building the demo first when `name` is "demo"."""
+    if str(name) == "demo":
+        from mixdesk.engine.demo import ensure_demo  # noqa: PLC0415 - only the demo needs it
+
+        ensure_demo(progress=progress)
+    return resolve_model_path(name)
+
+
 def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, torch.dtype]:
     """Turn "auto" into CUDA when present, else the CPU; bf16 on a GPU, fp32 on the CPU."""
     if device == "auto":
@@ -80,10 +90,7 @@ def open_model(name: str | Path, *, device: str = "auto", dtype: str = "auto",
         progress: reports the demo build, (stage, fraction).
         budget_gb: VRAM the load may use; None: no check.
     """
-    if str(name) == "demo":
-        from mixdesk.engine.demo import ensure_demo  # noqa: PLC0415 - only the demo needs it
-
-        ensure_demo(progress=progress)
+    prepare_model_path(name, progress)
     torch_device, torch_dtype = resolve_device(device, dtype)
     return load_model(name, device=torch_device, dtype=torch_dtype, context=context,
                       budget_gb=budget_gb)
