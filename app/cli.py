@@ -149,17 +149,25 @@ def _load(args: argparse.Namespace) -> Any:
                       progress=_progress_line)
 
 
+def _print_folder(job: Callable[[], Path]) -> int:
+    """Run a job that makes a folder; print the folder, or how to resume after Ctrl+C."""
+    try:
+        path = job()
+    except KeyboardInterrupt:
+        print("\nmixdesk: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(file=sys.stderr)  # end the progress line
+    print(path)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mixdesk.engine.demo import build_demo, ensure_demo  # noqa: PLC0415
     from mixdesk.engine.paths import demo_model_dir  # noqa: PLC0415
 
     if args.rebuild:
-        path = build_demo(demo_model_dir(), progress=_progress_line)
-    else:
-        path = ensure_demo(progress=_progress_line)
-    print(file=sys.stderr)
-    print(path)
-    return 0
+        return _print_folder(lambda: build_demo(demo_model_dir(), progress=_progress_line))
+    return _print_folder(lambda: ensure_demo(progress=_progress_line))
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -251,15 +259,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     recipe = get_recipe(args.recipe, axis=args.axis)
     source = prepare_model_path(args.source, _progress_line)
     device = None if args.device == "auto" else args.device
-    try:
-        path = quantize_model(source, Path(args.dest), recipe,
-                              progress=_quantize_progress, device=device)
-    except KeyboardInterrupt:
-        print("\nmixdesk: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    print(file=sys.stderr)
-    print(path)
-    return 0
+    return _print_folder(lambda: quantize_model(source, Path(args.dest), recipe,
+                                                progress=_quantize_progress, device=device))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -291,27 +292,18 @@ def cmd_download(args: argparse.Namespace) -> int:
 
     if args.save_token and args.token:
         save_token(args.token)
-    try:
-        path = download(args.repo_id, revision=args.revision,
-                        dest=Path(args.dest) if args.dest else None, token=args.token,
-                        progress=_download_progress)
-    except KeyboardInterrupt:
-        print("\nmixdesk: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    print(file=sys.stderr)
-    print(path)
-    return 0
+    dest = Path(args.dest) if args.dest else None
+    return _print_folder(lambda: download(args.repo_id, revision=args.revision, dest=dest,
+                                          token=args.token, progress=_download_progress))
 
 
 def cmd_import_hqq(args: argparse.Namespace) -> int:
     from mixdesk.engine.hqq_import import import_hqq  # noqa: PLC0415
 
     tokenizer_from = Path(args.tokenizer_from) if args.tokenizer_from else None
-    path = import_hqq(Path(args.source), Path(args.dest), tokenizer_from=tokenizer_from,
-                      progress=_quantize_progress)
-    print(file=sys.stderr)
-    print(path)
-    return 0
+    return _print_folder(lambda: import_hqq(Path(args.source), Path(args.dest),
+                                            tokenizer_from=tokenizer_from,
+                                            progress=_quantize_progress))
 
 
 def cmd_gui(args: argparse.Namespace) -> int:
