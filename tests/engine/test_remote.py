@@ -141,7 +141,8 @@ def test_cancel_closes_the_stream_and_frees_the_server(remote: RemoteEngine,
         cancelled_at = time.monotonic()
         health = remote.base_url.removesuffix("/v1") + "/health"
         while httpx2.get(health).json()["busy"]:
-            assert time.monotonic() - cancelled_at < 3 * step + 1.0, "the server kept generating"
+            # uncancelled, the rest of the answer would take 98 * step = 19.6 s
+            assert time.monotonic() - cancelled_at < 40 * step, "the server kept generating"
             time.sleep(0.02)
     finally:
         slow.delay = 0.0
