@@ -90,6 +90,12 @@ class Attention(nn.Module):
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(pos, k, v)  # [B, K, S, Hd]
         rep = self.n_heads // self.n_kv_heads
+        if T == 1:  # decode: each kv head's cache read once, not copied per query head
+            qg = q.view(B, self.n_kv_heads, rep, -1)  # [B, K, R, Hd]
+            scores = (qg @ k.transpose(-1, -2)).float() * self.head_dim**-0.5  # [B, K, R, S]
+            scores = scores.masked_fill(~mask, float("-inf"))
+            y = (scores.softmax(-1).to(v.dtype) @ v).view(B, self.n_heads, 1, -1)  # [B, H, 1, Hd]
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
         k = k.repeat_interleave(rep, dim=1)  # [B, H, S, Hd]
         v = v.repeat_interleave(rep, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, Hd]
