@@ -406,6 +406,142 @@ def decode_step_estimate(bandwidth: float, layers: int = 32, experts: int = 8,
             "full_step_floor_ms": (linear_bytes + sum(other.values())) / bandwidth * 1e3}
 
 
+# ---------------------------------------------------------------------------- the engine
+
+
+def synthetic_mixtral(layers: int = 32, context: int = 4096, axis: int = 0,
+                      dtype: torch.dtype = torch.float16) -> Any:
+    """Our Transformer at the Mixtral-8x7B shape with the card recipe, random, on the GPU.
+
+    Built on the meta device and filled one matrix at a time straight into the kernels'
+    layout (random codes and real 8-bit meta, `fastpath.random_quantized`), each MoE layer
+    fused as it is made: the dense bf16 model (93 GB) never exists, and every quantized
+    weight is held once, as `enable_kernels` leaves a loaded model.
+    """
+    from torch import nn  # noqa: PLC0415
+
+    from mixdesk.engine.config import ModelArgs  # noqa: PLC0415
+    from mixdesk.engine.fastpath import fuse_experts, pack_linear, random_quantized  # noqa: PLC0415
+    from mixdesk.engine.model import MoE, Transformer  # noqa: PLC0415
+    from mixdesk.engine.quantize import QuantLinear, QuantSpec  # noqa: PLC0415
+
+    args = ModelArgs(model_type="mixtral", vocab_size=32000, dim=4096, n_layers=layers,
+                     n_heads=32, n_kv_heads=8, head_dim=128, ffn_dim=14336, n_experts=8,
+                     top_k=2, max_seq_len=context)
+    attention, experts = QuantSpec(bits=4, group=64, axis=axis), QuantSpec(bits=2, group=8,
+                                                                           axis=axis)
+    with torch.device("meta"):
+        model = Transformer(args)
+    for name, module in list(model.named_modules()):
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if isinstance(module, nn.Linear) and name != "lm_head" and not name.endswith("gate"):
+            spec = attention if "self_attn" in name else experts
+            qw = random_quantized((module.out_features, module.in_features), spec, "cuda")
+            linear = QuantLinear(qw, dtype=dtype)
+            assert pack_linear(linear), name
+            linear.drop_torch_copy()
+            setattr(parent, leaf, linear)
+        elif isinstance(module, MoE):
+            assert fuse_experts(module), name
+        for pname, param in list(module.named_parameters(recurse=False)):
+            if param.device.type == "meta":
+                value = (torch.ones(param.shape, device="cuda", dtype=dtype) if "norm" in name
+                         else 0.02 * torch.randn(param.shape, device="cuda", dtype=dtype))
+                setattr(module, pname, nn.Parameter(value, requires_grad=False))
+    model.setup_cache(context)
+    return model.eval()
+
+
+def step_bytes(model: Any, context_used: int, context_read: int) -> dict[str, int]:
+    """Bytes one decode step must read: packed attention, 2 of 8 experts, lm_head, the rest,
+    and the KV cache up to the used context (and as the static cache is read, all of it)."""
+    from mixdesk.engine.quantize import QuantLinear  # noqa: PLC0415
+
+    attention = experts = 0
+    for block in model.blocks():
+        for m in block.self_attn.modules():
+            if isinstance(m, QuantLinear) and m.packed is not None:
+                attention += m.packed.nbytes()
+        w13, w2 = block.moe.packed
+        experts += (w13.nbytes() * w13.n_mats + w2.nbytes() * w2.n_mats) * 2 // 8
+    args = model.args
+    per_pos = 2 * args.n_layers * args.n_kv_heads * args.head_dim * 2
+    dense = (args.vocab_size * args.dim + args.n_layers * (args.n_experts + 2) * args.dim
+             + 2 * args.dim) * 2
+    return {"attention": attention, "experts_top2": experts, "dense": dense,
+            "kv_used": per_pos * context_used, "kv_static": per_pos * context_read}
+
+
+def bench_engine(bandwidth: float, read_bandwidth: float, *, layers: int = 32,
+                 prompt: int = 1024, context: int = 4096, steps: int = 64,
+                 axis: int = 0) -> dict[str, Any]:
+    """The whole engine at the Mixtral-8x7B shape: TTFT of a `prompt`-token prompt (eager
+    prefill: Triton dequantize per matrix, cuBLAS, tokens grouped by expert), then decode
+    through `fastpath.DecodeGraph` (one CUDA-graph replay a token), peak VRAM."""
+    from mixdesk.engine.fastpath import DecodeGraph  # noqa: PLC0415
+
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    model = synthetic_mixtral(layers, context, axis)
+    resident = torch.cuda.memory_allocated()
+    tokens = torch.randint(0, 32000, (1, prompt), device="cuda")
+    positions = torch.arange(prompt, device="cuda")
+    out: dict[str, Any] = {"layers": layers, "prompt": prompt, "context": context,
+                           "axis": axis, "resident_gb": resident / 1e9}
+    with torch.inference_mode():
+        def first_token(net: Any = model) -> int:
+            return int(net(tokens, positions)[0, -1].argmax().item())
+
+        started = time.perf_counter()
+        first_token()  # compiles the dequantize kernel, warms cuBLAS
+        out["first_prefill_s"] = time.perf_counter() - started
+        times = []
+        for _ in range(3):
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            first_token()
+            times.append(time.perf_counter() - started)
+        out["ttft_s"] = statistics.median(times)
+        out["prefill_tok_per_s"] = prompt / out["ttft_s"]
+        graph = DecodeGraph(torch.device("cuda"))
+        nxt = model(tokens, positions)[0, -1].argmax(-1, keepdim=True)
+        started = time.perf_counter()
+        logits = graph.step(model, nxt, prompt)
+        torch.cuda.synchronize()
+        out["capture_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        for i in range(steps):  # as engine.generate does: sample on the device, read the id
+            nxt = logits.argmax(-1, keepdim=True)
+            int(nxt.item())
+            logits = graph.step(model, nxt, prompt + 1 + i)
+        torch.cuda.synchronize()
+        per_token = (time.perf_counter() - started) / steps
+        assert graph.graph is not None and graph.captures == 1
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            graph.graph.replay()
+        end.record()
+        end.synchronize()
+        replay = start.elapsed_time(end) / 1e3 / steps
+    nbytes = step_bytes(model, prompt + steps, context)
+    used = sum(v for k, v in nbytes.items() if k != "kv_static")
+    out.update({
+        "decode_ms_per_token": per_token * 1e3, "decode_tok_per_s": 1 / per_token,
+        "replay_ms": replay * 1e3, "replay_tok_per_s": 1 / replay, "bytes": nbytes,
+        "step_bytes": used, "floor_ms_copy_bw": used / bandwidth * 1e3,
+        "floor_ms_read_bw": used / read_bandwidth * 1e3,
+        "pct_floor_copy_bw": 100 * used / bandwidth / per_token,
+        "pct_floor_read_bw": 100 * used / read_bandwidth / per_token,
+        "peak_vram_gb": torch.cuda.max_memory_allocated() / 1e9,
+        "reserved_gb": torch.cuda.memory_reserved() / 1e9,
+    })
+    del model, graph, logits
+    torch.cuda.empty_cache()
+    return out
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -428,6 +564,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sweep", action="store_true", help="sweep tile shapes per kernel")
     parser.add_argument("--axes", default="0,1", help="axes to benchmark (kernels section)")
     parser.add_argument("--no-compile", action="store_true", help="skip hqq's torch.compile")
+    parser.add_argument("--layers", type=int, default=32, help="engine section: layers")
+    parser.add_argument("--prompt", type=int, default=1024, help="engine section: prompt tokens")
+    parser.add_argument("--context", type=int, default=4096, help="engine section: KV length")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("mixdesk bench needs a CUDA GPU", file=sys.stderr)
@@ -459,7 +598,8 @@ def _run_sections(args: argparse.Namespace, sections: list[str], bandwidth: floa
                   results: dict[str, Any], save: Callable[[], None]) -> None:
     for section in sections:
         runner = {"kernels": _section_kernels, "dense": _section_dense, "moe": _section_moe,
-                  "decode": _section_decode, "hqq": _section_hqq}[section]
+                  "decode": _section_decode, "hqq": _section_hqq,
+                  "engine": _section_engine}[section]
         runner(args, bandwidth, results)
         save()
 
@@ -509,6 +649,29 @@ def _section_hqq(args: argparse.Namespace, bandwidth: float, results: dict[str, 
         print(rows[-1], flush=True)
     _print_table(rows, ["case", "hqq_pytorch_us", "hqq_compile_us", "ours_eager_us",
                         "ours_graph_us", "hqq_compile_over_ours_eager", "rel_diff_ours_vs_hqq"])
+
+
+def _section_engine(args: argparse.Namespace, bandwidth: float, results: dict[str, Any]
+                    ) -> None:
+    read_bw = results["hbm_read_bandwidth_gbs"] * 1e9
+    rows = [bench_engine(bandwidth, read_bw, layers=args.layers, prompt=args.prompt,
+                         context=args.context, axis=axis)
+            for axis in [int(a) for a in args.axes.split(",")]]
+    results["engine"] = rows
+    hqq = {row["case"].split()[0]: row.get("hqq_compile_us") for row in results.get("hqq", [])}
+    for row in rows:
+        if all(hqq.get(name) for name in ("w1/w3", "w2", "q/o", "k/v")):
+            # the matmuls of one step: 2 experts x (w1, w3, w2) + q, k, v, o, per layer
+            per_layer = 2 * (2 * hqq["w1/w3"] + hqq["w2"]) + 2 * hqq["q/o"] + 2 * hqq["k/v"]
+            row["hqq_compile_step_ms"] = row["layers"] * per_layer / 1e3
+            row["speedup_vs_hqq_compile"] = row["hqq_compile_step_ms"] / row[
+                "decode_ms_per_token"]
+        print({k: v for k, v in row.items()}, flush=True)
+    _print_table(rows, ["axis", "ttft_s", "prefill_tok_per_s", "decode_tok_per_s",
+                        "decode_ms_per_token", "replay_ms", "floor_ms_read_bw",
+                        "pct_floor_copy_bw", "pct_floor_read_bw", "peak_vram_gb",
+                        "speedup_vs_hqq_compile"])
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,10 +1,13 @@
 """The kernel path of the quantized engine: pack once at load, then fused kernels at batch 1.
 
 On CUDA with triton, `enable_kernels` packs every QuantLinear whose spec and shape
-the kernels take (kernels/README.md) into their layout, once, and stacks each MoE
-layer's experts for `moe_decode`. A forward over one token then runs
-`kernels.gemv.gemv` (attention) and `kernels.gemv.moe_decode` (experts, ids read on
-the device: no host sync). Prefill (many rows) keeps the torch dequantize path.
+the kernels take (kernels/README.md) into their layout, once, stacks each MoE
+layer's experts for `moe_decode`, and drops the torch copy (each weight is held
+once). A forward over one token then runs `kernels.gemv.gemv` (attention) and
+`kernels.gemv.moe_decode` (experts, ids read on the device: no host sync), and
+`decode_graph` captures that whole step in one CUDA graph for `engine.generate`.
+Prefill (many rows) dequantizes each matrix from the packed copy with a Triton
+kernel (meta in fp32) and runs cuBLAS, tokens grouped by expert.
 Anywhere else (CPU, no triton) the torch path stays, and loading says so in one line.
 
 `python -m mixdesk.engine.fastpath` times decode steps of a random Mixtral-shaped
@@ -17,7 +20,9 @@ import argparse
 import importlib.util
 import logging
 import math
+import os
 import time
+import weakref
 
 import torch
 from torch import nn
@@ -31,7 +36,15 @@ from mixdesk.engine.quantize import (
     QuantSpec,
     pack_codes,
 )
-from mixdesk.kernels.layout import META_GROUP, PackedWeight, check_spec, group_grid, pack, stack
+from mixdesk.kernels.layout import (
+    META_GROUP,
+    PackedWeight,
+    check_spec,
+    group_grid,
+    pack,
+    select,
+    stack,
+)
 
 log = logging.getLogger("mixdesk.engine.fastpath")
 
@@ -85,8 +98,8 @@ def fuse_experts(moe: MoE) -> bool:
     """Stack a MoE layer's packed experts for `moe_decode`; True when they fit.
 
     Needs every expert's w1, w2, w3 packed (`pack_linear`) with one spec each. The
-    experts' own packed copies are dropped: decode reads the stacks, prefill the
-    torch path.
+    experts' own packed copies are replaced by views into the stacks (`layout.select`):
+    decode reads the stacks, prefill dequantizes each chosen expert from its view.
     """
     if moe.gate is None:
         return False
@@ -98,12 +111,36 @@ def fuse_experts(moe: MoE) -> bool:
     packed = [m.packed for m in mods if m.packed is not None]  # [w1_0, w3_0, w2_0, w1_1, ...]
     try:
         w13 = stack([p for i, p in enumerate(packed) if i % 3 != 2])  # w1/w3 of e at 2e, 2e+1
-        moe.packed = (w13, stack(packed[2::3]))
+        w2 = stack(packed[2::3])
     except ValueError:  # w1 and w3 of different specs: the experts stay on the linear path
         return False
-    for m in mods:
-        m.packed = None
+    moe.packed = (w13, w2)
+    for i, m in enumerate(mods):  # each expert reads its slice of the stacks: w1, w3, w2
+        e, which = divmod(i, 3)
+        m.packed = select(w2, e) if which == 2 else select(w13, 2 * e + which)
     return True
+
+
+def pack_model(model: nn.Module, *, drop_torch_copy: bool = True) -> tuple[int, int, int, int]:
+    """Pack every QuantLinear the kernels take and fuse each MoE layer's experts.
+
+    With `drop_torch_copy`, each packed matrix drops its torch tensors as soon as it is
+    packed, so a weight is held once (prefill dequantizes from the packed copy too) and
+    loading never holds two copies of the model.
+
+    Returns:
+        (matrices packed, quantized matrices, MoE layers fused, MoE layers).
+    """
+    linears = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    packed = 0
+    for m in linears:
+        if pack_linear(m):
+            packed += 1
+            if drop_torch_copy:
+                m.drop_torch_copy()
+    moes = [m for m in model.modules() if isinstance(m, MoE) and m.gate is not None]
+    fused = sum(fuse_experts(m) for m in moes)
+    return packed, len(linears), fused, len(moes)
 
 
 def enable_kernels(model: nn.Module, device: torch.device | str) -> str:
@@ -116,15 +153,12 @@ def enable_kernels(model: nn.Module, device: torch.device | str) -> str:
         line = f"{reason}: the torch dequantize path is used"
         log.info("%s", line)
         return line
-    linears = [m for m in model.modules() if isinstance(m, QuantLinear)]
-    packed = sum(pack_linear(m) for m in linears)
-    moes = [m for m in model.modules() if isinstance(m, MoE) and m.gate is not None]
-    fused = sum(fuse_experts(m) for m in moes)
-    line = (f"CUDA: the Triton kernels run batch-1 decode ({packed} of {len(linears)} quantized "
-            f"matrices packed, {fused} of {len(moes)} MoE layers fused); prefill dequantizes "
-            "in torch")
-    if packed < len(linears):
-        line += "; the rest have shapes or specs the kernels do not take"
+    packed, linears, fused, moes = pack_model(model)
+    line = (f"CUDA: the Triton kernels run batch-1 decode ({packed} of {linears} quantized "
+            f"matrices packed, {fused} of {moes} MoE layers fused); prefill dequantizes "
+            "the packed weights with a Triton kernel into cuBLAS matmuls")
+    if packed < linears:
+        line += "; the rest have shapes or specs the kernels do not take (torch path)"
     log.info("%s", line)
     return line
 
@@ -132,8 +166,113 @@ def enable_kernels(model: nn.Module, device: torch.device | str) -> str:
 def disable_kernels(model: nn.Module) -> None:
     """Drop every packed copy: the whole model runs the torch dequantize path."""
     for m in model.modules():
+        if isinstance(m, QuantLinear):
+            m.restore_torch_copy()
+    for m in model.modules():
         if isinstance(m, QuantLinear | MoE):
             m.packed = None
+    _GRAPHS.pop(model, None)
+
+
+# ---------------------------------------------------------------------------- CUDA graph
+
+
+class DecodeGraph:
+    """One decode step of a model (forward of one token, all layers, lm_head) as one CUDA graph.
+
+    The graph reads the token and its position from two static device buffers and
+    writes the logits into a static buffer; the KV cache is the model's static cache.
+    A step copies the token (device to device) and fills the position (a kernel
+    argument), then replays: no host sync. Sampling runs on the logits after it, on
+    the device (`engine.generate.sample`).
+
+    Attributes:
+        replays: steps run, for tests and stats.
+        captures: times the graph was captured (once per model and cache).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.token = torch.zeros((1, 1), dtype=torch.long, device=device)  # [B, T]
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)  # [T]
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None  # [V], in the graph's memory pool
+        self.cache_ptr = 0
+        self.replays = 0
+        self.captures = 0
+        self.failed = False
+
+    def _capture(self, model: Transformer) -> None:
+        # warm-up on a side stream compiles the kernels; it writes the KV cache at the
+        # current position with the current token, exactly what the replay writes next
+        side = torch.cuda.Stream(device=self.token.device)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                model(self.token, self.pos)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            self.logits = model(self.token, self.pos)[0, -1]
+        self.graph = graph
+        self.cache_ptr = _cache_ptr(model)
+        self.captures += 1
+
+    def step(self, model: Transformer, token: torch.Tensor, pos: int) -> torch.Tensor:
+        """Logits [V] of `token` (a device tensor of one id) at cache position `pos`."""
+        self.token.copy_(token.reshape(1, 1))
+        self.pos.fill_(pos)
+        if self.failed:
+            return model(self.token, self.pos)[0, -1]
+        if self.graph is None or self.cache_ptr != _cache_ptr(model):
+            try:
+                self._capture(model)
+            except RuntimeError as bad:  # a step that cannot be captured still runs, eagerly
+                log.warning("CUDA graph capture failed, decode steps run eagerly: %s", bad)
+                self.failed = True
+                return model(self.token, self.pos)[0, -1]
+        assert self.graph is not None and self.logits is not None
+        self.graph.replay()
+        self.replays += 1
+        return self.logits
+
+
+def _cache_ptr(model: Transformer) -> int:
+    cache = model.blocks()[0].self_attn.kv_cache
+    return 0 if cache is None else int(cache.k.data_ptr())
+
+
+_GRAPHS: weakref.WeakKeyDictionary[nn.Module, DecodeGraph] = weakref.WeakKeyDictionary()
+
+
+def graph_reason(model: Transformer) -> str | None:
+    """Why a decode step of `model` cannot be one CUDA graph; None when it can.
+
+    Every routed MoE layer must run `moe_decode` (the ids stay on the device);
+    the torch MoE path reads them on the host, which a graph cannot capture.
+    """
+    if os.environ.get("MIXDESK_CUDA_GRAPH", "1") == "0":
+        return "MIXDESK_CUDA_GRAPH=0"
+    if model.embed_tokens.weight.device.type != "cuda":
+        return "the model is not on CUDA"
+    if model.cos is None:
+        return "no KV cache"
+    moes = [m for m in model.modules() if isinstance(m, MoE) and m.gate is not None]
+    if any(m.packed is None for m in moes):
+        return "some MoE layers run the torch path"
+    return None
+
+
+def decode_graph(model: Transformer) -> DecodeGraph | None:
+    """The model's DecodeGraph (made once, captured at its first step), or None."""
+    graph = _GRAPHS.get(model)
+    if graph is None:
+        reason = graph_reason(model)
+        if reason is not None:
+            log.debug("decode steps run eagerly: %s", reason)
+            return None
+        graph = _GRAPHS[model] = DecodeGraph(model.embed_tokens.weight.device)
+        log.info("CUDA: each decode step is one CUDA-graph replay")
+    return graph
 
 
 # ---------------------------------------------------------------------------- bench

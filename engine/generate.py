@@ -2,7 +2,9 @@
 
 The GUI, the CLI and the server all consume `generate`. Sampling follows
 gpt-fast: logits are filtered on the device and drawn by the exponential trick,
-so the only host round trip per token is reading the id for detokenization.
+so the only host round trip per token is reading the id for detokenization. On
+CUDA with the kernel path, each decode step is one CUDA-graph replay
+(`engine.fastpath.decode_graph`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from mixdesk.engine.errors import (
     TokenizerError,
 )
 from mixdesk.engine.events import Done, Event, Failed, FinishReason, SamplingParams, Stats, Token
+from mixdesk.engine.fastpath import decode_graph
 from mixdesk.engine.loader import LoadedModel
 
 Prompt = str | Sequence[dict[str, str]] | Sequence[int]
@@ -235,12 +238,15 @@ def _decode_loop(lm: LoadedModel, prompt_ids: list[int], params: SamplingParams,
             context_used=n_prompt + len(ids), context_max=lm.context)
 
     logits = lm.model(history[None], torch.arange(n_prompt, device=device))[0, -1]  # [V]
+    graph = decode_graph(lm.model) if device.type == "cuda" else None  # engine.fastpath
     reason: FinishReason = "length"
     while len(ids) < budget:
         if cancel is not None and cancel.is_set():
             reason = "cancelled"
             break
-        if ids:
+        if ids and graph is not None:  # one CUDA-graph replay, no host sync
+            logits = graph.step(lm.model, history[-1:], n_prompt + len(ids) - 1)
+        elif ids:
             pos = torch.tensor([n_prompt + len(ids) - 1], device=device)
             logits = lm.model(history[-1:][None], pos)[0, -1]
         next_id = sample(logits, params, history, generator)

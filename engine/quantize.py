@@ -335,11 +335,35 @@ class QuantizedWeight:
         return unpack_codes(self.qweight, self.spec.bits, numel).view(self.grouped_shape())
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        """W ~ (code - zero) * scale, both meta levels in `dtype`, shaped [N, K]."""
+        """W ~ (code - zero) * scale, shaped [N, K], in `dtype`.
+
+        Both meta levels and the product are computed in fp32 and rounded once: in fp16
+        the 8-bit scale and zero of 2-bit g8 lose enough to cost KL 1.9e-3 on a model
+        (docs/PERFORMANCE.md), as the kernels, which stay in fp32, do not.
+        """
         meta_shape = (1, -1) if self.spec.axis == 0 else (-1, 1)
-        scale = self.scale.dequantize(dtype).view(meta_shape)
-        zero = self.zero.dequantize(dtype).view(meta_shape)
-        return ((self.codes().to(dtype) - zero) * scale).reshape(self.shape)
+        scale = self.scale.dequantize(torch.float32).view(meta_shape)
+        zero = self.zero.dequantize(torch.float32).view(meta_shape)
+        weight = ((self.codes().to(torch.float32) - zero) * scale).reshape(self.shape)
+        return weight.to(dtype)
+
+    @classmethod
+    def from_packed(cls, spec: QuantSpec, pw: PackedWeight) -> QuantizedWeight:
+        """The torch path's tensors back from the kernels' layout (matrix 0 of `pw`), exactly."""
+        from mixdesk.kernels.reference import unpack  # noqa: PLC0415 - kernels only here
+
+        q, scale_q, zero_q, meta = unpack(pw)
+        n = scale_q.numel()
+
+        def grid(codes: Tensor, qmeta: Tensor) -> QuantMeta:
+            cols = math.ceil(n / spec.meta_group)
+            fill = torch.arange(n, cols * spec.meta_group, device=codes.device) % cols
+            full = torch.cat([codes, codes[fill]])  # pad slots are never read back
+            return QuantMeta(length=n, codes=full.view(spec.meta_group, cols),
+                             qmeta=qmeta.contiguous())
+
+        return cls(spec, tuple(pw.shape), pack_codes(q, spec.bits),
+                   grid(scale_q, meta[:2]), grid(zero_q, meta[2:]))
 
     def logical(self) -> dict[str, Tensor]:
         """The kernels' logical form (kernels/layout.py): q uint8 [N, K], scale_q and
@@ -418,7 +442,9 @@ class QuantLinear(nn.Module):
     The pure-torch path dequantizes both meta levels and the weight on every
     call (or once, with `cache=True`, trading memory for speed on the CPU).
     With `packed` set (engine.fastpath, on CUDA), one token (x with a single
-    row) runs the fused dequant-GEMV kernel instead; many rows keep the torch path.
+    row) runs the fused dequant-GEMV kernel instead, and many rows dequantize with
+    the Triton kernel (meta in fp32) into one matmul; the torch copy can then be
+    dropped (`drop_torch_copy`), so each weight is held once.
 
     Attributes:
         spec: the quantization spec.
@@ -445,12 +471,39 @@ class QuantLinear(nn.Module):
             self.register_buffer(buffer, tensor)
             self._names.append((suffix, buffer))
 
+    @property
+    def has_torch_copy(self) -> bool:
+        """False once `drop_torch_copy` left the packed copy as the only one."""
+        return getattr(self, self._names[0][1]) is not None
+
     def quantized(self) -> QuantizedWeight:
+        if not self.has_torch_copy:
+            assert self.packed is not None
+            return QuantizedWeight.from_packed(self.spec, self.packed)
         tensors = {f"w.{suffix}": getattr(self, buffer) for suffix, buffer in self._names}
         return QuantizedWeight.from_tensors("w", self.spec, self.shape, tensors)
 
+    def drop_torch_copy(self) -> None:
+        """Free the torch path's tensors: the packed copy (set first) is the weight."""
+        if self.packed is None:
+            raise ValueError("pack the weight before dropping the torch copy")
+        for _, buffer in self._names:
+            setattr(self, buffer, None)
+
+    def restore_torch_copy(self) -> None:
+        """Rebuild the torch path's tensors from the packed copy (engine.fastpath.disable)."""
+        if self.has_torch_copy:
+            return
+        for key, tensor in self.quantized().tensors("w").items():
+            setattr(self, key.removeprefix("w.").replace(".", "_"), tensor)
+
     def dequantize(self, dtype: torch.dtype | None = None) -> Tensor:
-        return self.quantized().dequantize(dtype or self.dtype)
+        dtype = dtype or self.dtype
+        if self.packed is not None:  # the Triton dequantize kernel, meta in fp32
+            from mixdesk.kernels.gemv import dequantize  # noqa: PLC0415 - triton only here
+
+            return dequantize(self.packed, dtype=dtype)
+        return self.quantized().dequantize(dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.packed is not None and x.numel() == self.in_features:  # one token: decode
@@ -458,6 +511,7 @@ class QuantLinear(nn.Module):
 
             y = gemv(x.reshape(-1), self.packed)  # fp32 [N]
             return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        # many rows (prefill): dequantize once, then one matmul (cuBLAS on a GPU)
         if self._cached is not None and self._cached.dtype == x.dtype:
             weight = self._cached
         else:

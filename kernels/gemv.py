@@ -308,6 +308,54 @@ def _gemv_axis1_kernel(
     tl.atomic_add(out_base + a, tl.sum(acc, 1), mask=amask, sem="relaxed")
 
 
+@triton.jit
+def _dequant_kernel(
+    q_ptr, m_ptr, t_ptr, out_ptr, A, B, P, T_LEN, N, K,
+    BITS: tl.constexpr, G: tl.constexpr, V: tl.constexpr, S: tl.constexpr,
+    INLINE: tl.constexpr, AXIS: tl.constexpr, BA: tl.constexpr, BB: tl.constexpr,
+):
+    """W[N, K] of matrix program_id(2), written in out's dtype: prefill's cuBLAS input.
+
+    Same arithmetic as the GEMVs, (f - (1 + z/2**BITS)) * 2**BITS * scale = (q - z) * scale,
+    in fp32, rounded once on the store. axis 0 stores each lane as a run of BB columns of
+    one row (coalesced); axis 1 stores lane j of BB groups G columns apart."""
+    LANES: tl.constexpr = V if G > V else G
+    mat = tl.program_id(2).to(tl.int64)
+    a = tl.program_id(0) * BA + tl.arange(0, BA)  # [BA] group rows
+    b = tl.program_id(1) * BB + tl.arange(0, BB)  # [BB] group columns
+    mask = (a < A)[:, None] & (b < B)[None, :]
+    ab = A * B
+    woff = a[:, None] * B + b[None, :]
+    q_base = q_ptr + mat * S * ab
+    t_base = t_ptr + mat * 4 * T_LEN
+    out_base = out_ptr + mat * N * K
+    w = tl.load(q_base + woff, mask=mask, other=0)
+    if INLINE:
+        m = w
+    else:
+        m = tl.load(m_ptr + mat * ab + woff, mask=mask, other=0).to(tl.int32)
+    tix = (a % P)[:, None] * B + b[None, :]  # the group's meta-meta column
+    ss = tl.load(t_base + tix, mask=mask, other=0.0)
+    so = tl.load(t_base + T_LEN + tix, mask=mask, other=0.0)
+    zs = tl.load(t_base + 2 * T_LEN + tix, mask=mask, other=0.0)
+    zo = tl.load(t_base + 3 * T_LEN + tix, mask=mask, other=0.0)
+    MPOS: tl.constexpr = 16 * INLINE
+    scale = _byte(m, MPOS) * ss + so  # 2**BITS * scale
+    zz = _byte(m, MPOS + 8) * zs + zo  # 1 + zero / 2**BITS
+    for r in tl.static_range(S):
+        if r > 0:
+            w = tl.load(q_base + r * ab + woff, mask=mask, other=0)
+        for j in tl.static_range(V):
+            if j < LANES:
+                if r * V + j < G:
+                    val = (_lane(w, j, BITS) - zz) * scale
+                    if AXIS == 0:
+                        off = (a + (r * V + j) * A)[:, None] * K + b[None, :]
+                    else:
+                        off = a[:, None] * K + (b * G + (r * V + j))[None, :]
+                    tl.store(out_base + off, val.to(out_ptr.dtype.element_ty), mask=mask)
+
+
 @dataclass(frozen=True)
 class Config:
     """Tile shape of one launch: [block_rows, block_cols] groups, K split, warps."""
@@ -486,4 +534,40 @@ def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
             x_slot=0, out_mat=ffn, config=configs[0])
     _launch(h, h[:, 1], rw, ids, w2, out, launches=topk, moe=True, mats=1, act=True,
             x_slot=2 * ffn, out_mat=0, config=configs[1])
+    return out
+
+
+def dequantize(pw: PackedWeight, out: Tensor | None = None, *,
+               dtype: torch.dtype = torch.float16) -> Tensor:
+    """Every matrix of `pw` as a dense W[N, K], for prefill's cuBLAS matmul.
+
+    Both meta levels and the codes are dequantized in fp32 and rounded once to `dtype`.
+
+    Args:
+        pw: packed weight, or a stack (or `layout.select` view) of M.
+        out: [N, K], or [M, N, K] for a stack, contiguous, any float dtype, to overwrite;
+            new if None.
+        dtype: the dtype of a new `out`.
+
+    Returns:
+        `out`: [N, K] for one matrix, [M, N, K] for a stack.
+    """
+    _check_device(pw.codes)
+    n_rows, k = pw.shape
+    mats = pw.n_mats
+    shape = (n_rows, k) if mats == 1 else (mats, n_rows, k)
+    if out is None:
+        out = torch.empty(shape, dtype=dtype, device=pw.codes.device)
+    elif out.numel() != mats * n_rows * k or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {shape}")
+    a_rows, b_cols = pw.grid
+    block_cols = _pow2_at_most(b_cols, 128)
+    block_rows = _pow2_at_most(a_rows, max(1, 2048 // (block_cols * max(1, pw.words))))
+    grid = (math.ceil(a_rows / block_rows), math.ceil(b_cols / block_cols), mats)
+    meta = pw.codes if pw.meta is None else pw.meta
+    _dequant_kernel[grid](
+        pw.codes, meta, pw.table, out, a_rows, b_cols, pw.period, pw.table.shape[2],
+        n_rows, k, BITS=pw.bits, G=pw.group, V=lanes_per_word(pw.bits), S=pw.words,
+        INLINE=pw.meta is None, AXIS=pw.axis, BA=block_rows, BB=block_cols, num_warps=4,
+    )
     return out

@@ -237,6 +237,17 @@ def stack(weights: list[PackedWeight]) -> PackedWeight:
                         torch.cat([w.table for w in weights]), first.period)
 
 
+def select(pw: PackedWeight, start: int, stop: int | None = None) -> PackedWeight:
+    """Matrices start..stop-1 of a stack as a PackedWeight of views (no copy).
+
+    What lets an expert's QuantLinear read its slice of the MoE stacks, so each
+    weight lives once on the device."""
+    stop = start + 1 if stop is None else stop
+    meta = None if pw.meta is None else pw.meta[start:stop]
+    return PackedWeight(pw.bits, pw.group, pw.axis, pw.shape, pw.codes[start:stop], meta,
+                        pw.table[start:stop], pw.period)
+
+
 def random_logical(shape: tuple[int, int], *, bits: int, group: int,
                    device: torch.device | str = "cpu", generator: torch.Generator | None = None
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:

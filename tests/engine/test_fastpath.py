@@ -51,11 +51,27 @@ def test_quant_linear_kernel_path_equals_torch_path(shape: tuple[int, int], bits
     x = torch.randn(1, 1, shape[1], generator=gen).to(DEVICE)
     prefill = torch.randn(1, 3, shape[1], generator=gen).to(DEVICE)
     ref, ref_prefill = module(x), module(prefill)
+    stored = {k: v.clone() for k, v in module.quantized().tensors("w").items()}
     assert fastpath.pack_linear(module) and module.packed is not None
+    module.drop_torch_copy()  # the packed copy is the only one now
+    assert not module.has_torch_copy
     y = module(x)
     assert y.shape == ref.shape and y.dtype == ref.dtype
     assert rel_error(y, ref) < 1e-5
-    assert torch.equal(module(prefill), ref_prefill)  # many rows: still the torch path
+    assert rel_error(module(prefill), ref_prefill) < 1e-6  # Triton dequantize, then matmul
+    module.restore_torch_copy()  # exactly the tensors it had
+    got = module.quantized().tensors("w")
+    assert got.keys() == stored.keys()
+    assert all(torch.equal(got[k].cpu(), v.cpu()) for k, v in stored.items())
+
+
+def test_fp16_dequantize_keeps_meta_in_fp32() -> None:
+    """The torch path rounds once: fp16 weights are the fp32 ones rounded, not fp16 meta math."""
+    gen = torch.Generator().manual_seed(time.time_ns() % 2**31)
+    qw = quantize_weight(torch.randn(64, 256, generator=gen) / 16, QuantSpec(bits=2, group=8))
+    exact = qw.dequantize(torch.float32)
+    assert torch.equal(qw.dequantize(torch.float16), exact.half())
+    assert exact.abs().max() > 0
 
 
 def test_kernel_reason_names_what_the_kernels_do_not_take() -> None:
@@ -91,10 +107,17 @@ def test_moe_decode_kernel_path_equals_torch_path(spec: QuantSpec) -> None:
     for module in moe.modules():
         if isinstance(module, QuantLinear):
             assert fastpath.pack_linear(module)
+            module.drop_torch_copy()
     assert fastpath.fuse_experts(moe) and moe.packed is not None
-    assert all(m.packed is None for m in moe.modules() if isinstance(m, QuantLinear))
+    w13, w2 = moe.packed
+    for e, expert in enumerate(moe.experts):  # each expert's weights are views of the stacks
+        for name, stack_, mat in (("w1", w13, 2 * e), ("w3", w13, 2 * e + 1), ("w2", w2, e)):
+            module = getattr(expert, name)
+            assert module.packed is not None
+            assert module.packed.codes.data_ptr() == stack_.codes[mat].data_ptr()
     assert rel_error(moe(x), ref) < 1e-5
-    assert torch.equal(moe(prefill), ref_prefill)  # prefill groups tokens by expert in torch
+    # prefill groups tokens by expert, each expert dequantized from its view
+    assert rel_error(moe(prefill), ref_prefill) < 1e-5
 
 
 def test_fuse_needs_every_expert_packed() -> None:

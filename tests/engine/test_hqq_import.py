@@ -57,20 +57,52 @@ def test_import_keeps_the_card_recipe(imported: Path) -> None:
     assert manifest["totals"]["bits_per_weight"]["experts"] == pytest.approx(4.0625)
 
 
-def test_weights_dequantize_exactly_as_hqq_018(imported: Path,
-                                               expected: dict[str, torch.Tensor]) -> None:
-    # same codes, same 8-bit meta, same fp16 arithmetic: bit-identical, no requantizing
+def test_weights_dequantize_as_hqq_018(imported: Path, expected: dict[str, torch.Tensor]) -> None:
+    """Same codes and 8-bit meta as hqq 0.1.8 wrote. hqq dequantized the meta in fp16; ours
+    does it in fp32 (docs/PERFORMANCE.md: fp16 meta cost KL 1.9e-3), so the fp16 weights
+    agree to the rounding of fp16 meta, and in fp32 they are hqq's codes times exact meta."""
     model = _load(imported, torch.float16)
     for name in ("layers.0.self_attn.q_proj.weight", "layers.0.moe.experts.1.w2.weight"):
         layer = model.get_submodule(name.removesuffix(".weight"))
         assert isinstance(layer, QuantLinear)
-        assert torch.equal(layer.dequantize(torch.float16).float(), expected[name]), name
+        ours = layer.dequantize(torch.float16).float()
+        assert torch.equal(ours, layer.dequantize(torch.float32).half().float()), name
+        scale = float(expected[name].abs().max())
+        assert float((ours - expected[name]).abs().max()) <= 4e-3 * scale, name
+        assert not torch.equal(ours, torch.zeros_like(ours))
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_imported_checkpoint_runs_on_the_kernels(imported: Path) -> None:
+    """hqq 0.1.x's checkpoint, repacked into the kernels' layout (`fastpath.pack_model`, what
+    loading on CUDA does), decodes as the torch path: here in the Triton interpreter."""
+    from mixdesk.engine import fastpath  # noqa: PLC0415
+
+    slow, fast = _load(imported, torch.float32), _load(imported, torch.float32)
+    packed, linears, fused, moes = fastpath.pack_model(fast)
+    assert (packed, fused) == (linears, moes) and linears > 0
+    assert all(not m.has_torch_copy for m in fast.modules() if isinstance(m, QuantLinear))
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    prompt = torch.randint(0, 128, (1, 5), generator=gen)
+    with torch.no_grad():
+        want = slow(prompt, torch.arange(5))
+        got = fast(prompt, torch.arange(5))  # prefill: Triton dequantize, then matmul
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        token = want[:, -1:].argmax(-1)
+        pos = torch.tensor([5])
+        torch.testing.assert_close(fast(token, pos), slow(token, pos), atol=1e-4, rtol=1e-4)
+    fastpath.disable_kernels(fast)  # the torch copy comes back exactly
+    slow_q = slow.get_submodule("layers.1.moe.experts.2.w1")
+    fast_q = fast.get_submodule("layers.1.moe.experts.2.w1")
+    assert isinstance(slow_q, QuantLinear) and isinstance(fast_q, QuantLinear)
+    assert torch.equal(fast_q.dequantize(), slow_q.dequantize())
 
 
 def test_logits_match_hqq_018(imported: Path, expected: dict[str, torch.Tensor]) -> None:
     ids = expected["input_ids"]
     ref = expected["logits"]  # hqq 0.1.8 + transformers 4.46, fp16 on the CPU
-    for dtype, atol in ((torch.float16, 1e-2), (torch.float32, 2e-2)):
+    # hqq rounded its meta to fp16, we do not (either dtype): the bound is fp16 meta's
+    for dtype, atol in ((torch.float16, 2e-2), (torch.float32, 2e-2)):
         model = _load(imported, dtype)
         with torch.no_grad():
             got = model(ids, torch.arange(ids.shape[1])).float()

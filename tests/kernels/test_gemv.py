@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mixdesk.kernels import reference
-from mixdesk.kernels.gemv import Config, gemv, moe_decode
-from mixdesk.kernels.layout import PackedWeight, pack, random_logical, stack
+from mixdesk.kernels.gemv import Config, dequantize, gemv, moe_decode
+from mixdesk.kernels.layout import PackedWeight, pack, random_logical, select, stack
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -144,3 +144,35 @@ def test_moe_decode_mixtral_in_a_cuda_graph(axis: int) -> None:
         graph.replay()
         ref = reference.moe_decode(x, w13, w2, ids, weights)
         assert rel_error(out, ref) <= 1e-3
+
+
+def check_dequantize(shape: tuple[int, int], bits: int, group: int, axis: int,
+                     dtype: torch.dtype = torch.float32) -> float:
+    """The dequantize kernel on matrix 1 of a fresh random stack of 2, through a select view."""
+    logical = [random_logical(shape, bits=bits, group=group, device=DEVICE) for _ in range(2)]
+    pw = stack([pack(*lg, bits=bits, group=group, axis=axis) for lg in logical])
+    w = reference.dequantize_logical(*logical[1], bits=bits, group=group, axis=axis)
+    both = dequantize(pw, dtype=dtype)
+    assert both.shape == (2, *shape) and both.dtype == dtype
+    one = dequantize(select(pw, 1), dtype=dtype)
+    assert torch.equal(one, both[1])
+    return rel_error(one, w)
+
+
+@pytest.mark.skipif(CUDA, reason="the GPU run checks the Mixtral shapes instead")
+@pytest.mark.parametrize(("shape", "bits", "group", "axis", "config"), INTERPRETER_CASES[::2])
+def test_dequantize_interpreter(shape: tuple[int, int], bits: int, group: int, axis: int,
+                                config: Config | None) -> None:
+    del config
+    assert check_dequantize(shape, bits, group, axis) < 1e-6
+    assert check_dequantize(shape, bits, group, axis, torch.float16) < 1e-3  # one rounding
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize(("shape", "bits", "group"), MIXTRAL)
+def test_dequantize_mixtral_shapes(shape: tuple[int, int], bits: int, group: int,
+                                   axis: int) -> None:
+    assert check_dequantize(shape, bits, group, axis) <= 1e-6
+    assert check_dequantize(shape, bits, group, axis, torch.bfloat16) <= 5e-3
