@@ -78,8 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     quant = sub.add_parser("quantize", help="quantize a model folder into the mixdesk format")
     quant.add_argument("source", help="an unquantized model folder (hub layout), or 'demo'")
     quant.add_argument("dest", help="the output folder; run again with the same one to resume")
-    quant.add_argument("--recipe", default="hqq-card",
-                       help="hqq-card (default), 2bit-g16, 3bit-g64 or 4bit-g64")
+    quant.add_argument("--recipe", default=None,
+                       help="hqq-card (default without --budget), 2bit-g16, 3bit-g64 or 4bit-g64")
+    quant.add_argument("--budget", type=float, default=None,
+                       help="VRAM to fit, GB: the planner picks the most faithful recipe that "
+                            "fits (with --recipe: checks that one fits)")
+    quant.add_argument("--context", type=_positive_int, default=4096,
+                       help="context the budget must hold, tokens (default 4096)")
     quant.add_argument("--axis", type=int, choices=[0, 1], default=None,
                        help="grouping axis (default: the recipe's, 0 for hqq-card)")
     quant.add_argument("--device", default="auto", help="where hqq's solver runs")
@@ -256,8 +261,21 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from mixdesk.engine.qformat import quantize_model  # noqa: PLC0415
     from mixdesk.engine.quantize import get_recipe  # noqa: PLC0415
 
-    recipe = get_recipe(args.recipe, axis=args.axis)
     source = prepare_model_path(args.source, _progress_line)
+    name = args.recipe or "hqq-card"
+    get_recipe(name)  # an unknown --recipe fails before any planning
+    if args.budget is not None:
+        from mixdesk.engine.budget import GB, detect_gpu  # noqa: PLC0415
+        from mixdesk.engine.fit import choose_plan  # noqa: PLC0415
+
+        fitted = choose_plan(source, detect_gpu(), args.budget, args.context,
+                             recipe=args.recipe)
+        name = fitted.recipe.name
+        note = f"; {fitted.runnable}" if fitted.runnable else ""
+        print(f"mixdesk: recipe {name} for a {args.budget:g} GB budget ({fitted.placement}, "
+              f"{fitted.vram_total / GB:.1f} GB at context {fitted.context}, up to "
+              f"{fitted.tok_s:.0f} tok/s on {fitted.gpu.name}){note}", file=sys.stderr)
+    recipe = get_recipe(name, axis=args.axis)
     device = None if args.device == "auto" else args.device
     return _print_folder(lambda: quantize_model(source, Path(args.dest), recipe,
                                                 progress=_quantize_progress, device=device))

@@ -64,6 +64,7 @@ WANTED_NAMES = frozenset({
 })
 SKIPPED_PATTERNS = ("consolidated*", "*.bin", "*.pt", "*.pth", "*.gguf", "*.ckpt", "*.h5",
                     "*.msgpack", "*.onnx")
+HQQ_WEIGHTS = "qmodel.pt"  # the published HQQ checkpoints' one weight file
 _BLOCK = 1 << 20
 _RETRIES = 3
 _PROGRESS_EVERY_S = 0.1
@@ -110,12 +111,15 @@ ProgressFn = Callable[[DownloadProgress], None]
 DiskFreeFn = Callable[[Path], int]
 
 
-def wanted_file(name: str) -> bool:
+def wanted_file(name: str, checkpoint: str = "safetensors") -> bool:
     """True for the files the engine reads: top-level safetensors, index, config, tokenizer.
 
     Duplicate weights (`consolidated.*`, `pytorch_model.bin`, `*.pth`, GGUF) and
-    subfolders (`original/`) are skipped.
+    subfolders (`original/`) are skipped. With checkpoint="hqq" (a published hqq 0.1.x
+    checkpoint, for `import-hqq`) the weights are `qmodel.pt` instead.
     """
+    if checkpoint == "hqq":
+        return "/" not in name and (name in WANTED_NAMES or name == HQQ_WEIGHTS)
     if "/" in name or any(fnmatch.fnmatch(name, pattern) for pattern in SKIPPED_PATTERNS):
         return False
     return name in WANTED_NAMES or name.endswith(".safetensors")
@@ -246,7 +250,8 @@ class _Meter:
 
 
 def _list_files(repo_id: str, revision: str | None, token: str | None,
-                endpoint: str) -> tuple[str, list[RemoteFile], list[str]]:
+                endpoint: str, checkpoint: str = "safetensors"
+                ) -> tuple[str, list[RemoteFile], list[str]]:
     from huggingface_hub import HfApi  # noqa: PLC0415
 
     info = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision, files_metadata=True,
@@ -254,7 +259,7 @@ def _list_files(repo_id: str, revision: str | None, token: str | None,
     keep: list[RemoteFile] = []
     skipped: list[str] = []
     for sib in info.siblings or []:
-        if not wanted_file(sib.rfilename):
+        if not wanted_file(sib.rfilename, checkpoint):
             skipped.append(sib.rfilename)
             continue
         size = sib.lfs.size if sib.lfs is not None else sib.size
@@ -269,10 +274,16 @@ def _list_files(repo_id: str, revision: str | None, token: str | None,
     return info.sha, keep, skipped
 
 
-def _check_files(repo_id: str, files: list[RemoteFile], skipped: list[str]) -> None:
+def _check_files(repo_id: str, files: list[RemoteFile], skipped: list[str],
+                 checkpoint: str = "safetensors") -> None:
     names = {f.name for f in files}
     if "config.json" not in names:
         raise DownloadError(f"{repo_id} has no config.json; it is not a model mixdesk can run")
+    if checkpoint == "hqq":
+        if HQQ_WEIGHTS not in names:
+            raise DownloadError(f"{repo_id} has no {HQQ_WEIGHTS}; it is not a published hqq "
+                                "0.1.x checkpoint")
+        return
     if not any(n.endswith(".safetensors") for n in names):
         found = ", ".join(skipped[:4]) or "no weight files"
         raise DownloadError(f"{repo_id} has no safetensors weights (it has {found}); mixdesk "
@@ -403,7 +414,7 @@ def _finished_at(dest: Path, repo_id: str, revision: str | None) -> bool:
 def download(repo_id: str, *, revision: str | None = None, dest: Path | None = None,
              token: str | None = None, progress: ProgressFn | None = None,
              cancel: threading.Event | None = None, disk_free: DiskFreeFn = _disk_free,
-             quantized_room: float = QUANTIZED_ROOM) -> Path:
+             quantized_room: float = QUANTIZED_ROOM, checkpoint: str = "safetensors") -> Path:
     """Download the files of `repo_id` that the engine reads, verified, into one folder.
 
     Args:
@@ -415,6 +426,8 @@ def download(repo_id: str, *, revision: str | None = None, dest: Path | None = N
         cancel: set it to stop; the partial files stay, and the next call resumes.
         disk_free: free bytes on the disk holding a path (tests fake it).
         quantized_room: disk kept for the quantized copy, as a fraction of the weights.
+        checkpoint: "safetensors" (a hub-layout model), or "hqq" (a published hqq 0.1.x
+            `qmodel.pt` for `import-hqq`; room is kept for the imported copy, as big).
 
     Returns:
         The model folder, holding the marker `.mixdesk-download.json`.
@@ -437,7 +450,8 @@ def download(repo_id: str, *, revision: str | None = None, dest: Path | None = N
     try:
         return _download(repo_id, revision=revision, dest=dest, token=token, endpoint=endpoint,
                          progress=progress, cancel=cancel, disk_free=disk_free,
-                         quantized_room=quantized_room)
+                         quantized_room=1.0 if checkpoint == "hqq" else quantized_room,
+                         checkpoint=checkpoint)
     except MixdeskError:
         raise
     except Exception as error:
@@ -449,9 +463,10 @@ def download(repo_id: str, *, revision: str | None = None, dest: Path | None = N
 
 def _download(repo_id: str, *, revision: str | None, dest: Path, token: str | None,
               endpoint: str, progress: ProgressFn | None, cancel: threading.Event | None,
-              disk_free: DiskFreeFn, quantized_room: float) -> Path:
-    commit, files, skipped = _list_files(repo_id, revision, token, endpoint)
-    _check_files(repo_id, files, skipped)
+              disk_free: DiskFreeFn, quantized_room: float,
+              checkpoint: str = "safetensors") -> Path:
+    commit, files, skipped = _list_files(repo_id, revision, token, endpoint, checkpoint)
+    _check_files(repo_id, files, skipped, checkpoint)
     if skipped:
         log.info("%s: skipping %s", repo_id, ", ".join(skipped))
     work = partial_dir(dest)
@@ -464,7 +479,7 @@ def _download(repo_id: str, *, revision: str | None, dest: Path, token: str | No
             if candidate.is_file():
                 have += min(candidate.stat().st_size, f.size)
                 break
-    weights = sum(f.size for f in files if f.name.endswith(".safetensors"))
+    weights = sum(f.size for f in files if f.name.endswith((".safetensors", HQQ_WEIGHTS)))
     _check_disk(work, total - have, int(weights * quantized_room), disk_free)
 
     meter = _Meter(total, have, len(files), progress, cancel)
@@ -537,3 +552,49 @@ def remote_files(repo_id: str, *, revision: str | None = None,
         raise mapped from error
     _check_files(repo_id, files, skipped)
     return commit, files
+
+
+# Public names for the models page and the wizard (engine.catalog, app.gui).
+map_hub_error = _hub_error
+
+
+def endpoint() -> str:
+    """The hub this process talks to: HF_ENDPOINT, or huggingface.co."""
+    return _endpoint()
+
+
+def remote_config(repo_id: str, *, revision: str | None = None,
+                  token: str | None = None) -> dict[str, object]:
+    """A hub repo's config.json, parsed (the planner needs only that to size a model).
+
+    Raises:
+        GatedRepoError, DownloadError: as `download` does.
+    """
+    from huggingface_hub import get_session, hf_raise_for_status  # noqa: PLC0415
+    from huggingface_hub.utils import build_hf_headers  # noqa: PLC0415
+
+    url_base = _endpoint()
+    rev = quote(revision or "main", safe="")
+    url = f"{url_base}/{repo_id}/resolve/{rev}/config.json"
+    try:
+        response = get_session().get(url, headers=build_hf_headers(token=token),
+                                     follow_redirects=True)
+        hf_raise_for_status(response)
+        config = json.loads(response.content)
+    except MixdeskError:
+        raise
+    except ValueError as error:
+        raise DownloadError(f"{repo_id}: config.json on the hub is not JSON ({error})") from None
+    except Exception as error:
+        from huggingface_hub import errors as hf  # noqa: PLC0415
+
+        if isinstance(error, hf.RemoteEntryNotFoundError):
+            raise DownloadError(f"{repo_id} has no config.json; it is not a model mixdesk can "
+                                "run") from None
+        mapped = _hub_error(error, repo_id, revision, url_base, token_given=token is not None)
+        if mapped is None:
+            raise
+        raise mapped from error
+    if not isinstance(config, dict):
+        raise DownloadError(f"{repo_id}: config.json on the hub is not a JSON object")
+    return config

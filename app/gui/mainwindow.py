@@ -43,6 +43,7 @@ from mixdesk.app.gui.conversations import ConversationListModel
 from mixdesk.app.gui.firstrun import FirstRunPage
 from mixdesk.app.gui.localserver import LocalServer
 from mixdesk.app.gui.models import LocalModel, find_models, human_bytes
+from mixdesk.app.gui.modelspage import ModelsPage
 from mixdesk.app.gui.preferences import PreferencesDialog
 from mixdesk.app.gui.remotes import RemoteServer, remote_path, with_server
 from mixdesk.app.gui.serverdialog import AddServerDialog
@@ -51,12 +52,13 @@ from mixdesk.app.gui.sidebar import Sidebar
 from mixdesk.app.gui.sidepanel import SidePanel
 from mixdesk.app.gui.statusbar import StatusBar
 from mixdesk.app.gui.tasks import run_in_background
+from mixdesk.app.gui.wizard import QuantizeWizard
 from mixdesk.engine.chats import ChatImportError, Message
 from mixdesk.engine.errors import MixdeskError
 
 log = logging.getLogger("mixdesk.gui.window")
 
-CHAT_PAGE, FIRST_RUN_PAGE = 0, 1
+CHAT_PAGE, FIRST_RUN_PAGE, MODELS_PAGE = 0, 1, 2
 
 
 class MainWindow(QMainWindow):
@@ -67,6 +69,8 @@ class MainWindow(QMainWindow):
         dark: the theme draws dark.
         local_models: model folders found in the models folder.
         local_server: the Local server switch's state and request log.
+        models_page: local models, catalog, hub search, downloads.
+        wizard: the open quantize wizard, or None.
     """
 
     def __init__(self, session: ChatSession, *, dark: bool = False,
@@ -94,6 +98,9 @@ class MainWindow(QMainWindow):
         self.side_panel.hide()
         self.first_run = FirstRunPage()
         self.first_run.set_models_folder(str(self.settings.models_folder))
+        self.models_page = ModelsPage(self.settings.models_folder)
+        self.models_page.loaded_path = lambda: str((self.session.model_info or {}).get("path", ""))
+        self.wizard: QuantizeWizard | None = None
         self.status = StatusBar()
         self.setStatusBar(self.status)
 
@@ -116,6 +123,12 @@ class MainWindow(QMainWindow):
         self.model_menu = QMenu(self.model_button)
         self.model_menu.aboutToShow.connect(self._fill_model_menu)
         self.model_button.setMenu(self.model_menu)
+        self.models_button = QToolButton()
+        self.models_button.setObjectName("ModelButton")
+        self.models_button.setText("Models")
+        self.models_button.setToolTip("Local models, downloads, and the quantize wizard")
+        self.models_button.setCheckable(True)
+        self.models_button.clicked.connect(self.toggle_models_page)
         self.load_progress = QProgressBar()
         self.load_progress.setRange(0, 0)  # load_model reports no fraction: a busy bar
         self.load_progress.setMaximumWidth(120)
@@ -142,6 +155,7 @@ class MainWindow(QMainWindow):
         top_row = QHBoxLayout(top)
         top_row.setContentsMargins(12, 8, 12, 8)
         top_row.addWidget(self.model_button)
+        top_row.addWidget(self.models_button)
         top_row.addWidget(self.load_progress)
         top_row.addStretch(1)
         top_row.addWidget(self.export_button)
@@ -161,6 +175,7 @@ class MainWindow(QMainWindow):
         self.pages = QStackedWidget()
         self.pages.addWidget(chat_page)
         self.pages.addWidget(self.first_run)
+        self.pages.addWidget(self.models_page)
 
         center = QWidget()
         center_column = QVBoxLayout(center)
@@ -217,6 +232,12 @@ class MainWindow(QMainWindow):
         self.side_panel.save_default_requested.connect(self._save_default_params)
         self.first_run.build_demo_requested.connect(self.build_demo)
         self.first_run.choose_folder_requested.connect(self.choose_model_folder)
+        mp = self.models_page
+        mp.chat_requested.connect(self.chat_with)
+        mp.quantize_requested.connect(lambda path: self.open_wizard(Path(path) if path else None))
+        mp.back_requested.connect(self.show_chat_page)
+        mp.add_server_requested.connect(self.add_server)
+        mp.notice.connect(self.show_notice)
 
     def _shortcuts(self) -> None:
         bindings = [
@@ -244,6 +265,7 @@ class MainWindow(QMainWindow):
         self.panel_button.setIcon(theme.icon("settings", dark))
         self.export_button.setIcon(theme.icon("export", dark))
         self.model_button.setIcon(theme.icon("chip", dark))
+        self.models_page.set_dark(dark)
         if self.session.current is not None:
             self.chat_view.set_messages(self.session.messages())
 
@@ -423,8 +445,60 @@ class MainWindow(QMainWindow):
 
     def refresh_models(self) -> None:
         self.local_models = find_models(self.settings.models_folder)
+        if self.pages.currentIndex() != MODELS_PAGE:
+            self.show_chat_page()
+
+    @Slot()
+    def show_chat_page(self) -> None:
+        """The chat, or the first-run page while there is no model at all."""
         has_model = bool(self.local_models) or self.session.model_state in ("ready", "loading")
         self.pages.setCurrentIndex(CHAT_PAGE if has_model else FIRST_RUN_PAGE)
+        self.models_button.setChecked(False)
+
+    @Slot()
+    def show_models_page(self) -> None:
+        self.models_page.refresh()
+        self.pages.setCurrentIndex(MODELS_PAGE)
+        self.models_button.setChecked(True)
+
+    @Slot()
+    def toggle_models_page(self) -> None:
+        if self.pages.currentIndex() == MODELS_PAGE:
+            self.show_chat_page()
+        else:
+            self.show_models_page()
+
+    @Slot(str)
+    def chat_with(self, path: str) -> None:
+        """Load a model and show the chat (the models page's Chat, the wizard's finish)."""
+        self.pages.setCurrentIndex(CHAT_PAGE)
+        self.models_button.setChecked(False)
+        self.session.load_model(path)
+
+    @Slot()
+    def start_wizard(self) -> None:
+        self.open_wizard()
+
+    def open_wizard(self, source: Path | None = None) -> QuantizeWizard:
+        """The quantize wizard, non-modal so the chat stays usable while it runs."""
+        if self.wizard is not None and self.wizard.isVisible():
+            self.wizard.raise_()
+            self.wizard.activateWindow()
+            return self.wizard
+        self.local_models = find_models(self.settings.models_folder)
+        wizard = QuantizeWizard(self.settings.models_folder, self.local_models, source=source,
+                                gpu_probe=self.models_page.gpu_probe, parent=self)
+        wizard.open_in_chat.connect(self.chat_with)
+        wizard.model_written.connect(lambda _path: self.models_page.refresh())
+        wizard.finished.connect(lambda _result: self._wizard_closed(wizard))
+        self.wizard = wizard
+        wizard.show()
+        return wizard
+
+    def _wizard_closed(self, wizard: QuantizeWizard) -> None:
+        if self.wizard is wizard:
+            self.wizard = None
+        wizard.deleteLater()
 
     @Slot()
     def _fill_model_menu(self) -> None:
@@ -456,6 +530,8 @@ class MainWindow(QMainWindow):
                 remove.addAction(server.url, partial(self.remove_server, server.url))
         menu.addAction("Open a model folder…", self.choose_model_folder)
         menu.addAction("Show the models folder", self._show_models_folder)
+        menu.addAction("Models and downloads…", self.show_models_page)
+        menu.addAction("Quantize for my GPU…", self.start_wizard)
         unload = menu.addAction("Unload model", self.session.unload_model)
         unload.setEnabled(self.session.model_state == "ready")
 
@@ -473,6 +549,7 @@ class MainWindow(QMainWindow):
             self.banner.hide()
             self.refresh_models()
             self.pages.setCurrentIndex(CHAT_PAGE)
+            self.models_button.setChecked(False)
         elif state == "loading":
             self.model_button.setText(f"Loading {name}…")
         elif state == "failed":
@@ -564,11 +641,13 @@ class MainWindow(QMainWindow):
                 self.apply_dark(theme.apply_theme(app, self.settings.theme,
                                                   self.settings.font_size))
             self.first_run.set_models_folder(str(self.settings.models_folder))
+            self.models_page.models_folder = self.settings.models_folder
             self.refresh_models()
 
     # --- shutdown ---
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self.models_page.shutdown()  # running downloads stop; they resume next time
         self.settings.geometry = self.saveGeometry()
         self.settings.sync()
         super().closeEvent(event)
