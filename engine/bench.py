@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -442,8 +442,10 @@ def synthetic_mixtral(layers: int = 32, context: int = 4096, axis: int = 0,
             assert pack_linear(linear), name
             linear.drop_torch_copy()
             setattr(parent, leaf, linear)
-        elif isinstance(module, MoE):
-            assert fuse_experts(module), name
+            if name.endswith(f"experts.{args.n_experts - 1}.w3"):  # the layer's last matrix
+                moe = parent_name.rpartition(".experts")[0]
+                assert fuse_experts(cast(MoE, model.get_submodule(moe))), moe
+            continue
         for pname, param in list(module.named_parameters(recurse=False)):
             if param.device.type == "meta":
                 value = (torch.ones(param.shape, device="cuda", dtype=dtype) if "norm" in name
