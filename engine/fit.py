@@ -110,7 +110,7 @@ def fit_for(folder: Path, gpu: GpuInfo | None, *, quantized: bool,  # noqa: PLR0
         log.warning("cannot plan %s: %s", folder, e)
         return Fit("unknown", "cannot plan", f"{folder.name}: {e}")
     name = fitted.recipe.name
-    speed = f"up to {fitted.tok_s:.0f} tok/s" if fitted.tok_s < 1e4 else "fast"
+    speed = f"up to {tok_s_text(fitted.tok_s)} tok/s"
     prefix = "" if quantized else f"quantize → {name} · "
     used = f"{fitted.vram_total / GB:.1f} of {gpu.total_bytes / GB:.1f} GB"
     detail = (f"{fitted.model} with {name} ({fitted.placement}), context {fitted.context}: "
@@ -122,6 +122,15 @@ def fit_for(folder: Path, gpu: GpuInfo | None, *, quantized: bool,  # noqa: PLR0
     if fitted.vram_total > TIGHT_FRACTION * gpu.total_bytes:
         return Fit("yellow", f"{prefix}tight fit · {speed}", detail, name, fitted.tok_s)
     return Fit("green", f"{prefix}fits · {speed}", detail, name, fitted.tok_s)
+
+
+def tok_s_text(tok_s: float) -> str:
+    """'8.4', '42', '3,100', '250k': a predicted speed for a badge (tiny test models are fast)."""
+    if tok_s < 100:
+        return f"{tok_s:.1f}"
+    if tok_s < 1e5:
+        return f"{tok_s:,.0f}"
+    return f"{tok_s / 1e3:,.0f}k"
 
 
 def _short(gpu_name: str) -> str:

@@ -488,6 +488,7 @@ class MainWindow(QMainWindow):
         self.local_models = find_models(self.settings.models_folder)
         wizard = QuantizeWizard(self.settings.models_folder, self.local_models, source=source,
                                 gpu_probe=self.models_page.gpu_probe, parent=self)
+        wizard.set_token(self.models_page.token)
         wizard.open_in_chat.connect(self.chat_with)
         wizard.model_written.connect(lambda _path: self.models_page.refresh())
         wizard.finished.connect(lambda _result: self._wizard_closed(wizard))

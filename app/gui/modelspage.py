@@ -344,6 +344,11 @@ class ModelsPage(QWidget):
 
     # --- local models ---
 
+    def set_gpu_probe(self, probe: GpuProbe) -> None:
+        """Use another GPU probe (tests, screenshots); the next refresh asks it again."""
+        self.gpu_probe = probe
+        self._gpu_known = False
+
     def set_models_folder(self, folder: Path) -> None:
         self.models_folder = folder
         self.refresh()

@@ -585,7 +585,7 @@ class BudgetPage(QWizardPage):
         run_in_background(task, done)
 
     def show_plan(self, p: Any) -> None:
-        from mixdesk.engine.fit import FIDELITY_TOP1  # noqa: PLC0415 - pure Python
+        from mixdesk.engine.fit import FIDELITY_TOP1, tok_s_text  # noqa: PLC0415
 
         if p is None:
             self.headline.setText("Nothing fits this budget")
@@ -606,7 +606,7 @@ class BudgetPage(QWizardPage):
                          f"{p.host_bytes / gb:.2f} GB")
         self.legend.setText(" &nbsp; ".join(parts))
         where = p.gpu.name if self.wiz.state.gpu is not None else "a PCIe 4 GPU of this size"
-        speed = f"{p.tok_s:.0f}" if p.tok_s < 1e4 else f"{p.tok_s:.0e}"
+        speed = tok_s_text(p.tok_s)
         self.speed.setText(f"Predicted decode: up to <b>{speed} tok/s</b> on {where} "
                            f"({p.placement}; reads {p.hbm_bytes_per_token / gb:.2f} GB per "
                            "token). A real run is slower than this floor.")
@@ -1039,6 +1039,11 @@ class QuantizeWizard(QWizard):
         unquantized = [m for m in models if m.kind != "mixdesk"]
         self.source_page.set_models(unquantized, source)
         self.probe_gpu()
+
+    def set_token(self, token: str | None) -> None:
+        """A hub token the models page was given: prefill the source page's field."""
+        if token:
+            self.source_page.token_edit.setText(token)
 
     def quantize_rate(self, on_gpu: bool) -> float:
         from mixdesk.engine.fit import (  # noqa: PLC0415 - pure Python

@@ -73,7 +73,7 @@ def wait_plan(qtbot: Any, wizard: QuantizeWizard) -> None:
 
 
 def open_wizard(gui: Any, source: Path | None, gpu: GpuInfo | None = GPU) -> QuantizeWizard:
-    gui.window.models_page.gpu_probe = lambda: gpu
+    gui.window.models_page.set_gpu_probe(lambda: gpu)
     return gui.window.open_wizard(source)
 
 
