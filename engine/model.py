@@ -92,7 +92,8 @@ class Attention(nn.Module):
         rep = self.n_heads // self.n_kv_heads
         if T == 1:  # decode: each kv head's cache read once, not copied per query head
             qg = q.view(B, self.n_kv_heads, rep, -1)  # [B, K, R, Hd]
-            scores = (qg @ k.transpose(-1, -2)).float() * self.head_dim**-0.5  # [B, K, R, S]
+            wide = torch.promote_types(q.dtype, torch.float32)  # fp32 at least, fp64 stays
+            scores = (qg @ k.transpose(-1, -2)).to(wide) * self.head_dim**-0.5  # [B, K, R, S]
             scores = scores.masked_fill(~mask, float("-inf"))
             y = (scores.softmax(-1).to(v.dtype) @ v).view(B, self.n_heads, 1, -1)  # [B, H, 1, Hd]
             return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
