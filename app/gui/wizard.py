@@ -432,6 +432,7 @@ class BudgetPage(QWizardPage):
         self.legend = QLabel()
         self.legend.setWordWrap(True)
         self.speed = QLabel()
+        self.speed.setWordWrap(True)
         self.fidelity = QLabel()
         self.fidelity.setWordWrap(True)
         self.message = Message()
@@ -443,7 +444,7 @@ class BudgetPage(QWizardPage):
                                               "meta lives on"])
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().hide()
-        self.table.setMaximumHeight(150)
+        self.table.setMaximumHeight(96)  # a header and the recipe's two quantized entries
         self.table.hide()
         self.advanced.toggled.connect(self._toggle_advanced)
 
@@ -621,7 +622,8 @@ class BudgetPage(QWizardPage):
         if p.runnable is not None:
             self.message.show_text("warning", f"Only a plan with meta in host memory fits, "
                                    f"and {p.runnable}: loading will refuse it until then. "
-                                   "A larger budget avoids that.")
+                                   "Only a larger budget or a shorter context keeps everything "
+                                   "on the GPU.")
         self._fill_table(p)
 
     def _fill_table(self, p: Any) -> None:
@@ -746,6 +748,10 @@ class ConfirmPage(QWizardPage):
                      f"{human_bytes(state.source_bytes)} of weights).")
         lines.append(f"Takes about {human_duration(seconds)} on the "
                      f"{'GPU' if on_gpu else 'CPU'} (a rough estimate).")
+        if p.runnable is not None:
+            lines.append(f"<span style='color:#9a5b00'>Note: this budget keeps meta in host "
+                         f"memory, and {p.runnable}; the model is written, but loading refuses "
+                         "it at this budget until then.</span>")
         self.needed = output_bytes + download + DISK_MARGIN
         self._ok = False
         problem = ""
@@ -960,6 +966,7 @@ class FinishPage(QWizardPage):
         super().__init__()
         self.wiz = wizard
         self.setTitle("Ready")
+        self.setSubTitle("The quantized model is written; loading checks every file of it.")
         self.summary = QLabel()
         self.summary.setWordWrap(True)
         self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -1076,10 +1083,10 @@ class QuantizeWizard(QWizard):
             self._gpu_waiters.append(callback)
 
     def job_started(self) -> None:
-        self.button(QWizard.WizardButton.CancelButton).setText("Close")
+        self.setButtonText(QWizard.WizardButton.CancelButton, "Close")
 
     def job_ended(self) -> None:
-        self.button(QWizard.WizardButton.CancelButton).setText("Cancel")
+        self.setButtonText(QWizard.WizardButton.CancelButton, "Cancel")
         if self.state.result is not None:
             self.model_written.emit(str(self.state.result))
         if self._close_when_stopped:
