@@ -5,6 +5,7 @@ search against the local fake hub. Real planner, real downloads, real loads.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -283,3 +284,24 @@ def test_hub_search_offline_says_so(qtbot: Any, tmp_path: Path,
     assert blocker.args == [-1]
     assert page.search_status.text().startswith(f"cannot reach the hub at http://127.0.0.1:{port}")
     assert page.search_button.isEnabled()
+
+
+def test_the_published_hqq_checkpoint_downloads_and_imports(
+        qtbot: Any, make_gui: Any, settings: Any, fake_hub: FakeHub) -> None:
+    repo = "mobiuslabsgmbh/Mixtral-8x7B-Instruct-v0.1-hf-attn-4bit-moe-2bit-metaoffload-HQQ"
+    card_data = Path(__file__).parents[1] / "fixtures" / "data" / "hqq018-tiny-mixtral"
+    fake_hub.add_repo(repo, card_data)  # qmodel.pt written by hqq 0.1.8, config.json
+    gui = make_gui()
+    page = show_page(qtbot, gui, None)
+    with qtbot.waitSignal(page.download_finished, timeout=WAIT) as blocker:
+        qtbot.mouseClick(button(page.catalog_cards[repo], "Download"), Qt.MouseButton.LeftButton)
+    models = Path(settings.models_folder)
+    imported = models / f"{repo.split('/')[1]}-mixdesk"
+    assert blocker.args == [repo, str(imported)], page.downloads[repo].row.subtitle.text()
+    manifest = json.loads((imported / "manifest.json").read_text())
+    assert manifest["quantizer"]["version"] == "0.1.x (imported)"
+    assert manifest["source"]["repo"] == repo
+    # only what the import reads came down: no safetensors from that repo
+    assert {r.file for r in fake_hub.gets()} == {"qmodel.pt", "config.json"}
+    qtbot.waitUntil(lambda: imported in page.cards, timeout=WAIT)
+    assert "mixdesk quantized · " in page.cards[imported].subtitle.text()
