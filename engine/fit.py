@@ -1,7 +1,8 @@
 """What the models page and the quantize wizard ask the planner: fit badges, recipe choice.
 
-Pure engine code (no Qt). It imports torch through the planner (`budget.weight_shapes`
-builds the model on the meta device), so the GUI calls it from a background task.
+Pure engine code (no Qt). The planning functions import torch through the planner
+(`budget.weight_shapes` builds the model on the meta device), so the GUI calls them
+from a background task; the constants and formatters here import nothing heavy.
 
 - `choose_plan`: the recipe for a budget. It prefers a plan today's engine runs
   (everything on the GPU), and falls back to a meta-offload plan only when nothing
@@ -16,11 +17,16 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mixdesk.engine.budget import GB, GpuInfo, ModelSource, Plan, model_source, plan
 from mixdesk.engine.errors import MixdeskError, OutOfVRAMError
 
+if TYPE_CHECKING:  # the planner imports torch: only the functions that plan load it
+    from mixdesk.engine.budget import GpuInfo, ModelSource, Plan
+
 log = logging.getLogger("mixdesk.engine.fit")
+
+GB = 1e9  # decimal, as engine.budget
 
 DEFAULT_CONTEXT = 4096
 SAFETY_MARGIN_BYTES = int(1.0 * GB)  # the desktop, the browser and the driver share the GPU
@@ -77,6 +83,8 @@ def choose_plan(model: str | Path | ModelSource, gpu: GpuInfo | None, budget_gb:
         OutOfVRAMError: nothing fits, even with meta in host memory; the message names
             the smallest budget that works.
     """
+    from mixdesk.engine.budget import model_source, plan  # noqa: PLC0415 - torch
+
     source = model_source(model)
     try:
         return plan(source, gpu, budget_gb, context, recipe=recipe,
@@ -97,6 +105,8 @@ def fit_for(folder: Path, gpu: GpuInfo | None, *, quantized: bool,  # noqa: PLR0
         return Fit("cpu", "runs on the CPU",
                    "No NVIDIA GPU was found, so this model runs on the CPU: expect a few "
                    "tokens a second on small models, and Mixtral is too slow to chat with.")
+    from mixdesk.engine.budget import model_source  # noqa: PLC0415 - torch
+
     try:
         source = model_source(folder)
         context = default_context(source)

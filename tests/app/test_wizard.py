@@ -317,7 +317,67 @@ def test_closing_mid_job_stops_it_and_keeps_the_work(
         wizard.reject()  # the window's close button / Esc
     assert not wizard.run_page.running
     assert (out / ".mixdesk-job.json").is_file() and not (out / "manifest.json").exists()
+    done_before = set(json.loads((out / ".mixdesk-job.json").read_text())["files"])
     assert gui.window.wizard is None
+
+    # later (a new wizard, as after a restart): the same output folder resumes the job
+    again = open_wizard(gui, models / source_model.name)
+    click_next(qtbot, again)
+    wait_page(qtbot, again, BUDGET_PAGE)
+    wait_plan(qtbot, again)
+    click_next(qtbot, again)
+    wait_page(qtbot, again, CONFIRM_PAGE)
+    assert Path(again.confirm_page.output.text()) == out
+    assert "holds an unfinished job: it resumes" in again.confirm_page.summary.text()
+    assert again.confirm_page.isComplete()
+    written: list[str] = []
+
+    def watched(spec: JobSpec, progress: Callable[[str, float], None],
+                cancel: threading.Event) -> Path:
+        def watch(stage: str, fraction: float) -> None:
+            progress(stage, fraction)
+            if stage.startswith("Writing"):
+                written.append(stage.split(" · ")[1])
+
+        return run_job(spec, watch, cancel)
+
+    again.run_job = watched
+    click_next(qtbot, again)
+    wait_page(qtbot, again, FINISH_PAGE)
+    assert (out / "manifest.json").is_file()
+    assert not set(written) & done_before  # finished layers were not redone
+    assert "extra.safetensors" in written
+
+
+def test_per_module_overrides_make_a_custom_recipe(qtbot: Any, make_gui: Any, models: Path,
+                                                   source_model: Path) -> None:
+    gui = make_gui()
+    wizard = open_wizard(gui, models / source_model.name)
+    click_next(qtbot, wizard)
+    wait_page(qtbot, wizard, BUDGET_PAGE)
+    wait_plan(qtbot, wizard)
+    page = wizard.budget_page
+    before = wizard.state.plan
+    assert before.recipe.name == "4bit-g64"
+    qtbot.mouseClick(page.advanced, Qt.MouseButton.LeftButton)
+    assert page.table.isVisible()
+    experts = next(r for r in range(page.table.rowCount())
+                   if "experts" in page.table.item(r, 0).text())
+    page.table.cellWidget(experts, 1).setCurrentIndex(0)  # 2 bits
+    page.table.cellWidget(experts, 2).setCurrentIndex(0)  # group 8
+    wait_plan(qtbot, wizard)
+    after = wizard.state.plan
+    assert after.recipe.name == "4bit-g64+custom"
+    assert page.recipe.currentData() == "4bit-g64"  # pinned to the recipe it started from
+    spec = after.recipe.spec_for("layers.0.moe.experts.1.w2.weight")
+    assert (spec.bits, spec.group) == (2, 8)
+    assert after.recipe.spec_for("layers.0.self_attn.q_proj.weight").bits == 4
+    assert after.vram["weights"] < before.vram["weights"]
+    assert "not measured" in page.fidelity.text()
+    click_next(qtbot, wizard)
+    wait_page(qtbot, wizard, CONFIRM_PAGE)
+    assert wizard.confirm_page.output.text().endswith("Tiny-Mixtral-64-4bit-g64-custom")
+    wizard.reject()
 
 
 def test_cli_quantize_budget_picks_the_recipe(source_model: Path, tmp_path: Path,
