@@ -551,6 +551,8 @@ def _sse(obj: dict[str, Any]) -> str:
 def _failure(event: Failed) -> ApiError:
     if event.kind == "InternalError":
         return ApiError(500, event.message, kind="server_error")
+    if event.kind == "OutOfVRAMError":  # the card, not the request: retry once memory frees
+        return ApiError(503, event.message, kind="server_error", code="out_of_memory")
     return ApiError(400, event.message)
 
 

@@ -44,7 +44,8 @@ class NoGPUError(MixdeskError):
 
 
 class OutOfVRAMError(MixdeskError):
-    """The plan does not fit the VRAM budget; the message says what would fit."""
+    """The plan does not fit the VRAM budget (the message says what would fit), or the GPU
+    ran out of memory mid-answer (the message says what to free; the text so far is kept)."""
 
 
 class DownloadError(MixdeskError):

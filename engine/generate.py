@@ -22,6 +22,7 @@ from mixdesk.engine.errors import (
     ContextOverflowError,
     InvalidRequestError,
     MixdeskError,
+    OutOfVRAMError,
     TokenizerError,
 )
 from mixdesk.engine.events import Done, Event, Failed, FinishReason, SamplingParams, Stats, Token
@@ -206,7 +207,36 @@ def generate(lm: LoadedModel, prompt: Prompt, params: SamplingParams, *, chat: b
     except MixdeskError as error:
         yield Failed(str(error), type(error).__name__)
         return
-    yield from _decode_loop(lm, prompt_ids, params, cancel)
+    yield from _out_of_memory_guard(_decode_loop(lm, prompt_ids, params, cancel), lm.device)
+
+
+OUT_OF_MEMORY = ("the GPU ran out of memory after {n} tokens (another program took VRAM, "
+                 "or the budget leaves too little room): close other GPU programs or load the "
+                 "model with a smaller context; the answer so far is kept")
+
+
+def _out_of_memory_guard(events: Iterator[Event], device: torch.device) -> Iterator[Event]:
+    """Pass events through; a device out-of-memory error mid-answer becomes `Failed`.
+
+    The partial answer travels in the event. The model's state stays usable: the
+    KV cache is static and the next request rewrites the positions it reads, so
+    once the memory is back the next request runs as if nothing had happened.
+    """
+    texts: list[str] = []
+    ids: list[int] = []
+    try:
+        for event in events:
+            if isinstance(event, Token):
+                texts.append(event.text)
+                ids.append(event.id)
+            yield event
+        return
+    except torch.OutOfMemoryError:
+        pass  # leave the except block first, so the failed step's tensors are freed
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # hand the failed step's cached blocks back
+    yield Failed(OUT_OF_MEMORY.format(n=len(ids)), OutOfVRAMError.__name__, "".join(texts),
+                 tuple(ids))
 
 
 @torch.inference_mode()
