@@ -56,14 +56,18 @@ def describe(path: Path) -> LocalModel:
 
 
 def find_models(folder: Path) -> list[LocalModel]:
-    """Model folders directly under `folder` (and `folder` itself if it is one), by name."""
+    """Model folders directly under `folder` (and `folder` itself if it is one), by name.
+
+    Hidden folders are skipped: an unfinished download (`.<name>.partial`) is no model yet.
+    """
     found: list[LocalModel] = []
     try:
         if is_model_folder(folder):
             found.append(describe(folder))
         if folder.is_dir():
             for child in sorted(folder.iterdir(), key=lambda p: p.name.lower()):
-                if is_model_folder(child):
+                # hidden folders are work in progress: `.<name>.partial` downloads
+                if not child.name.startswith(".") and is_model_folder(child):
                     found.append(describe(child))
     except OSError as e:
         log.warning("cannot list models in %s: %s", folder, e)

@@ -214,6 +214,8 @@ def test_download_gated_then_token_then_cancel_and_resume(
     partial = {p.name.removesuffix(".incomplete"): p.stat().st_size
                for p in work.glob("*.incomplete") if p.stat().st_size}
     assert kept or partial  # something had arrived
+    refreshed(qtbot, page)
+    assert work not in page.cards and dest not in page.cards  # a partial download is no model
     seen = len(fake_hub.requests)
 
     # resume: finishes without fetching again what had arrived
