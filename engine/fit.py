@@ -32,10 +32,11 @@ DEFAULT_CONTEXT = 4096
 SAFETY_MARGIN_BYTES = int(1.0 * GB)  # the desktop, the browser and the driver share the GPU
 SAFETY_MARGIN_FRACTION = 0.08
 TIGHT_FRACTION = 0.92  # a plan above this share of the card is "yellow": other programs squeeze it
-# Quantizing reads every source byte once; hqq's solver dominates. Rough rates of this
-# codebase's job (bytes of bf16 source per second), for the wizard's time estimate only:
-# the CPU rate was measured on smol-moe (1.4 GB, 2 cores); the GPU rate is an assumption.
-QUANTIZE_BYTES_PER_S_CPU = 12e6
+# Quantizing reads every source byte once; hqq's solver dominates. Rates of this codebase's
+# job in bytes of bf16 source per second, for the wizard's time estimate only. CPU: measured
+# on smol-moe with 4bit-g64 on a 2-core machine (0.83 MB/s over 150 s). GPU: an assumption,
+# not measured yet (hqq's solver on a GPU is orders of magnitude faster than on a CPU).
+QUANTIZE_BYTES_PER_S_CPU = 0.8e6
 QUANTIZE_BYTES_PER_S_GPU = 400e6
 
 FIDELITY_TOP1 = {"4bit-g64": 72.9, "3bit-g64": 58.8, "hqq-card": 52.8, "2bit-g16": 33.5}

@@ -53,7 +53,7 @@ from PySide6.QtWidgets import (
 from mixdesk.app.gui.models import LocalModel, human_bytes
 from mixdesk.app.gui.statusbar import CPU_ONLY
 from mixdesk.app.gui.tasks import BackgroundTask, run_in_background
-from mixdesk.engine.errors import JobCancelled, MixdeskError
+from mixdesk.engine.errors import GatedRepoError, JobCancelled, MixdeskError
 
 log = logging.getLogger("mixdesk.gui.wizard")
 
@@ -284,7 +284,10 @@ class SourcePage(QWizardPage):
             self._checking = None
             self.completeChanged.emit()
             if error is not None:
-                self.message.show_text("error", error_text(error, "Checking the source"))
+                text = error_text(error, "Checking the source")
+                if isinstance(error, GatedRepoError):
+                    text += ". Here: paste the token into the Hub token field and press Next."
+                self.message.show_text("error", text)
                 return
             self.message.clear_text()
             state = self.wiz.state
@@ -728,17 +731,16 @@ class ConfirmPage(QWizardPage):
 
     @Slot()
     def _check(self) -> None:
-        from mixdesk.engine.fit import human_duration  # noqa: PLC0415 - pure Python
+        from mixdesk.engine.fit import human_duration, quantize_estimate  # noqa: PLC0415
 
         state = self.wiz.state
         p = state.plan
         text = self.output.text().strip()
         dest = Path(text).expanduser() if text else None
-        output_bytes = p.vram["weights"] + p.vram["meta"] + p.host_bytes
-        download = state.source_bytes if state.kind == "hub" else 0
         on_gpu = state.gpu is not None
-        rate = self.wiz.quantize_rate(on_gpu)
-        seconds = state.source_bytes / rate
+        estimate = quantize_estimate(p, state.source_bytes, on_gpu=on_gpu)
+        output_bytes, seconds = estimate.output_bytes, estimate.seconds
+        download = state.source_bytes if state.kind == "hub" else 0
         lines = [f"<b>{state.label}</b> → <b>{p.recipe.name}</b> ({p.placement}), "
                  f"{p.vram_total / 1e9:.1f} GB of VRAM at context {p.context}."]
         if download:
@@ -747,7 +749,8 @@ class ConfirmPage(QWizardPage):
         lines.append(f"Writes about {human_bytes(output_bytes)} (reading "
                      f"{human_bytes(state.source_bytes)} of weights).")
         lines.append(f"Takes about {human_duration(seconds)} on the "
-                     f"{'GPU' if on_gpu else 'CPU'} (a rough estimate).")
+                     f"{'GPU' if on_gpu else 'CPU'} (a rough estimate"
+                     f"{'' if on_gpu else '; a GPU is far faster'}).")
         if p.runnable is not None:
             lines.append(f"<span style='color:#9a5b00'>Note: this budget keeps meta in host "
                          f"memory, and {p.runnable}; the model is written, but loading refuses "
@@ -1004,7 +1007,6 @@ class QuantizeWizard(QWizard):
         check_source: (kind, value, token, remember) -> info; runs off-thread.
         run_job: the job (download + quantize); runs off-thread.
         gpu_probe: returns the GpuInfo or None; runs off-thread.
-        quantize_rates: bytes per second for the time estimate, (cpu, gpu).
 
     Signals:
         open_in_chat(path: str): Finish with "Open it in chat now" ticked.
@@ -1051,14 +1053,6 @@ class QuantizeWizard(QWizard):
         """A hub token the models page was given: prefill the source page's field."""
         if token:
             self.source_page.token_edit.setText(token)
-
-    def quantize_rate(self, on_gpu: bool) -> float:
-        from mixdesk.engine.fit import (  # noqa: PLC0415 - pure Python
-            QUANTIZE_BYTES_PER_S_CPU,
-            QUANTIZE_BYTES_PER_S_GPU,
-        )
-
-        return QUANTIZE_BYTES_PER_S_GPU if on_gpu else QUANTIZE_BYTES_PER_S_CPU
 
     def probe_gpu(self) -> None:
         if self._probing or self.state.gpu_known:

@@ -242,8 +242,9 @@ def test_bad_sources_say_why_and_stay_on_the_page(
     assert "is not a hub id" in src.message.text()
     assert f"there is no model nobody/nothing on {fake_hub.url}" in try_source(
         src.hub_radio, src.hub_edit, "nobody/nothing")
-    assert "is a gated model and needs a hub token" in try_source(
-        src.hub_radio, src.hub_edit, "mistralai/Gated-Tiny")
+    gated = try_source(src.hub_radio, src.hub_edit, "mistralai/Gated-Tiny")
+    assert "is a gated model and needs a hub token" in gated
+    assert gated.endswith("paste the token into the Hub token field and press Next.")
     assert (notes / "todo.txt").read_text() == "not a model"  # nothing touched
 
     # with the token it goes through, to the budget page, planned from the hub's config alone
