@@ -475,14 +475,46 @@ def step_bytes(model: Any, context_used: int, context_read: int) -> dict[str, in
             "kv_used": per_pos * context_used, "kv_static": per_pos * context_read}
 
 
+def time_decode_graph(model: Any, tokens: Tensor, positions: Tensor, steps: int, *,
+                      compile_glue: bool) -> dict[str, Any]:
+    """Decode `steps` tokens after the prompt through a fresh `fastpath.DecodeGraph`: per token
+    as engine.generate does it (replay, sample on the device, read the id), and replays alone
+    back to back (CUDA events)."""
+    from mixdesk.engine.fastpath import DecodeGraph  # noqa: PLC0415
+
+    prompt = tokens.shape[1]
+    graph = DecodeGraph(torch.device("cuda"), compile_glue=compile_glue)
+    nxt = model(tokens, positions)[0, -1].argmax(-1, keepdim=True)
+    started = time.perf_counter()
+    logits = graph.step(model, nxt, prompt)
+    torch.cuda.synchronize()
+    capture_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for i in range(steps):
+        nxt = logits.argmax(-1, keepdim=True)
+        int(nxt.item())
+        logits = graph.step(model, nxt, prompt + 1 + i)
+    torch.cuda.synchronize()
+    per_token = (time.perf_counter() - started) / steps
+    assert graph.graph is not None and graph.captures == 1
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps):
+        graph.graph.replay()
+    end.record()
+    end.synchronize()
+    replay = start.elapsed_time(end) / 1e3 / steps
+    return {"compiled": graph.compiled, "capture_s": capture_s,
+            "decode_ms_per_token": per_token * 1e3, "decode_tok_per_s": 1 / per_token,
+            "replay_ms": replay * 1e3, "replay_tok_per_s": 1 / replay}
+
+
 def bench_engine(bandwidth: float, read_bandwidth: float, *, layers: int = 32,
                  prompt: int = 1024, context: int = 4096, steps: int = 64,
                  axis: int = 0) -> dict[str, Any]:
     """The whole engine at the Mixtral-8x7B shape: TTFT of a `prompt`-token prompt (eager
     prefill: Triton dequantize per matrix, cuBLAS, tokens grouped by expert), then decode
     through `fastpath.DecodeGraph` (one CUDA-graph replay a token), peak VRAM."""
-    from mixdesk.engine.fastpath import DecodeGraph  # noqa: PLC0415
-
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     model = synthetic_mixtral(layers, context, axis)
@@ -506,32 +538,15 @@ def bench_engine(bandwidth: float, read_bandwidth: float, *, layers: int = 32,
             times.append(time.perf_counter() - started)
         out["ttft_s"] = statistics.median(times)
         out["prefill_tok_per_s"] = prompt / out["ttft_s"]
-        graph = DecodeGraph(torch.device("cuda"))
-        nxt = model(tokens, positions)[0, -1].argmax(-1, keepdim=True)
-        started = time.perf_counter()
-        logits = graph.step(model, nxt, prompt)
-        torch.cuda.synchronize()
-        out["capture_s"] = time.perf_counter() - started
-        started = time.perf_counter()
-        for i in range(steps):  # as engine.generate does: sample on the device, read the id
-            nxt = logits.argmax(-1, keepdim=True)
-            int(nxt.item())
-            logits = graph.step(model, nxt, prompt + 1 + i)
-        torch.cuda.synchronize()
-        per_token = (time.perf_counter() - started) / steps
-        assert graph.graph is not None and graph.captures == 1
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(steps):
-            graph.graph.replay()
-        end.record()
-        end.synchronize()
-        replay = start.elapsed_time(end) / 1e3 / steps
+        plain = time_decode_graph(model, tokens, positions, steps, compile_glue=False)
+        out.update({f"plain_{k}": v for k, v in plain.items()})
+        compiled = time_decode_graph(model, tokens, positions, steps, compile_glue=True)
+        out.update(compiled)
+    per_token = out["decode_ms_per_token"] / 1e3
     nbytes = step_bytes(model, prompt + steps, context)
     used = sum(v for k, v in nbytes.items() if k != "kv_static")
     out.update({
-        "decode_ms_per_token": per_token * 1e3, "decode_tok_per_s": 1 / per_token,
-        "replay_ms": replay * 1e3, "replay_tok_per_s": 1 / replay, "bytes": nbytes,
+        "bytes": nbytes,
         "step_bytes": used, "floor_ms_copy_bw": used / bandwidth * 1e3,
         "floor_ms_read_bw": used / read_bandwidth * 1e3,
         "pct_floor_copy_bw": 100 * used / bandwidth / per_token,
@@ -539,7 +554,7 @@ def bench_engine(bandwidth: float, read_bandwidth: float, *, layers: int = 32,
         "peak_vram_gb": torch.cuda.max_memory_allocated() / 1e9,
         "reserved_gb": torch.cuda.memory_reserved() / 1e9,
     })
-    del model, graph, logits
+    del model
     torch.cuda.empty_cache()
     return out
 
@@ -656,10 +671,12 @@ def _section_hqq(args: argparse.Namespace, bandwidth: float, results: dict[str, 
 def _section_engine(args: argparse.Namespace, bandwidth: float, results: dict[str, Any]
                     ) -> None:
     read_bw = results["hbm_read_bandwidth_gbs"] * 1e9
-    rows = [bench_engine(bandwidth, read_bw, layers=args.layers, prompt=args.prompt,
-                         context=args.context, axis=axis)
-            for axis in [int(a) for a in args.axes.split(",")]]
+    rows: list[dict[str, Any]] = []
     results["engine"] = rows
+    for axis in [int(a) for a in args.axes.split(",")]:
+        rows.append(bench_engine(bandwidth, read_bw, layers=args.layers, prompt=args.prompt,
+                                 context=args.context, axis=axis))
+        print(rows[-1], flush=True)
     hqq = {row["case"].split()[0]: row.get("hqq_compile_us") for row in results.get("hqq", [])}
     for row in rows:
         if all(hqq.get(name) for name in ("w1/w3", "w2", "q/o", "k/v")):
@@ -669,7 +686,8 @@ def _section_engine(args: argparse.Namespace, bandwidth: float, results: dict[st
             row["speedup_vs_hqq_compile"] = row["hqq_compile_step_ms"] / row[
                 "decode_ms_per_token"]
         print({k: v for k, v in row.items()}, flush=True)
-    _print_table(rows, ["axis", "ttft_s", "prefill_tok_per_s", "decode_tok_per_s",
+    _print_table(rows, ["axis", "ttft_s", "prefill_tok_per_s", "plain_decode_ms_per_token",
+                        "compiled", "capture_s", "decode_tok_per_s",
                         "decode_ms_per_token", "replay_ms", "floor_ms_read_bw",
                         "pct_floor_copy_bw", "pct_floor_read_bw", "peak_vram_gb",
                         "speedup_vs_hqq_compile"])

@@ -23,6 +23,7 @@ import math
 import os
 import time
 import weakref
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -191,7 +192,11 @@ class DecodeGraph:
         captures: times the graph was captured (once per model and cache).
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, *, compile_glue: bool | None = None) -> None:
+        if compile_glue is None:
+            compile_glue = os.environ.get("MIXDESK_COMPILE_DECODE", "1") != "0"
+        self.compile_glue = compile_glue
+        self.compiled = False  # the glue did compile (else it runs as plain torch ops)
         self.token = torch.zeros((1, 1), dtype=torch.long, device=device)  # [B, T]
         self.pos = torch.zeros(1, dtype=torch.long, device=device)  # [T]
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -202,20 +207,44 @@ class DecodeGraph:
         self.failed = False
 
     def _capture(self, model: Transformer) -> None:
-        # warm-up on a side stream compiles the kernels; it writes the KV cache at the
-        # current position with the current token, exactly what the replay writes next
+        # torch.compile fuses the step's ~60 small torch ops a layer (norms, RoPE, attention,
+        # router, casts) into a few kernels; the low-bit kernels are opaque to it
+        # (`torch.compiler.disable`), so each layer is a handful of compiled regions between
+        # them. The layers share code, so it compiles once per region, not per layer.
+        with torch._dynamo.config.patch(cache_size_limit=64, accumulated_cache_size_limit=512):
+            forward = self._warm_up(model)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self.logits = forward(model, self.token, self.pos)
+        self.graph = graph
+        self.cache_ptr = _cache_ptr(model)
+        self.captures += 1
+
+    def _warm_up(self, model: Transformer) -> Callable[..., torch.Tensor]:
+        """Run the step twice on a side stream (compiling it) and return what to capture.
+
+        The warm-up writes the KV cache at the current position with the current token,
+        exactly what the replay writes next."""
+        forward: Callable[..., torch.Tensor] = _decode_forward
+        if self.compile_glue:
+            compiled = torch.compile(_decode_forward, dynamic=False)
+            try:
+                self._run_twice(compiled, model)
+                forward, self.compiled = compiled, True
+            except Exception as bad:  # noqa: BLE001 - any compiler failure: run uncompiled
+                log.warning("torch.compile of the decode step failed (%s: %s); its torch ops "
+                            "run uncompiled", type(bad).__name__, str(bad)[:200])
+        if not self.compiled:
+            self._run_twice(forward, model)
+        return forward
+
+    def _run_twice(self, forward: Callable[..., torch.Tensor], model: Transformer) -> None:
         side = torch.cuda.Stream(device=self.token.device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                model(self.token, self.pos)
+                forward(model, self.token, self.pos)
         torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self.logits = model(self.token, self.pos)[0, -1]
-        self.graph = graph
-        self.cache_ptr = _cache_ptr(model)
-        self.captures += 1
 
     def step(self, model: Transformer, token: torch.Tensor, pos: int) -> torch.Tensor:
         """Logits [V] of `token` (a device tensor of one id) at cache position `pos`."""
@@ -234,6 +263,10 @@ class DecodeGraph:
         self.graph.replay()
         self.replays += 1
         return self.logits
+
+
+def _decode_forward(model: Transformer, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    return model(token, pos)[0, -1]  # [V]
 
 
 def _cache_ptr(model: Transformer) -> int:

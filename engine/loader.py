@@ -179,13 +179,13 @@ def enforce_budget(folder: Path, device: str, budget_gb: float, context: int) ->
         log.info("a VRAM budget applies to GPU loads; ignored on %s", device)
         return
     from mixdesk.engine.budget import check_fits, detect_gpu, plan  # noqa: PLC0415
-    from mixdesk.engine.fastpath import kernels_unavailable  # noqa: PLC0415
     from mixdesk.engine.quantize import Recipe  # noqa: PLC0415
 
     gpu = detect_gpu(torch.device(device).index or 0)
     dense = None if is_quantized_folder(folder) else Recipe("dense", ())
+    # one copy per weight: on CUDA the packed copy replaces the stored form (engine.fastpath)
     fitted = plan(folder, gpu, budget_gb, context, recipe=dense, runnable_only=True,
-                  kernel_copy=kernels_unavailable(device) is None)
+                  kernel_copy=False)
     check_fits(fitted, gpu)
     log.info("plan: %s, %.2f GB of VRAM predicted, budget %.1f GB", fitted.recipe.name,
              fitted.vram_total / 1e9, budget_gb)

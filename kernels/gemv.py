@@ -318,7 +318,8 @@ def _dequant_kernel(
 
     Same arithmetic as the GEMVs, (f - (1 + z/2**BITS)) * 2**BITS * scale = (q - z) * scale,
     in fp32, rounded once on the store. axis 0 stores each lane as a run of BB columns of
-    one row (coalesced); axis 1 stores lane j of BB groups G columns apart."""
+    one row (coalesced); axis 1 decodes a [BA, BB, G] block (lanes along K) and stores
+    BB*G contiguous columns of each row."""
     LANES: tl.constexpr = V if G > V else G
     mat = tl.program_id(2).to(tl.int64)
     a = tl.program_id(0) * BA + tl.arange(0, BA)  # [BA] group rows
@@ -342,6 +343,16 @@ def _dequant_kernel(
     MPOS: tl.constexpr = 16 * INLINE
     scale = _byte(m, MPOS) * ss + so  # 2**BITS * scale
     zz = _byte(m, MPOS + 8) * zs + zo  # 1 + zero / 2**BITS
+    if AXIS == 1:  # a group is G neighbours along K: decode [BA, BB, G] and store whole rows
+        lane = tl.arange(0, G)
+        w3 = tl.load(q_base + (lane // V)[None, None, :] * ab + woff[:, :, None],
+                     mask=mask[:, :, None], other=0)  # each word read by its V lanes
+        code = (w3 >> (BITS * (lane % V))[None, None, :]) & ((1 << BITS) - 1)
+        f = code.to(tl.float32) * (1.0 / (1 << BITS)) + 1.0  # exact, as _lane gives it
+        val = (f - zz[:, :, None]) * scale[:, :, None]
+        off = a[:, None, None] * K + (b[None, :, None] * G + lane[None, None, :])
+        tl.store(out_base + off, val.to(out_ptr.dtype.element_ty), mask=mask[:, :, None])
+        return
     for r in tl.static_range(S):
         if r > 0:
             w = tl.load(q_base + r * ab + woff, mask=mask, other=0)
@@ -349,10 +360,7 @@ def _dequant_kernel(
             if j < LANES:
                 if r * V + j < G:
                     val = (_lane(w, j, BITS) - zz) * scale
-                    if AXIS == 0:
-                        off = (a + (r * V + j) * A)[:, None] * K + b[None, :]
-                    else:
-                        off = a[:, None] * K + (b * G + (r * V + j))[None, :]
+                    off = (a + (r * V + j) * A)[:, None] * K + b[None, :]
                     tl.store(out_base + off, val.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -468,6 +476,7 @@ def _interpreted_types() -> tuple[type, ...]:
     return (InterpretedFunction,)
 
 
+@torch.compiler.disable  # opaque to torch.compile: the glue around it fuses, this stays one launch
 def gemv(x: Tensor, pw: PackedWeight, out: Tensor | None = None, *,
          config: Config | None = None) -> Tensor:
     """y = W @ x in fp32, for every matrix of `pw` in one launch (they share x).
@@ -497,6 +506,7 @@ def gemv(x: Tensor, pw: PackedWeight, out: Tensor | None = None, *,
     return out
 
 
+@torch.compiler.disable  # opaque to torch.compile: the glue around it fuses, this stays one launch
 def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
                topk_weights: Tensor, *, out: Tensor | None = None, h: Tensor | None = None,
                configs: tuple[Config | None, Config | None] = (None, None)) -> Tensor:
@@ -537,6 +547,7 @@ def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
     return out
 
 
+@torch.compiler.disable  # opaque to torch.compile: the glue around it fuses, this stays one launch
 def dequantize(pw: PackedWeight, out: Tensor | None = None, *,
                dtype: torch.dtype = torch.float16) -> Tensor:
     """Every matrix of `pw` as a dense W[N, K], for prefill's cuBLAS matmul.
@@ -561,8 +572,12 @@ def dequantize(pw: PackedWeight, out: Tensor | None = None, *,
     elif out.numel() != mats * n_rows * k or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {shape}")
     a_rows, b_cols = pw.grid
-    block_cols = _pow2_at_most(b_cols, 128)
-    block_rows = _pow2_at_most(a_rows, max(1, 2048 // (block_cols * max(1, pw.words))))
+    if pw.axis == 0:  # per lane, a [rows, cols] tile of one output row block
+        block_cols = _pow2_at_most(b_cols, 128)
+        block_rows = _pow2_at_most(a_rows, max(1, 2048 // (block_cols * pw.words)))
+    else:  # [rows, cols, group] outputs, about 8K of them
+        block_cols = _pow2_at_most(b_cols, max(1, 1024 // pw.group))
+        block_rows = _pow2_at_most(a_rows, max(1, 8192 // (block_cols * pw.group)))
     grid = (math.ceil(a_rows / block_rows), math.ceil(b_cols / block_cols), mats)
     meta = pw.codes if pw.meta is None else pw.meta
     _dequant_kernel[grid](

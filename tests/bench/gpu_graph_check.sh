@@ -33,3 +33,7 @@ if [ -z "${SKIP_PYTEST:-}" ]; then
 fi
 timeout "${BENCH_TIMEOUT:-330}" python3 -m mixdesk.engine.bench --out "$OUT/bench.json" \
     --sections "${SECTIONS:-hqq,engine}" "$@" 2>&1 | tee "$OUT/bench.log"
+if [ -n "${PROFILE_LAYERS:-}" ]; then
+    timeout "${PROFILE_TIMEOUT:-90}" python3 tests/bench/profile_decode.py --layers "$PROFILE_LAYERS" \
+        2>&1 | tee "$OUT/profile.log" | head -12
+fi

@@ -136,3 +136,11 @@ def test_cpu_load_keeps_torch_path_and_says_so(tiny_mixtral: Path, tmp_path: Pat
     assert lines == ["CUDA not available: the torch dequantize path is used"]
     assert any(isinstance(m, QuantLinear) for m in lm.model.modules())
     assert all(m.packed is None for m in lm.model.modules() if isinstance(m, QuantLinear | MoE))
+
+
+@pytest.mark.skipif(CUDA, reason="on a GPU the decode graph is tested in test_fastpath_gpu.py")
+def test_no_decode_graph_off_cuda(tiny_mixtral: Path) -> None:
+    """On the CPU generate runs eager steps: there is no graph to capture."""
+    lm = load_model(tiny_mixtral, device="cpu")
+    assert fastpath.graph_reason(lm.model) == "the model is not on CUDA"
+    assert fastpath.decode_graph(lm.model) is None
