@@ -197,7 +197,7 @@ class SourcePage(QWizardPage):
         for edit in (self.folder_edit, self.hub_edit):
             edit.textChanged.connect(self._changed)
         self.local_combo.currentIndexChanged.connect(self._changed)
-        self._checked_key: tuple[str, str] | None = None
+        self._checked_key: tuple[tuple[str, str], str | None] | None = None  # (key, token)
         self._checking: BackgroundTask | None = None
 
     def set_models(self, models: list[LocalModel], preselect: Path | None) -> None:
@@ -261,7 +261,7 @@ class SourcePage(QWizardPage):
     def validatePage(self) -> bool:
         """Next checks the source off the GUI thread; the check's end moves on by itself."""
         key = self.key()
-        if self._checked_key == key:
+        if self._checked_key == (key, self.token_edit.text().strip() or None):
             return True
         if self._checking is not None:
             return False
@@ -298,7 +298,7 @@ class SourcePage(QWizardPage):
             state.source = None if kind == "hub" else Path(value)
             state.hub_id = value if kind == "hub" else ""
             state.plan = None
-            self._checked_key = key
+            self._checked_key = (key, token)
             self.wiz.next()
 
         self._checking = run_in_background(lambda _p: check(kind, value, token, remember), done)
