@@ -79,6 +79,11 @@ def error_text(error: BaseException, doing: str) -> str:
             "the log has the details.")
 
 
+def sentence(text: str) -> str:
+    """`text` with a capital first letter (engine messages start lower-case)."""
+    return text[:1].upper() + text[1:]
+
+
 def disk_free(path: Path) -> int:
     """Free bytes on the disk that holds `path` (or its nearest existing parent)."""
     probe = path
@@ -608,7 +613,9 @@ class BudgetPage(QWizardPage):
         if p.host_bytes:
             parts.append(f"<span style='color:{BAR_COLORS['host']}'>■</span> host (pinned RAM) "
                          f"{p.host_bytes / gb:.2f} GB")
-        self.legend.setText(" &nbsp; ".join(parts))
+        # each item wraps as one piece: its own spaces do not break
+        self.legend.setText(" &nbsp; ".join(part.replace(" ", "&nbsp;").replace(
+            "<span&nbsp;", "<span ") for part in parts))
         where = p.gpu.name if self.wiz.state.gpu is not None else "a PCIe 4 GPU of this size"
         speed = tok_s_text(p.tok_s)
         self.speed.setText(f"Predicted decode: up to <b>{speed} tok/s</b> on {where} "
@@ -623,10 +630,10 @@ class BudgetPage(QWizardPage):
                                   f"{p.fidelity_kl:.2f} against unquantized{agree}. Lower KL is "
                                   "better; Mixtral loses far less than the 135M demo.")
         if p.runnable is not None:
-            self.message.show_text("warning", f"Only a plan with meta in host memory fits, "
-                                   f"and {p.runnable}: loading will refuse it until then. "
-                                   "Only a larger budget or a shorter context keeps everything "
-                                   "on the GPU.")
+            self.message.show_text("warning", "Only a plan with meta in host memory fits this "
+                                   f"budget. {sentence(p.runnable)}: loading refuses it until "
+                                   "then. Only a larger budget or a shorter context keeps "
+                                   "everything on the GPU.")
         self._fill_table(p)
 
     def _fill_table(self, p: Any) -> None:
@@ -752,9 +759,9 @@ class ConfirmPage(QWizardPage):
                      f"{'GPU' if on_gpu else 'CPU'} (a rough estimate"
                      f"{'' if on_gpu else '; a GPU is far faster'}).")
         if p.runnable is not None:
-            lines.append(f"<span style='color:#9a5b00'>Note: this budget keeps meta in host "
-                         f"memory, and {p.runnable}; the model is written, but loading refuses "
-                         "it at this budget until then.</span>")
+            lines.append(f"<span style='color:#9a5b00'>Note: {sentence(p.runnable)}. The "
+                         "model is written, but loading refuses it at this budget until "
+                         "then.</span>")
         self.needed = output_bytes + download + DISK_MARGIN
         self._ok = False
         problem = ""
