@@ -455,21 +455,34 @@ def synthetic_mixtral(layers: int = 32, context: int = 4096, axis: int = 0,
     return model.eval()
 
 
-def step_bytes(model: Any, context_used: int, context_read: int) -> dict[str, int]:
-    """Bytes one decode step must read: packed attention, 2 of 8 experts, lm_head, the rest,
-    and the KV cache up to the used context (and as the static cache is read, all of it)."""
+def _weight_bytes(module: Any) -> int:
+    """Bytes a decode step reads for one linear layer: its packed copy, else its stored form."""
     from mixdesk.engine.quantize import QuantLinear  # noqa: PLC0415
 
+    if isinstance(module, QuantLinear):
+        if module.packed is not None:
+            return module.packed.nbytes()
+        return sum(v.numel() * v.element_size() for v in module.quantized().tensors("w").values())
+    return int(module.weight.numel() * module.weight.element_size())
+
+
+def step_bytes(model: Any, context_used: int, context_read: int) -> dict[str, int]:
+    """Bytes one decode step must read: attention, the top-k experts, the dense rest, and
+    the KV cache up to the used context (and, as the static cache is read, all of it)."""
+    args = model.args
     attention = experts = 0
     for block in model.blocks():
-        for m in block.self_attn.modules():
-            if isinstance(m, QuantLinear) and m.packed is not None:
-                attention += m.packed.nbytes()
-        w13, w2 = block.moe.packed
-        experts += (w13.nbytes() * w13.n_mats + w2.nbytes() * w2.n_mats) * 2 // 8
-    args = model.args
+        attn = block.self_attn
+        attention += sum(_weight_bytes(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj,
+                                                    attn.o_proj))
+        moe = block.moe
+        chosen = args.top_k if moe.gate is not None else 1
+        per_expert = [sum(_weight_bytes(getattr(e, n)) for n in ("w1", "w2", "w3"))
+                      for e in moe.experts[:chosen]]  # experts share a spec and shape
+        experts += sum(per_expert)
     per_pos = 2 * args.n_layers * args.n_kv_heads * args.head_dim * 2
-    dense = (args.vocab_size * args.dim + args.n_layers * (args.n_experts + 2) * args.dim
+    gate = args.n_experts if args.is_moe else 0
+    dense = (args.vocab_size * args.dim + args.n_layers * (gate + 2) * args.dim
              + 2 * args.dim) * 2
     return {"attention": attention, "experts_top2": experts, "dense": dense,
             "kv_used": per_pos * context_used, "kv_static": per_pos * context_read}
@@ -511,18 +524,28 @@ def time_decode_graph(model: Any, tokens: Tensor, positions: Tensor, steps: int,
 
 def bench_engine(bandwidth: float, read_bandwidth: float, *, layers: int = 32,
                  prompt: int = 1024, context: int = 4096, steps: int = 64,
-                 axis: int = 0) -> dict[str, Any]:
-    """The whole engine at the Mixtral-8x7B shape: TTFT of a `prompt`-token prompt (eager
-    prefill: Triton dequantize per matrix, cuBLAS, tokens grouped by expert), then decode
-    through `fastpath.DecodeGraph` (one CUDA-graph replay a token), peak VRAM."""
+                 axis: int = 0, model_path: str | None = None) -> dict[str, Any]:
+    """The whole engine: TTFT of a `prompt`-token prompt (eager prefill: Triton dequantize
+    per matrix, cuBLAS, tokens grouped by expert), then decode through
+    `fastpath.DecodeGraph` (one CUDA-graph replay a token), peak VRAM. On the synthetic
+    Mixtral-8x7B (`layers`, `axis`), or on a model folder loaded as the app loads it."""
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    model = synthetic_mixtral(layers, context, axis)
+    if model_path is not None:
+        from mixdesk.engine.loader import load_model  # noqa: PLC0415
+
+        model = load_model(model_path, device="cuda", dtype=torch.float16,
+                           context=context).model
+        context, layers = model.max_len, model.args.n_layers
+        prompt = min(prompt, context - steps - 1)
+    else:
+        model = synthetic_mixtral(layers, context, axis)
     resident = torch.cuda.memory_allocated()
-    tokens = torch.randint(0, 32000, (1, prompt), device="cuda")
+    tokens = torch.randint(0, model.args.vocab_size, (1, prompt), device="cuda")
     positions = torch.arange(prompt, device="cuda")
-    out: dict[str, Any] = {"layers": layers, "prompt": prompt, "context": context,
-                           "axis": axis, "resident_gb": resident / 1e9}
+    out: dict[str, Any] = {"model": model_path or "synthetic mixtral-8x7b", "layers": layers,
+                           "prompt": prompt, "context": context, "axis": axis,
+                           "resident_gb": resident / 1e9}
     with torch.inference_mode():
         def first_token(net: Any = model) -> int:
             return int(net(tokens, positions)[0, -1].argmax().item())
@@ -579,7 +602,7 @@ def _print_table(rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mixdesk-bench", description=__doc__.split("\n")[0])
     parser.add_argument("--out", help="write the results as JSON here")
-    parser.add_argument("--sections", default="kernels,moe,decode,dense,hqq",
+    parser.add_argument("--sections", default="kernels,moe,decode,dense,hqq,engine",
                         help="comma-separated, run in this order (the kernels sweep tunes "
                              "the tiles that moe and decode then use)")
     parser.add_argument("--sweep", action="store_true", help="sweep tile shapes per kernel")
@@ -588,6 +611,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=32, help="engine section: layers")
     parser.add_argument("--prompt", type=int, default=1024, help="engine section: prompt tokens")
     parser.add_argument("--context", type=int, default=4096, help="engine section: KV length")
+    parser.add_argument("--model", help="engine section: a model folder (quantized or not) "
+                                        "instead of the synthetic Mixtral-8x7B")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("mixdesk bench needs a CUDA GPU", file=sys.stderr)
@@ -677,9 +702,10 @@ def _section_engine(args: argparse.Namespace, bandwidth: float, results: dict[st
     read_bw = results["hbm_read_bandwidth_gbs"] * 1e9
     rows: list[dict[str, Any]] = []
     results["engine"] = rows
-    for axis in [int(a) for a in args.axes.split(",")]:
+    axes = [int(a) for a in args.axes.split(",")] if args.model is None else [-1]
+    for axis in axes:  # a model folder carries its own recipe: one row
         rows.append(bench_engine(bandwidth, read_bw, layers=args.layers, prompt=args.prompt,
-                                 context=args.context, axis=axis))
+                                 context=args.context, axis=axis, model_path=args.model))
         print(rows[-1], flush=True)
     hqq = {row["case"].split()[0]: row.get("hqq_compile_us") for row in results.get("hqq", [])}
     for row in rows:

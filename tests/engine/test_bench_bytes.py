@@ -1,0 +1,42 @@
+"""engine.bench's byte count of a decode step (the floor's numerator), on the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mixdesk.engine.bench import step_bytes
+from mixdesk.engine.loader import load_model
+from mixdesk.engine.qformat import quantize_model
+from mixdesk.engine.quantize import QuantLinear
+
+
+def _linear_bytes(module: torch.nn.Module) -> int:
+    """Stored bytes of a linear layer, or of every linear layer inside a module."""
+    if isinstance(module, QuantLinear):
+        return sum(t.numel() * t.element_size() for t in module.quantized().tensors("w").values())
+    if isinstance(module, torch.nn.Linear):
+        return module.weight.numel() * module.weight.element_size()
+    return sum(_linear_bytes(m) for m in module.children())
+
+
+def test_dense_step_reads_every_linear_once(dense_mistral: Path) -> None:
+    model = load_model(dense_mistral, device="cpu").model
+    got = step_bytes(model, context_used=10, context_read=model.max_len)
+    args = model.args
+    attention = sum(_linear_bytes(getattr(b.self_attn, n)) for b in model.blocks()
+                    for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    mlp = sum(_linear_bytes(b.moe.experts[0]) for b in model.blocks())
+    assert (got["attention"], got["experts_top2"]) == (attention, mlp)
+    assert got["kv_used"] == 10 * 2 * args.n_layers * args.n_kv_heads * args.head_dim * 2
+    assert got["kv_static"] > got["kv_used"] > 0
+
+
+def test_moe_step_reads_top_k_experts(tiny_mixtral: Path, tmp_path: Path) -> None:
+    folder = quantize_model(tiny_mixtral, tmp_path / "card", "hqq-card")
+    model = load_model(folder, device="cpu").model
+    got = step_bytes(model, context_used=1, context_read=1)
+    one = _linear_bytes(model.blocks()[0].moe.experts[0])
+    assert one > 0
+    assert got["experts_top2"] == model.args.n_layers * model.args.top_k * one
