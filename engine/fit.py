@@ -32,12 +32,13 @@ DEFAULT_CONTEXT = 4096
 SAFETY_MARGIN_BYTES = int(1.0 * GB)  # the desktop, the browser and the driver share the GPU
 SAFETY_MARGIN_FRACTION = 0.08
 TIGHT_FRACTION = 0.92  # a plan above this share of the card is "yellow": other programs squeeze it
-# Quantizing reads every source byte once; hqq's solver dominates. Rates of this codebase's
-# job in bytes of bf16 source per second, for the wizard's time estimate only. CPU: measured
-# on smol-moe with 4bit-g64 on a 2-core machine (0.83 MB/s over 150 s). GPU: an assumption,
-# not measured yet (hqq's solver on a GPU is orders of magnitude faster than on a CPU).
+# Quantizing reads every source byte once; hqq's solver dominates. Rates of the whole job
+# (hashing, solver, meta quantization, writing) in bytes of bf16 source per second, for the
+# wizard's time estimate only. CPU: smol-moe with 4bit-g64 on a 2-core machine, 0.83 MB/s.
+# GPU: an H100 on 2 Mixtral-8x7B-shaped layers (tests/bench/gpu_quantize_rate.py), hqq-card
+# 288 MB/s and 4bit-g64 508 MB/s; the slower one is kept (consumer cards are slower still).
 QUANTIZE_BYTES_PER_S_CPU = 0.8e6
-QUANTIZE_BYTES_PER_S_GPU = 400e6
+QUANTIZE_BYTES_PER_S_GPU = 288e6
 
 FIDELITY_TOP1 = {"4bit-g64": 72.9, "3bit-g64": 58.8, "hqq-card": 52.8, "2bit-g16": 33.5}
 """Top-1 agreement (%) with the unquantized model on smol-moe, from docs/QUALITY.md; the
