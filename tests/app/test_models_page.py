@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QPushButton
 from quantizable import write_quantizable_mixtral
 
@@ -94,8 +95,14 @@ def test_local_models_with_format_recipe_size_and_fit(qtbot: Any, make_gui: Any,
     assert page.cards[hf].badge.text().startswith("quantize → 4bit-g64 · fits")
     assert not button(page.cards[quant], "Quantize…").isEnabled()  # already quantized
 
+    broken = models / "broken-model"  # a config.json that is not JSON: said, not raised
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
     page.set_gpu_probe(lambda: GPU_TINY)
     refreshed(qtbot, page)
+    card = page.cards.pop(broken)
+    assert card.badge.property("level") == "unknown" and card.badge.text() == "cannot plan"
+    assert "config.json" in card.badge.toolTip()
     for card in page.cards.values():
         assert card.badge.property("level") == "red"
         assert card.badge.text() == "too big for GeForce"
@@ -104,11 +111,13 @@ def test_local_models_with_format_recipe_size_and_fit(qtbot: Any, make_gui: Any,
     page.set_gpu_probe(lambda: None)
     refreshed(qtbot, page)
     assert page.hardware.text().startswith(CPU_ONLY)
+    page.cards.pop(broken)
     for card in page.cards.values():
         assert card.badge.property("level") == "cpu" and card.badge.text() == "runs on the CPU"
 
 
-def test_chat_and_quantize_actions(qtbot: Any, make_gui: Any, models: Path) -> None:
+def test_chat_show_folder_and_quantize_actions(qtbot: Any, make_gui: Any, models: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     gui = make_gui()
     page = show_page(qtbot, gui, GPU_24)
     quant = models / "Tiny-Mixtral-64-4bit"
@@ -122,6 +131,10 @@ def test_chat_and_quantize_actions(qtbot: Any, make_gui: Any, models: Path) -> N
 
     page = show_page(qtbot, gui, GPU_24)
     hf = models / "Tiny-Mixtral-64"
+    opened: list[str] = []
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url.toLocalFile()))
+    qtbot.mouseClick(button(page.cards[hf], "Show folder"), Qt.MouseButton.LeftButton)
+    assert opened == [str(hf)]
     qtbot.mouseClick(button(page.cards[hf], "Quantize…"), Qt.MouseButton.LeftButton)
     wizard = gui.window.wizard
     assert wizard is not None and wizard.isVisible() and wizard.currentId() == SOURCE_PAGE
