@@ -10,7 +10,7 @@ swap a module for its low-bit twin without the model knowing.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,9 @@ from torch import Tensor, nn
 
 from mixdesk.engine.config import ModelArgs
 from mixdesk.kernels.layout import PackedWeight
+
+if TYPE_CHECKING:
+    from mixdesk.engine.offload import OffloadedMoE
 
 
 class RMSNorm(nn.Module):
@@ -121,7 +124,8 @@ class MoE(nn.Module):
 
     With `packed` set (engine.fastpath, on CUDA), one token goes through
     `kernels.gemv.moe_decode`: the top-k ids stay on the device, no host sync.
-    Many tokens are grouped by expert, which reads the chosen ids on the host.
+    Many tokens are grouped by expert, which reads the chosen ids on the host. With
+    `offload` set (engine.offload), the experts come through a GPU cache of host copies.
     """
 
     def __init__(self, args: ModelArgs) -> None:
@@ -130,6 +134,7 @@ class MoE(nn.Module):
         self.gate = nn.Linear(args.dim, args.n_experts, bias=False) if args.is_moe else None
         self.experts = nn.ModuleList(Expert(args.dim, args.ffn_dim) for _ in range(args.n_experts))
         self.packed: tuple[PackedWeight, PackedWeight] | None = None  # (w13 stack, w2 stack)
+        self.offload: OffloadedMoE | None = None  # experts in host memory (engine.offload)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gate is None:
@@ -139,6 +144,8 @@ class MoE(nn.Module):
         probs = F.softmax(self.gate(x), dim=-1, dtype=torch.float32)  # [N, E]
         weights, chosen = torch.topk(probs, self.top_k, dim=-1)  # [N, A]
         weights = weights / weights.sum(dim=-1, keepdim=True)  # fp32
+        if self.offload is not None:  # experts come through the GPU cache, ids read on the host
+            return self.offload(x, chosen, weights).view(shape)
         if self.packed is not None and x.shape[0] == 1:  # decode: ids read on the device
             from mixdesk.kernels.gemv import moe_decode  # noqa: PLC0415 - triton only here
 

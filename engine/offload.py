@@ -1,0 +1,318 @@
+"""Experts in pinned host memory, an LRU cache of them on the GPU, and a copy stream.
+
+When the plan keeps the experts in host memory (`engine.budget`, placement
+"experts on host"), each MoE layer's packed stacks (`kernels.layout`: w13 holds
+2E matrices, w2 holds E) live in pinned RAM. The GPU holds `slots` experts (their
+w1, w3 and w2 together), shared by every layer and evicted least recently used.
+
+A decode step reads its top-k ids on the host (one sync per layer: this path is
+bound by the bus, tens of milliseconds a token, so the microseconds of a sync do not
+show), copies the missing experts into their slots on a copy stream, and runs
+`moe_decode` over the slot pool with the ids mapped to slots. Prefill fetches each
+chosen expert once and dequantizes it from its slot into a cuBLAS matmul.
+
+Speculative prefetch: the next layer's router, applied to this layer's MoE input,
+guesses the next layer's experts; they are copied while this layer computes. A
+wrong guess costs bus time only (and may evict a useful expert, which the stats show).
+
+Streams and events keep it safe: a slot is overwritten only after the compute that
+last read it (`used` event), and read only after its copy landed (`ready` event).
+On the CPU (tests) there are no streams: copies are plain copies.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mixdesk.kernels.layout import PackedWeight, select
+
+log = logging.getLogger("mixdesk.engine.offload")
+
+
+@dataclass
+class CacheStats:
+    """What the expert cache did, since it was made or last reset.
+
+    Attributes:
+        hits: experts asked for that were already on the GPU.
+        misses: experts copied because a step needed them now.
+        prefetched: experts copied ahead on a guess.
+        prefetch_hits: hits on an expert that a guess had brought in.
+        bytes_copied: host-to-GPU bytes, demand and prefetch.
+    """
+
+    hits: int = 0
+    misses: int = 0
+    prefetched: int = 0
+    prefetch_hits: int = 0
+    bytes_copied: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        asked = self.hits + self.misses
+        return self.hits / asked if asked else 0.0
+
+
+def stack_bytes(pw: PackedWeight, mats: int = 1) -> int:
+    """Bytes of `mats` matrices of a stack: codes, inline or separate meta, meta-meta."""
+    one = pw.codes[0].numel() * pw.codes.element_size() + pw.table[0].numel() * 4
+    if pw.meta is not None:
+        one += pw.meta[0].numel() * pw.meta.element_size()
+    return mats * one
+
+
+def expert_bytes(w13: PackedWeight, w2: PackedWeight) -> int:
+    """Bytes one expert takes in the cache: its w1 and w3 (2 matrices) and its w2."""
+    return stack_bytes(w13, 2) + stack_bytes(w2, 1)
+
+
+def _empty_pool(like: PackedWeight, mats: int, device: torch.device) -> PackedWeight:
+    def empty(t: Tensor) -> Tensor:
+        return torch.empty((mats, *t.shape[1:]), dtype=t.dtype, device=device)
+
+    meta = None if like.meta is None else empty(like.meta)
+    return PackedWeight(like.bits, like.group, like.axis, like.shape, empty(like.codes), meta,
+                        empty(like.table), like.period)
+
+
+def _to_host(pw: PackedWeight, pin: bool) -> PackedWeight:
+    def host(t: Tensor) -> Tensor:
+        t = t.to("cpu")
+        return t.pin_memory() if pin else t
+
+    meta = None if pw.meta is None else host(pw.meta)
+    return PackedWeight(pw.bits, pw.group, pw.axis, pw.shape, host(pw.codes), meta,
+                        host(pw.table), pw.period)
+
+
+def _copy_mats(dst: PackedWeight, d0: int, src: PackedWeight, s0: int, n: int) -> None:
+    dst.codes[d0:d0 + n].copy_(src.codes[s0:s0 + n], non_blocking=True)
+    dst.table[d0:d0 + n].copy_(src.table[s0:s0 + n], non_blocking=True)
+    if dst.meta is not None and src.meta is not None:
+        dst.meta[d0:d0 + n].copy_(src.meta[s0:s0 + n], non_blocking=True)
+
+
+class ExpertCache:
+    """Every layer's experts on the host, `slots` of them on the device, LRU.
+
+    Args:
+        layers: per MoE layer, its (w13, w2) stacks (any device; moved to the host).
+        slots: experts the device holds at once (at least the top-k of one layer).
+        device: where the slots live.
+        pin: pin the host copies (needs CUDA); default: when `device` is CUDA.
+    """
+
+    def __init__(self, layers: Sequence[tuple[PackedWeight, PackedWeight]], slots: int,
+                 device: torch.device | str, *, pin: bool | None = None) -> None:
+        if not layers:
+            raise ValueError("no MoE layers to offload")
+        self.device = torch.device(device)
+        cuda = self.device.type == "cuda"
+        pin = cuda if pin is None else pin
+        self.n_experts = layers[0][1].n_mats
+        if slots < 1:
+            raise ValueError(f"the cache needs at least one slot, got {slots}")
+        self.slots = slots
+        self.host = [(_to_host(w13, pin), _to_host(w2, pin)) for w13, w2 in layers]
+        first13, first2 = self.host[0]
+        self.w13 = _empty_pool(first13, 2 * slots, self.device)
+        self.w2 = _empty_pool(first2, slots, self.device)
+        self.expert_bytes = expert_bytes(first13, first2)
+        self.owner: list[tuple[int, int] | None] = [None] * slots
+        self.lru: OrderedDict[tuple[int, int], int] = OrderedDict()  # (layer, expert) -> slot
+        self.guessed: set[tuple[int, int]] = set()  # brought in by a guess, not yet asked for
+        self.stats = CacheStats()
+        self.copy_stream = torch.cuda.Stream(self.device) if cuda else None
+        self.ready: list[torch.cuda.Event | None] = [None] * slots
+        self.used: list[torch.cuda.Event | None] = [None] * slots
+
+    @property
+    def pool_bytes(self) -> int:
+        return self.slots * self.expert_bytes
+
+    def resident(self, layer: int) -> dict[int, int]:
+        """Expert -> slot for the experts of `layer` on the device now."""
+        return {e: s for (lay, e), s in self.lru.items() if lay == layer}
+
+    def _victim(self, protect: set[int]) -> int:
+        for slot, key in enumerate(self.owner):
+            if key is None and slot not in protect:
+                return slot
+        for key, slot in self.lru.items():  # oldest first
+            if slot not in protect:
+                return slot
+        raise RuntimeError(f"all {self.slots} cache slots are in use by this step")
+
+    def _load(self, layer: int, expert: int, protect: set[int]) -> int:
+        slot = self._victim(protect)
+        old = self.owner[slot]
+        if old is not None:
+            del self.lru[old]
+            self.guessed.discard(old)
+        self.owner[slot] = (layer, expert)
+        self.lru[(layer, expert)] = slot
+        w13, w2 = self.host[layer]
+        if self.copy_stream is None:
+            _copy_mats(self.w13, 2 * slot, w13, 2 * expert, 2)
+            _copy_mats(self.w2, slot, w2, expert, 1)
+        else:
+            used = self.used[slot]
+            if used is not None:  # the last compute that read this slot must be done
+                self.copy_stream.wait_event(used)
+            with torch.cuda.stream(self.copy_stream):
+                _copy_mats(self.w13, 2 * slot, w13, 2 * expert, 2)
+                _copy_mats(self.w2, slot, w2, expert, 1)
+                ready = torch.cuda.Event()
+                ready.record(self.copy_stream)
+            self.ready[slot] = ready
+        self.stats.bytes_copied += self.expert_bytes
+        return slot
+
+    def fetch(self, layer: int, experts: Sequence[int]) -> list[int]:
+        """Put `experts` of `layer` on the device; return their slots, ready to read.
+
+        The current stream waits for any copy still in flight into those slots.
+        """
+        slots: list[int] = []
+        for e in experts:
+            key = (layer, int(e))
+            slot = self.lru.get(key)
+            if slot is None:
+                self.stats.misses += 1
+                slot = self._load(layer, int(e), set(slots))
+            else:
+                self.stats.hits += 1
+                if key in self.guessed:
+                    self.stats.prefetch_hits += 1
+                self.lru.move_to_end(key)
+            self.guessed.discard(key)
+            slots.append(slot)
+        if self.copy_stream is not None:
+            stream = torch.cuda.current_stream(self.device)
+            for slot in slots:
+                ready = self.ready[slot]
+                if ready is not None:
+                    stream.wait_event(ready)
+        return slots
+
+    def prefetch(self, layer: int, experts: Sequence[int], protect: Sequence[int] = ()) -> None:
+        """Start copying `experts` of `layer` without waiting; `protect` slots stay put."""
+        keep = set(protect)
+        for e in experts:
+            key = (layer, int(e))
+            if key in self.lru:
+                keep.add(self.lru[key])
+                continue
+            if len(keep) >= self.slots:
+                return
+            keep.add(self._load(layer, int(e), keep))
+            self.guessed.add(key)
+            self.stats.prefetched += 1
+
+    def mark_used(self, slots: Sequence[int]) -> None:
+        """Record that compute now queued reads `slots` (a later copy into them waits)."""
+        if self.copy_stream is None:
+            return
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        for slot in slots:
+            self.used[slot] = event
+
+    def reset_stats(self) -> None:
+        self.stats = CacheStats()
+
+
+class OffloadedMoE:
+    """One MoE layer's experts through the shared ExpertCache (set as `MoE.offload`).
+
+    Args:
+        cache: the shared cache.
+        layer: this layer's index in the cache.
+        next_gate: the next MoE layer's router, for speculative prefetch (None: off).
+    """
+
+    def __init__(self, cache: ExpertCache, layer: int, next_gate: nn.Linear | None) -> None:
+        self.cache = cache
+        self.layer = layer
+        self.next_gate = next_gate
+
+    def __call__(self, x: Tensor, chosen: Tensor, weights: Tensor) -> Tensor:
+        """x: [N, D]; chosen, weights: [N, A] (router output). Returns [N, D] in x's dtype."""
+        if x.shape[0] == 1:
+            return self._decode(x, chosen, weights)
+        return self._prefill(x, chosen, weights)
+
+    def _decode(self, x: Tensor, chosen: Tensor, weights: Tensor) -> Tensor:
+        from mixdesk.kernels.gemv import moe_decode  # noqa: PLC0415 - triton only here
+
+        cache = self.cache
+        ids = chosen[0].tolist()  # the one host sync of this layer
+        slots = cache.fetch(self.layer, ids)
+        slot_ids = torch.tensor(slots, dtype=torch.int32).to(x.device, non_blocking=True)
+        y = moe_decode(x[0], cache.w13, cache.w2, slot_ids, weights[0])  # fp32 [D]
+        cache.mark_used(slots)
+        if self.next_gate is not None:
+            self._guess_next(x, slots)
+        return y.to(x.dtype)[None]
+
+    def _guess_next(self, x: Tensor, busy: list[int]) -> None:
+        assert self.next_gate is not None
+        top_k = len(busy)
+        guess = torch.topk(self.next_gate(x[0]), top_k).indices.tolist()
+        self.cache.prefetch(self.layer + 1, guess, protect=busy)
+
+    def _prefill(self, x: Tensor, chosen: Tensor, weights: Tensor) -> Tensor:
+        from mixdesk.kernels.gemv import dequantize  # noqa: PLC0415 - triton only here
+
+        cache = self.cache
+        out = torch.zeros_like(x)
+        w = weights.to(x.dtype)
+        for e in chosen.unique().tolist():
+            rows, k = torch.where(chosen == e)
+            slot = cache.fetch(self.layer, [e])[0]
+            w13 = dequantize(select(cache.w13, 2 * slot, 2 * slot + 2), dtype=x.dtype)
+            w2 = dequantize(select(cache.w2, slot), dtype=x.dtype)
+            cache.mark_used([slot])
+            xe = x[rows]
+            h = F.silu(xe @ w13[0].T) * (xe @ w13[1].T)  # [n, F]
+            out.index_add_(0, rows, (h @ w2.T) * w[rows, k, None])
+        return out
+
+
+def offload_experts(model: nn.Module, slots: int, device: torch.device | str, *,
+                    speculative: bool = True, pin: bool | None = None) -> ExpertCache:
+    """Serve every fused MoE layer's experts (`MoE.packed`) through one ExpertCache.
+
+    The stacks move to (pinned) host memory; each MoE gets an `OffloadedMoE` and
+    drops its device stacks and its experts' views into them.
+
+    Raises:
+        ValueError: a routed MoE layer is not fused (`engine.fastpath.fuse_experts`).
+    """
+    from mixdesk.engine.model import MoE  # noqa: PLC0415 - model imports this module's users
+    from mixdesk.engine.quantize import QuantLinear  # noqa: PLC0415
+
+    moes = [m for m in model.modules() if isinstance(m, MoE) and m.gate is not None]
+    if any(m.packed is None for m in moes):
+        raise ValueError("every routed MoE layer must be fused before its experts offload")
+    cache = ExpertCache([m.packed for m in moes if m.packed is not None], slots, device,
+                        pin=pin)
+    for i, moe in enumerate(moes):
+        nxt = moes[i + 1].gate if speculative and i + 1 < len(moes) else None
+        moe.offload = OffloadedMoE(cache, i, nxt)
+        moe.packed = None
+        for sub in moe.experts.modules():
+            if isinstance(sub, QuantLinear):
+                sub.packed = None
+    log.info("experts in %s host memory, %d of %d on the GPU (%.2f GB cache), "
+             "speculative prefetch %s", "pinned" if cache.copy_stream else "plain",
+             slots, len(moes) * cache.n_experts, cache.pool_bytes / 1e9,
+             "on" if speculative else "off")
+    return cache

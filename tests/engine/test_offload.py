@@ -1,0 +1,137 @@
+"""engine.offload: experts in host memory behind an LRU cache of GPU slots.
+
+On the CPU the slots are plain tensors and the kernels run in the Triton
+interpreter (tests/conftest.py); the GPU run (`-m gpu`) adds pinned memory, the
+copy stream and its events. Fresh random weights every run; the seed is printed
+on failure.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from mixdesk.engine import fastpath
+from mixdesk.engine.config import ModelArgs
+from mixdesk.engine.model import MoE, Transformer
+from mixdesk.engine.offload import ExpertCache, expert_bytes, offload_experts
+from mixdesk.engine.quantize import QuantLinear, QuantSpec, quantize_weight
+from mixdesk.kernels.layout import pack, random_logical, stack
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+CARD_EXPERTS = QuantSpec(bits=2, group=8)  # the card's experts: 2-bit g8, axis 0, 8-bit meta
+
+
+def random_layers(n_layers: int, n_experts: int, gen: torch.Generator
+                  ) -> list[tuple[object, object]]:
+    def one(shape: tuple[int, int]) -> object:
+        return pack(*random_logical(shape, bits=2, group=8, generator=gen),
+                    bits=2, group=8, axis=0)
+
+    return [(stack([one((32, 16)) for _ in range(2 * n_experts)]),
+             stack([one((16, 32)) for _ in range(n_experts)])) for _ in range(n_layers)]
+
+
+def test_lru_order_hits_misses_and_slot_contents() -> None:
+    gen = torch.Generator().manual_seed(0)
+    layers = random_layers(2, 4, gen)
+    cache = ExpertCache(layers, slots=3, device="cpu")  # type: ignore[arg-type]
+    assert cache.fetch(0, [0, 1]) == [0, 1]
+    assert cache.fetch(1, [2, 3]) == [2, 0]  # (0, 0) was least recently used
+    assert cache.fetch(0, [1]) == [1]  # a hit
+    assert cache.fetch(0, [0]) == [2]  # evicts (1, 2), now the oldest
+    assert (cache.stats.hits, cache.stats.misses) == (1, 5)
+    assert cache.resident(0) == {1: 1, 0: 2} and cache.resident(1) == {3: 0}
+    for (layer, expert), slot in cache.lru.items():  # each slot holds its owner's bytes
+        w13, w2 = layers[layer]
+        assert torch.equal(cache.w13.codes[2 * slot:2 * slot + 2],
+                           w13.codes[2 * expert:2 * expert + 2])  # type: ignore[attr-defined]
+        assert torch.equal(cache.w2.table[slot], w2.table[expert])  # type: ignore[attr-defined]
+    assert cache.stats.bytes_copied == 5 * cache.expert_bytes
+    assert cache.expert_bytes == expert_bytes(*layers[0])  # type: ignore[arg-type]
+
+
+def test_one_step_never_evicts_its_own_experts() -> None:
+    cache = ExpertCache(random_layers(1, 4, torch.Generator().manual_seed(1)),  # type: ignore[arg-type]
+                        slots=2, device="cpu")
+    assert sorted(cache.fetch(0, [2, 3])) == [0, 1]
+    with pytest.raises(RuntimeError, match="all 2 cache slots are in use"):
+        cache.fetch(0, [0, 1, 2])
+    with pytest.raises(ValueError, match="at least one slot"):
+        ExpertCache(random_layers(1, 2, torch.Generator()), slots=0,  # type: ignore[arg-type]
+                    device="cpu")
+
+
+def test_prefetch_counts_the_guesses_that_were_used() -> None:
+    cache = ExpertCache(random_layers(2, 4, torch.Generator().manual_seed(2)),  # type: ignore[arg-type]
+                        slots=4, device="cpu")
+    busy = cache.fetch(0, [0, 1])
+    cache.prefetch(1, [2, 3], protect=busy)
+    assert cache.stats.prefetched == 2 and cache.stats.misses == 2
+    cache.fetch(1, [3, 1])  # 3 was guessed right, 1 was not
+    assert (cache.stats.prefetch_hits, cache.stats.hits, cache.stats.misses) == (1, 1, 3)
+    # a guess never takes a slot the current step reads
+    cache.prefetch(0, [2, 3], protect=cache.fetch(1, [3, 1]))
+    assert {cache.lru[(1, 3)], cache.lru[(1, 1)]}.isdisjoint(
+        {cache.lru.get((0, 2), -1), cache.lru.get((0, 3), -1)})
+
+
+def small_quantized_model(gen: torch.Generator) -> Transformer:
+    """A 3-layer, 4-expert Mixtral with kernel-friendly shapes and card-quantized experts."""
+    args = ModelArgs(model_type="mixtral", vocab_size=50, dim=64, n_layers=3, n_heads=4,
+                     n_kv_heads=2, head_dim=16, ffn_dim=128, n_experts=4, top_k=2)
+    model = Transformer(args)
+    for p in model.parameters():
+        p.data = torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5
+    for block in model.blocks():
+        for expert in block.moe.experts:
+            for name in ("w1", "w3", "w2"):
+                w = getattr(expert, name).weight.data
+                setattr(expert, name, QuantLinear(quantize_weight(w, CARD_EXPERTS),
+                                                  dtype=torch.float32))
+    model.setup_cache(32)
+    return model.requires_grad_(False).to(DEVICE)
+
+
+def run_steps(model: Transformer, prompt: torch.Tensor, steps: int) -> torch.Tensor:
+    """Logits of a prefill and `steps` greedy decode steps, stacked [1 + steps, V]."""
+    with torch.inference_mode():
+        logits = [model(prompt[None], torch.arange(len(prompt), device=DEVICE))[0, -1]]
+        for i in range(steps):
+            token = logits[-1].argmax().reshape(1, 1)
+            pos = torch.tensor([len(prompt) + i], device=DEVICE)
+            logits.append(model(token, pos)[0, -1])
+    return torch.stack(logits)
+
+
+@pytest.mark.parametrize("speculative", [False, True], ids=["plain", "speculative"])
+def test_offloaded_model_equals_the_resident_kernel_path(speculative: bool) -> None:
+    seed = time.time_ns() % 2**31
+    gen = torch.Generator().manual_seed(seed)
+    model = small_quantized_model(gen)
+    packed, linears, fused, moes = fastpath.pack_model(model)
+    assert (packed, fused) == (linears, moes) == (36, 3)
+    prompt = torch.randint(0, 50, (7,), generator=gen).to(DEVICE)
+    resident = run_steps(model, prompt, 6)
+
+    cache = offload_experts(model, slots=3, device=DEVICE, speculative=speculative)
+    assert all(m.packed is None and m.offload is not None
+               for m in model.modules() if isinstance(m, MoE))
+    assert cache.host[0][0].codes.device.type == "cpu"
+    offloaded = run_steps(model, prompt, 6)
+    err = float((offloaded - resident).abs().max() / resident.abs().max())
+    assert err < 1e-4, f"seed {seed}: relative error {err}"
+    s = cache.stats
+    # 3 slots for 12 experts: every step misses; each decode layer asks for 2 experts
+    assert s.hits + s.misses >= 6 * 3 * 2 and s.misses > 0
+    assert (s.prefetched > 0) == speculative
+    assert s.bytes_copied == (s.misses + s.prefetched) * cache.expert_bytes
+
+
+def test_offload_needs_fused_layers() -> None:
+    model = small_quantized_model(torch.Generator().manual_seed(3))
+    with pytest.raises(ValueError, match="must be fused"):
+        offload_experts(model, slots=3, device=DEVICE)
