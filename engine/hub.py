@@ -598,3 +598,40 @@ def remote_config(repo_id: str, *, revision: str | None = None,
     if not isinstance(config, dict):
         raise DownloadError(f"{repo_id}: config.json on the hub is not a JSON object")
     return config
+
+
+@dataclass(frozen=True)
+class UnfinishedDownload:
+    """A download that stopped (cancel, crash, app closed) and can resume.
+
+    Attributes:
+        repo_id: what it downloads.
+        dest: the model folder it will become.
+        work: the partial folder holding what arrived.
+        bytes_done: bytes on disk so far.
+    """
+
+    repo_id: str
+    dest: Path
+    work: Path
+    bytes_done: int
+
+
+def unfinished_downloads(folder: Path) -> list[UnfinishedDownload]:
+    """The partial downloads in a models folder (`.<name>.partial` with their state file)."""
+    found = []
+    try:
+        candidates = sorted(folder.glob(".*.partial"))
+    except OSError:
+        return []
+    for work in candidates:
+        try:
+            state = json.loads((work / STATE).read_text())
+            repo_id = str(state["repo_id"])
+            done = sum(p.stat().st_size for p in work.iterdir() if p.is_file()
+                       and not p.name.startswith("."))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        found.append(UnfinishedDownload(repo_id, folder / work.name[1:-len(".partial")], work,
+                                        done))
+    return found

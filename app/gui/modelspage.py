@@ -81,12 +81,16 @@ class DownloadJob:
 
     Attributes:
         repo_id: the hub id.
+        name: the model folder it becomes.
+        checkpoint: "safetensors", or "hqq" (a published hqq checkpoint, then imported).
         cancel: set to stop; the partial files stay, and Download resumes.
         task: the running job, or None once it ended.
         row: the widget showing it.
     """
 
     repo_id: str
+    name: str = ""  # the model folder it becomes, in the models folder
+    checkpoint: str = "safetensors"  # or "hqq": qmodel.pt, imported once downloaded
     cancel: threading.Event = field(default_factory=threading.Event)
     task: BackgroundTask | None = None
     row: DownloadRow | None = None
@@ -366,6 +370,7 @@ class ModelsPage(QWidget):
         for model in self.models:
             self.cards[model.path] = self._model_card(model)
             self.local_box.addWidget(self.cards[model.path])
+        self._show_unfinished()
         self._refresh_seq += 1
         seq = self._refresh_seq
         models = list(self.models)
@@ -491,13 +496,25 @@ class ModelsPage(QWidget):
 
     # --- downloads ---
 
-    def start_download(self, repo_id: str, checkpoint: str = "safetensors") -> None:
-        """Download `repo_id` into the models folder, with progress and cancel."""
+    def _show_unfinished(self) -> None:
+        """Downloads a past session left unfinished (the app was closed or crashed)."""
+        from mixdesk.engine.hub import unfinished_downloads  # noqa: PLC0415 - pure Python
+
+        for left in unfinished_downloads(self.models_folder):
+            if left.repo_id in self.downloads:
+                continue
+            row = self._download_row(left.repo_id, left.dest.name)
+            row.set_badge("unknown", "unfinished")
+            row.subtitle.setText(f"{human_bytes(left.bytes_done)} arrived before it stopped. "
+                                 "Resume continues where it stopped.")
+            row.add_button("Resume", partial(self.start_download, left.repo_id,
+                                             name=left.dest.name), primary=True)
+            row.add_button("Discard", partial(self.discard_download, left.repo_id, left.work))
+
+    def _download_row(self, repo_id: str, name: str) -> DownloadRow:
         job = self.downloads.get(repo_id)
-        if job is not None and job.task is not None:
-            return  # already running
         if job is None:
-            job = DownloadJob(repo_id)
+            job = DownloadJob(repo_id, name=name)
             job.row = DownloadRow(repo_id)
             self.downloads[repo_id] = job
             self.downloads_box.addWidget(job.row)
@@ -509,6 +526,26 @@ class ModelsPage(QWidget):
             widget = item.widget() if item is not None else None
             if widget is not None:
                 widget.deleteLater()
+        return row
+
+    def discard_download(self, repo_id: str, work: Path) -> None:
+        """Delete what an unfinished download fetched, after a confirm."""
+        if not self.confirm("Discard download", f"Delete the partial download of {repo_id} "
+                            f"({work})?"):
+            return
+        shutil.rmtree(work, ignore_errors=True)
+        self._dismiss(repo_id)
+
+    def start_download(self, repo_id: str, checkpoint: str = "safetensors", *,
+                       name: str | None = None) -> None:
+        """Download `repo_id` into the models folder (as `name`), with progress and cancel."""
+        job = self.downloads.get(repo_id)
+        if job is not None and job.task is not None:
+            return  # already running
+        name = name or (job.name if job is not None else repo_id.rsplit("/", 1)[-1])
+        row = self._download_row(repo_id, name)
+        job = self.downloads[repo_id]
+        job.checkpoint = checkpoint
         row.cancel_button = row.add_button("Cancel", partial(self.cancel_download, repo_id))
         row.subtitle.setText("Asking the hub what to fetch…")
         row.set_badge("checking", "downloading")
@@ -523,8 +560,8 @@ class ModelsPage(QWidget):
 
             if checkpoint == "hqq":
                 return download_hqq(repo_id, folder, token, report, cancel)
-            return download(repo_id, dest=folder / repo_id.rsplit("/", 1)[-1], token=token,
-                            progress=report, cancel=cancel)
+            return download(repo_id, dest=folder / name, token=token, progress=report,
+                            cancel=cancel)
 
         def on_progress(stage: str, fraction: float) -> None:
             row.subtitle.setText(stage)
@@ -551,8 +588,12 @@ class ModelsPage(QWidget):
             row.set_badge("green", "downloaded")
             row.progress.setValue(1000)
             row.subtitle.setText(f"In {result}")
-            row.add_button("Quantize…", partial(self.quantize_requested.emit, str(result)),
-                           primary=True)
+            if job.checkpoint == "hqq":  # imported: quantized already
+                row.add_button("Chat", partial(self.chat_requested.emit, str(result)),
+                               primary=True)
+            else:
+                row.add_button("Quantize…", partial(self.quantize_requested.emit, str(result)),
+                               primary=True)
             row.add_button("Dismiss", partial(self._dismiss, job.repo_id))
             self.refresh()
             self.download_finished.emit(job.repo_id, str(result))
@@ -568,7 +609,8 @@ class ModelsPage(QWidget):
             if isinstance(error, GatedRepoError):
                 row.add_button("Enter a token…", self.ask_token)
         row.add_button("Resume" if isinstance(error, JobCancelled) else "Try again",
-                       partial(self.start_download, job.repo_id), primary=True)
+                       partial(self.start_download, job.repo_id, job.checkpoint),
+                       primary=True)
         row.add_button("Dismiss", partial(self._dismiss, job.repo_id))
         self.download_finished.emit(job.repo_id, "")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -320,3 +321,57 @@ def test_the_published_hqq_checkpoint_downloads_and_imports(
     assert {r.file for r in fake_hub.gets()} == {"qmodel.pt", "config.json"}
     qtbot.waitUntil(lambda: imported in page.cards, timeout=WAIT)
     assert "mixdesk quantized · " in page.cards[imported].subtitle.text()
+
+
+def test_unfinished_downloads_resume_or_discard_after_a_restart(
+        qtbot: Any, tmp_path: Path, source_model: Path, fake_hub: FakeHub) -> None:
+    from mixdesk.engine.errors import JobCancelled  # noqa: PLC0415
+    from mixdesk.engine.hub import download  # noqa: PLC0415
+
+    models = tmp_path / "models"
+    for repo in ("mistralai/Tiny-A", "mistralai/Tiny-B"):
+        fake_hub.add_repo(repo, source_model)
+        stop = threading.Event()
+
+        def cut(p: Any, stop: threading.Event = stop) -> None:
+            if p.file.endswith(".safetensors") and p.file_done:
+                stop.set()  # mid-shard, like a closed app
+
+        with pytest.raises(JobCancelled):
+            download(repo, dest=models / repo.split("/")[1], progress=cut, cancel=stop)
+    work = partial_dir(models / "Tiny-A")
+    # as a killed app leaves it: the shard in flight half written
+    shard = sorted(work.glob("*.safetensors"))[0]
+    half = shard.stat().st_size // 2
+    shard.with_name(shard.name + ".incomplete").write_bytes(shard.read_bytes()[:half])
+    shard.unlink()
+    kept = {p.name for p in work.iterdir()
+            if not p.name.startswith(".") and not p.name.endswith(".incomplete")}
+    assert "config.json" in kept
+
+    page = ModelsPage(models)  # a new session
+    qtbot.addWidget(page)
+    refreshed(qtbot, page)
+    assert list(page.downloads) == ["mistralai/Tiny-A", "mistralai/Tiny-B"]
+    assert not page.cards  # partial downloads are not models
+    row_a = page.downloads["mistralai/Tiny-A"].row
+    assert row_a is not None and row_a.badge.text() == "unfinished"
+    assert "arrived before it stopped" in row_a.subtitle.text()
+
+    seen = len(fake_hub.requests)
+    with qtbot.waitSignal(page.download_finished, timeout=WAIT) as blocker:
+        qtbot.mouseClick(button(row_a, "Resume"), Qt.MouseButton.LeftButton)
+    assert blocker.args == ["mistralai/Tiny-A", str(models / "Tiny-A")]
+    fetched = {r.file for r in fake_hub.requests[seen:] if r.method == "GET" and r.file
+               and r.status in (200, 206)}
+    assert fetched and not fetched & kept
+    assert [r.range for r in fake_hub.requests[seen:] if r.method == "GET"
+            and r.file == shard.name and r.status == 206] == [f"bytes={half}-"]
+    qtbot.waitUntil(lambda: models / "Tiny-A" in page.cards, timeout=WAIT)
+
+    row_b = page.downloads["mistralai/Tiny-B"].row
+    assert row_b is not None
+    page.confirm = lambda _title, _text: True
+    qtbot.mouseClick(button(row_b, "Discard"), Qt.MouseButton.LeftButton)
+    assert not partial_dir(models / "Tiny-B").exists()
+    assert "mistralai/Tiny-B" not in page.downloads
