@@ -11,9 +11,13 @@ show), copies the missing experts into their slots on a copy stream, and runs
 `moe_decode` over the slot pool with the ids mapped to slots. Prefill fetches each
 chosen expert once and dequantizes it from its slot into a cuBLAS matmul.
 
-Speculative prefetch: the next layer's router, applied to this layer's MoE input,
-guesses the next layer's experts; they are copied while this layer computes. A
-wrong guess costs bus time only (and may evict a useful expert, which the stats show).
+Speculative prefetch (off by default): the next layer's router, applied to this
+layer's MoE input, guesses the next layer's experts; they are copied while this layer
+computes. A wrong guess costs bus time and may evict a useful expert. Measured on an
+H100 (docs/PERFORMANCE.md, 8 Mixtral layers, random routing): the guesses are right
+74-91% of the time and raise the hit rate (25% -> 65%, 77% -> 90%), but they copy
+more bytes in all (1.09 -> 1.77 GB a token) and the step gets slower (28.6 -> 37.2 ms,
+20.0 -> 24.3 ms), so it stays an option until real routing says otherwise.
 
 Streams and events keep it safe: a slot is overwritten only after the compute that
 last read it (`used` event), and read only after its copy landed (`ready` event).
@@ -22,10 +26,14 @@ On the CPU (tests) there are no streams: copies are plain copies.
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +93,7 @@ def _empty_pool(like: PackedWeight, mats: int, device: torch.device) -> PackedWe
 def _to_host(pw: PackedWeight, pin: bool) -> PackedWeight:
     def host(t: Tensor) -> Tensor:
         t = t.to("cpu")
-        return t.pin_memory() if pin else t
+        return t.pin_memory() if pin and not t.is_pinned() else t
 
     meta = None if pw.meta is None else host(pw.meta)
     return PackedWeight(pw.bits, pw.group, pw.axis, pw.shape, host(pw.codes), meta,
@@ -287,7 +295,7 @@ class OffloadedMoE:
 
 
 def offload_experts(model: nn.Module, slots: int, device: torch.device | str, *,
-                    speculative: bool = True, pin: bool | None = None) -> ExpertCache:
+                    speculative: bool = False, pin: bool | None = None) -> ExpertCache:
     """Serve every fused MoE layer's experts (`MoE.packed`) through one ExpertCache.
 
     The stacks move to (pinned) host memory; each MoE gets an `OffloadedMoE` and
@@ -316,3 +324,121 @@ def offload_experts(model: nn.Module, slots: int, device: torch.device | str, *,
              slots, len(moes) * cache.n_experts, cache.pool_bytes / 1e9,
              "on" if speculative else "off")
     return cache
+
+
+def rebind(model: nn.Module, cache: ExpertCache, *, speculative: bool) -> None:
+    """Point every offloaded MoE layer of `model` at `cache` (another size, prefetch on/off)."""
+    from mixdesk.engine.model import MoE  # noqa: PLC0415
+
+    moes = [m for m in model.modules() if isinstance(m, MoE) and m.offload is not None]
+    for i, moe in enumerate(moes):
+        nxt = moes[i + 1].gate if speculative and i + 1 < len(moes) else None
+        moe.offload = OffloadedMoE(cache, i, nxt)
+
+
+# ---------------------------------------------------------------------------- bench
+
+
+def _decode_ms(model: Any, steps: int, start: int, gen: torch.Generator) -> float:
+    """Mean ms of `steps` eager decode steps of random tokens, each ending in a host read."""
+    vocab = model.args.vocab_size
+    tokens = torch.randint(0, vocab, (steps,), generator=gen).tolist()
+    torch.cuda.synchronize()
+    began = time.perf_counter()
+    with torch.inference_mode():
+        for i, token in enumerate(tokens):
+            pos = torch.tensor([start + i], device="cuda")
+            logits = model(torch.tensor([[token]], device="cuda"), pos)[0, -1]
+            int(logits.argmax())  # generate reads each token on the host
+    return (time.perf_counter() - began) / steps * 1e3
+
+
+def _h2d_gbps() -> float:
+    host = torch.empty(512 * 2**20, dtype=torch.uint8, pin_memory=True)
+    dev = torch.empty_like(host, device="cuda")
+    dev.copy_(host, non_blocking=True)
+    torch.cuda.synchronize()
+    began = time.perf_counter()
+    for _ in range(5):
+        dev.copy_(host, non_blocking=True)
+    torch.cuda.synchronize()
+    return 5 * host.numel() / (time.perf_counter() - began) / 1e9
+
+
+def bench_offload(layers: int = 32, fractions: Sequence[float] = (0.25, 0.5, 0.75),
+                  steps: int = 24, warmup: int = 8, context: int = 4096) -> dict[str, Any]:
+    """Decode speed of the card-recipe Mixtral shape with its experts offloaded (CUDA).
+
+    For each cache size (a fraction of all experts) and with speculative prefetch off
+    and on: ms per token, hit rate, bytes copied per token, the bus floor those bytes
+    set, and the peak memory allocated, against the resident model's eager step.
+    Routing in a random model is close to uniform, the worst case for a cache.
+    """
+    from mixdesk.engine.bench import synthetic_mixtral  # noqa: PLC0415
+
+    gen = torch.Generator().manual_seed(0)
+    model = synthetic_mixtral(layers, context)
+    _decode_ms(model, warmup, 0, gen)  # compiles the kernels
+    resident_ms = _decode_ms(model, steps, warmup, gen)
+    resident_bytes = torch.cuda.memory_allocated()
+    h2d = _h2d_gbps()
+    total = layers * model.args.n_experts
+    host = offload_experts(model, slots=4, device="cuda").host
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    rows = []
+    pos = warmup + steps
+    for frac in fractions:
+        slots = max(4, round(frac * total))
+        for speculative in (False, True):
+            cache = ExpertCache(host, slots, "cuda")
+            rebind(model, cache, speculative=speculative)
+            torch.cuda.reset_peak_memory_stats()
+            _decode_ms(model, warmup, pos, gen)  # fill the cache
+            pos += warmup
+            cache.reset_stats()
+            ms = _decode_ms(model, steps, pos, gen)
+            pos += steps
+            st = cache.stats
+            copied = st.bytes_copied / steps
+            rows.append({
+                "cache_fraction": frac, "slots": slots, "speculative": speculative,
+                "ms_per_token": round(ms, 2), "tok_s": round(1e3 / ms, 2),
+                "hit_rate": round(st.hit_rate, 3),
+                "copied_gb_per_token": round(copied / 1e9, 3),
+                "bus_floor_ms": round(copied / (h2d * 1e9) * 1e3, 2),
+                "pct_of_bus_floor": round(100 * copied / (h2d * 1e9) * 1e3 / ms, 1),
+                "pool_gb": round(cache.pool_bytes / 1e9, 2),
+                "peak_allocated_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2),
+                "stats": asdict(st)})
+            log.info("%s", rows[-1])
+            del cache
+            torch.cuda.empty_cache()
+    return {"layers": layers, "experts": total, "h2d_gbps": round(h2d, 1),
+            "resident_ms_per_token_eager": round(resident_ms, 2),
+            "resident_allocated_gb": round(resident_bytes / 1e9, 2),
+            "offloaded_base_allocated_gb": round(base / 1e9, 2),
+            "expert_mb": round(ExpertCache(host, 1, "cuda").expert_bytes / 1e6, 1),
+            "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Offloaded-expert decode bench (CUDA).")
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--fractions", default="0.25,0.5,0.75")
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--out", help="write the results here as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    fractions = tuple(float(f) for f in args.fractions.split(","))
+    result = bench_offload(args.layers, fractions, args.steps)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

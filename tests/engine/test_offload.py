@@ -92,8 +92,9 @@ def small_quantized_model(gen: torch.Generator) -> Transformer:
                 w = getattr(expert, name).weight.data
                 setattr(expert, name, QuantLinear(quantize_weight(w, CARD_EXPERTS),
                                                   dtype=torch.float32))
-    model.setup_cache(32)
-    return model.requires_grad_(False).to(DEVICE)
+    model = model.requires_grad_(False).to(DEVICE)
+    model.setup_cache(32)  # on the device: RoPE tables are plain attributes, not buffers
+    return model
 
 
 def run_steps(model: Transformer, prompt: torch.Tensor, steps: int) -> torch.Tensor:
