@@ -129,8 +129,13 @@ def test_chat_show_folder_and_quantize_actions(qtbot: Any, make_gui: Any, models
     assert gui.session.model_info["path"] == str(quant)
     assert gui.window.pages.currentIndex() == CHAT_PAGE
     assert not gui.window.models_button.isChecked()
+    # the model menu reaches the page too
+    gui.window._fill_model_menu()
+    (entry,) = [a for a in gui.window.model_menu.actions() if a.text() == "Models and downloads…"]
+    with qtbot.waitSignal(page.refreshed, timeout=WAIT):
+        entry.trigger()
+    assert gui.window.pages.currentIndex() == MODELS_PAGE
 
-    page = show_page(qtbot, gui, GPU_24)
     hf = models / "Tiny-Mixtral-64"
     opened: list[str] = []
     monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url.toLocalFile()))
@@ -275,6 +280,10 @@ def test_hub_search_shows_download_sizes(qtbot: Any, tmp_path: Path, source_mode
     assert "has no safetensors weights" in bad.subtitle.text()
     assert not button(bad, "Download").isEnabled()
     assert page.search_status.text() == "2 models match “tiny-mixtral”."
+    with qtbot.waitSignal(page.download_finished, timeout=WAIT) as done:
+        qtbot.mouseClick(button(good, "Download"), Qt.MouseButton.LeftButton)
+    assert done.args == ["mistralai/Tiny-Mixtral-64", str(tmp_path / "Tiny-Mixtral-64")]
+    assert (tmp_path / "Tiny-Mixtral-64" / "config.json").is_file()
 
     page.search_edit.setText("no-such-model")
     with qtbot.waitSignal(page.search_finished, timeout=WAIT) as blocker:
