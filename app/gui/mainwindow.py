@@ -499,7 +499,10 @@ class MainWindow(QMainWindow):
     def _wizard_closed(self, wizard: QuantizeWizard) -> None:
         if self.wizard is wizard:
             self.wizard = None
-        wizard.deleteLater()
+        if wizard.pending:  # a check or plan still running reports into its pages first
+            wizard.idle.connect(wizard.deleteLater)
+        else:
+            wizard.deleteLater()
 
     @Slot()
     def _fill_model_menu(self) -> None:

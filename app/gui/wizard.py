@@ -306,7 +306,8 @@ class SourcePage(QWizardPage):
             self._checked_key = (key, token)
             self.wiz.next()
 
-        self._checking = run_in_background(lambda _p: check(kind, value, token, remember), done)
+        self._checking = self.wiz.background(lambda _p: check(kind, value, token, remember),
+                                             done)
         self.completeChanged.emit()
 
 
@@ -591,7 +592,7 @@ class BudgetPage(QWizardPage):
                 self.show_plan(result)
             self.completeChanged.emit()
 
-        run_in_background(task, done)
+        self.wiz.background(task, done)
 
     def show_plan(self, p: Any) -> None:
         from mixdesk.engine.fit import FIDELITY_TOP1, tok_s_text  # noqa: PLC0415
@@ -875,8 +876,8 @@ class RunPage(QWizardPage):
             self.job = None
             self._ended(result, error)
 
-        self.job = run_in_background(lambda progress: run_job(spec, progress, cancel),
-                                     done, self._on_progress)
+        self.job = self.wiz.background(lambda progress: run_job(spec, progress, cancel),
+                                       done, self._on_progress)
         self.wiz.job_started()
         self.completeChanged.emit()
 
@@ -1018,10 +1019,12 @@ class QuantizeWizard(QWizard):
     Signals:
         open_in_chat(path: str): Finish with "Open it in chat now" ticked.
         model_written(path: str): a quantized model was written (refresh the lists).
+        idle(): no background task of the wizard is running any more (it may be deleted).
     """
 
     open_in_chat = Signal(str)
     model_written = Signal(str)
+    idle = Signal()
 
     def __init__(self, models_folder: Path, models: list[LocalModel], *,
                  source: Path | None = None, gpu_probe: Callable[[], Any] | None = None,
@@ -1040,6 +1043,7 @@ class QuantizeWizard(QWizard):
         self.check_source = check_source
         self.run_job = run_job
         self.gpu_probe = gpu_probe or default_gpu_probe
+        self.pending = 0  # background tasks not yet reported
         self._gpu_waiters: list[Callable[[], None]] = []
         self._probing = False
         self._close_when_stopped = False
@@ -1055,6 +1059,20 @@ class QuantizeWizard(QWizard):
         unquantized = [m for m in models if m.kind != "mixdesk"]
         self.source_page.set_models(unquantized, source)
         self.probe_gpu()
+
+    def background(self, task: Callable[[Callable[[str, float], None]], Any],
+                   on_done: Callable[[Any, BaseException | None], None],
+                   on_progress: Callable[[str, float], None] | None = None) -> BackgroundTask:
+        """run_in_background, counted: the wizard is deleted only once every task reported."""
+        self.pending += 1
+
+        def done(result: Any, error: BaseException | None) -> None:
+            self.pending -= 1
+            on_done(result, error)
+            if self.pending == 0:
+                self.idle.emit()
+
+        return run_in_background(task, done, on_progress)
 
     def set_token(self, token: str | None) -> None:
         """A hub token the models page was given: prefill the source page's field."""
@@ -1075,7 +1093,7 @@ class QuantizeWizard(QWizard):
             for waiter in waiters:
                 waiter()
 
-        run_in_background(lambda _p: probe(), done)
+        self.background(lambda _p: probe(), done)
 
     def when_gpu_known(self, callback: Callable[[], None]) -> None:
         if self.state.gpu_known:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QCoreApplication, QEvent, Qt
 from PySide6.QtWidgets import QWizard
 from quantizable import write_quantizable_mixtral
 
@@ -405,3 +405,26 @@ def test_cli_quantize_budget_picks_the_recipe(source_model: Path, tmp_path: Path
     assert main(["quantize", str(source_model), str(forced), "--budget", "0.1",
                  "--recipe", "hqq-card"]) == 2
     assert "needs at least" in capsys.readouterr().err
+
+
+def test_closing_while_a_check_runs_waits_for_it_before_deleting(
+        qtbot: Any, make_gui: Any, models: Path, source_model: Path) -> None:
+    gui = make_gui()
+    release = threading.Event()
+
+    def slow_probe() -> GpuInfo:
+        release.wait(WAIT / 1000)
+        return GPU
+
+    gui.window.models_page.set_gpu_probe(slow_probe)
+    wizard = gui.window.open_wizard(models / source_model.name)
+    assert wizard.pending == 1  # the GPU probe
+    destroyed: list[bool] = []
+    wizard.destroyed.connect(lambda: destroyed.append(True))
+    wizard.reject()
+    assert gui.window.wizard is None
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)  # runs a deleteLater
+    assert not destroyed  # the probe still runs: the wizard outlives it
+    with qtbot.waitSignal(wizard.idle, timeout=WAIT):
+        release.set()
+    qtbot.waitUntil(lambda: bool(destroyed), timeout=WAIT)
