@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import shiboken6
 from PySide6.QtCore import Qt, QUrl, Signal, Slot
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
@@ -385,6 +386,8 @@ class ModelsPage(QWidget):
                            for m in models}
 
         def done(result: Any, error: BaseException | None) -> None:
+            if not shiboken6.isValid(self):  # the window closed meanwhile
+                return
             if seq != self._refresh_seq:
                 return  # a newer refresh is on its way
             if error is not None:
@@ -464,6 +467,8 @@ class ModelsPage(QWidget):
             shutil.rmtree(path)
 
         def done(_result: Any, error: BaseException | None) -> None:
+            if not shiboken6.isValid(self):  # the window closed meanwhile
+                return
             if error is not None:
                 self.notice.emit("error", f"Could not delete {path}: {error}")
             else:
@@ -564,10 +569,14 @@ class ModelsPage(QWidget):
                             cancel=cancel)
 
         def on_progress(stage: str, fraction: float) -> None:
+            if not shiboken6.isValid(self):  # the window closed meanwhile
+                return
             row.subtitle.setText(stage)
             row.progress.setValue(int(1000 * fraction))
 
         def done(result: Any, error: BaseException | None) -> None:
+            if not shiboken6.isValid(self):  # the window closed meanwhile
+                return
             job.task = None
             self._download_ended(job, result, error)
 
@@ -647,6 +656,8 @@ class ModelsPage(QWidget):
             return search_hub(query, token=token)
 
         def done(result: Any, error: BaseException | None) -> None:
+            if not shiboken6.isValid(self):  # the window closed meanwhile
+                return
             self._search_job = None
             self.search_button.setEnabled(True)
             for card in self.result_cards.values():

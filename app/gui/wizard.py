@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import shiboken6
 from PySide6.QtCore import QRectF, QSize, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QColor, QPainter, QPaintEvent
 from PySide6.QtWidgets import (
@@ -1067,12 +1068,18 @@ class QuantizeWizard(QWizard):
         self.pending += 1
 
         def done(result: Any, error: BaseException | None) -> None:
+            if not shiboken6.isValid(self):  # its window closed meanwhile
+                return
             self.pending -= 1
             on_done(result, error)
             if self.pending == 0:
                 self.idle.emit()
 
-        return run_in_background(task, done, on_progress)
+        def progress(stage: str, fraction: float) -> None:
+            if on_progress is not None and shiboken6.isValid(self):
+                on_progress(stage, fraction)
+
+        return run_in_background(task, done, progress)
 
     def set_token(self, token: str | None) -> None:
         """A hub token the models page was given: prefill the source page's field."""
