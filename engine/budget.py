@@ -13,11 +13,13 @@ Sizes are decimal: 1 GB = 1e9 bytes, as the app and DESIGN.md print them.
 Bandwidths and the CUDA context are measured once per GPU (`measure_gpu`) and
 cached in `$MIXDESK_HOME/hardware.json`; until then the defaults below are used.
 
-What the engine does today, and the plan counts: on CUDA each quantized weight is
-held twice, its stored form (prefill's torch dequantize path reads it) and the
-kernels' packed copy (decode). `kernel_copy=False` prices the layout the design
-aims at (one copy). Meta offload needs `engine/offload.py`, not built yet: a plan
-that keeps meta on the host says so in `Plan.runnable`, and the loader refuses it.
+On CUDA each quantized weight is held once, in the kernels' packed form (decode
+reads it, prefill dequantizes from it); `kernel_copy=True` also counts a second,
+stored copy, as the engine held before. Offloading meta (the card's 13.6 GB layout)
+is priced but not built: such a plan says so in `Plan.runnable`. What the offload
+engine runs instead (`engine/offload.py`) is EXPERTS_ON_HOST: the experts in pinned
+host memory and the rest of the budget a GPU cache of them. The loader asks for
+runnable plans only (`runnable_only`), which puts that in place of a meta placement.
 """
 
 from __future__ import annotations
@@ -60,6 +62,12 @@ DEFAULT_H2D_GBPS = 25.0  # PCIe 4 x16 as measured on consumer boards
 KL_UNKNOWN = math.inf
 
 PLACEMENTS = ("resident", "expert meta on host", "all meta on host")
+# What the offload engine (engine.offload) runs: the experts' packed copies in pinned host
+# memory, the VRAM left over a cache of whole experts. Offered in place of a meta placement
+# that today's engine cannot run.
+EXPERTS_ON_HOST = "experts on host"
+MIN_SLOTS_PER_TOP_K = 2  # a decode step needs top_k slots; twice that, so one layer's
+# experts never evict the ones the step is about to read
 
 
 # ---------------------------------------------------------------------------- hardware
@@ -399,10 +407,13 @@ class Plan:
         kv_bytes_full: extra GPU reads per token with the cache full.
         gpu: whose bandwidths predict the speed.
         budget_bytes: the budget it was made for.
-        kernel_copy: the kernels' packed copy is counted (today's engine on CUDA).
+        kernel_copy: a second, stored copy of each packed weight is counted.
         runnable: None when today's engine runs the plan, else why not.
         fidelity_kl: measured KL of the recipe on smol-moe (docs/QUALITY.md).
         options: (recipe, placement, VRAM bytes) of every option weighed.
+        expert_slots: experts the GPU caches (placement EXPERTS_ON_HOST), else 0.
+        expert_hit_rate: the cache's predicted hit rate under uniform routing
+            (slots / all experts; measured 24.7% and 76.8% at 25% and 75% on an H100).
     """
 
     model: str
@@ -422,6 +433,8 @@ class Plan:
     runnable: str | None
     fidelity_kl: float
     options: tuple[tuple[str, str, int], ...] = field(default=(), compare=False)
+    expert_slots: int = 0
+    expert_hit_rate: float = 0.0
 
     @property
     def vram_total(self) -> int:
@@ -450,11 +463,13 @@ class Plan:
                     "h2d_gbps": self.gpu.h2d_gbps, "measured": self.gpu.measured},
             "kernel_copy": self.kernel_copy, "runnable": self.runnable,
             "fidelity_kl": None if math.isinf(self.fidelity_kl) else self.fidelity_kl,
+            "expert_slots": self.expert_slots,
+            "expert_hit_rate": round(self.expert_hit_rate, 3),
         }
 
 
 def price_plan(source: ModelSource, recipe: Recipe, placement: str, gpu: GpuInfo, *,
-               context: int, prompt_tokens: int | None = None, kernel_copy: bool = True,
+               context: int, prompt_tokens: int | None = None, kernel_copy: bool = False,
                budget_bytes: int = 0, weights: list[WeightBytes] | None = None) -> Plan:
     """The Plan of one recipe and placement, priced (no fitting)."""
     args = source.args
@@ -496,6 +511,47 @@ def price_plan(source: ModelSource, recipe: Recipe, placement: str, gpu: GpuInfo
                 RECIPE_KL.get(recipe.name, KL_UNKNOWN))
 
 
+def price_experts_on_host(source: ModelSource, recipe: Recipe, gpu: GpuInfo, budget: int, *,
+                          context: int, prompt_tokens: int | None = None,
+                          weights: list[WeightBytes] | None = None,
+                          slots: int | None = None) -> Plan | None:
+    """The experts in pinned host memory and the rest of `budget` a GPU cache of them.
+
+    `slots` fixes the cache size instead (the smallest plan, for error messages). None
+    when the kernels do not take the experts (nothing to offload) or fewer than
+    MIN_SLOTS_PER_TOP_K * top_k experts fit beside everything else.
+    """
+    args = source.args
+    weights = weights if weights is not None else source.priced(recipe)
+    experts = [w for w in weights if w.kind == "experts"]
+    if not experts or any(w.spec is None or w.packed == 0 for w in experts):
+        return None
+    rest = [w for w in weights if w.kind != "experts"]
+    base = price_plan(source, recipe, "resident", gpu, context=context,
+                      prompt_tokens=prompt_tokens, kernel_copy=False, budget_bytes=budget,
+                      weights=rest)
+    n_experts = args.n_layers * args.n_experts
+    host = sum(w.packed for w in experts)
+    one = host // n_experts  # w1, w3 and w2 of one expert, packed
+    vram = dict(base.vram)
+    # prefill dequantizes one expert from its slot: w1 and w3, then w2, in fp16
+    vram["workspace"] = max(vram["workspace"],
+                            sum(math.prod(w.shape) for w in experts) // n_experts * DTYPE_BYTES)
+    if slots is None:
+        slots = min(n_experts, (budget - sum(vram.values())) // one)
+        if slots < MIN_SLOTS_PER_TOP_K * args.top_k:
+            return None
+    vram["expert cache"] = slots * one
+    hit = slots / n_experts
+    active = args.n_layers * args.top_k
+    tensors = {**base.tensors,
+               "experts": f"pinned host memory, {slots} of {n_experts} cached on the GPU"}
+    return replace(base, placement=EXPERTS_ON_HOST, tensors=tensors, vram=vram, host_bytes=host,
+                   hbm_bytes_per_token=base.hbm_bytes_per_token + active * one,
+                   h2d_bytes_per_token=round(active * (1 - hit) * one), runnable=None,
+                   expert_slots=slots, expert_hit_rate=hit)
+
+
 def _host_ram_available() -> int:
     import psutil  # noqa: PLC0415
 
@@ -505,7 +561,7 @@ def _host_ram_available() -> int:
 def plan(model: str | Path | ModelArgs | Mapping[str, Any] | ModelSource, gpu: GpuInfo | None,
          budget_gb: float | None = None, context: int = 4096, *,
          recipe: str | Recipe | None = None, prompt_tokens: int | None = None,
-         kernel_copy: bool = True, host_ram_bytes: int | None = None,
+         kernel_copy: bool = False, host_ram_bytes: int | None = None,
          runnable_only: bool = False) -> Plan:
     """The best-fidelity plan that fits the budget.
 
@@ -522,9 +578,11 @@ def plan(model: str | Path | ModelArgs | Mapping[str, Any] | ModelSource, gpu: G
         context: KV cache length in tokens.
         recipe: force one recipe (name or Recipe).
         prompt_tokens: the longest prompt prefilled in one forward (PREFILL_TOKENS).
-        kernel_copy: count the kernels' packed copy (today's engine on CUDA).
+        kernel_copy: also count a stored copy beside each packed weight (the engine
+            before it held each weight once).
         host_ram_bytes: RAM available for pinned meta (default: psutil's available).
-        runnable_only: skip plans today's engine cannot run (meta offload).
+        runnable_only: only plans today's engine runs: a meta placement that fits is
+            replaced by the same recipe with its experts on the host (EXPERTS_ON_HOST).
 
     Raises:
         OutOfVRAMError: nothing fits; the message names the smallest budget that works.
@@ -546,21 +604,75 @@ def plan(model: str | Path | ModelArgs | Mapping[str, Any] | ModelSource, gpu: G
     else:
         recipes = [RECIPES[name] for name in FIDELITY_ORDER]
     host_free = host_ram_bytes if host_ram_bytes is not None else _host_ram_available()
-    placements = PLACEMENTS[:1] if runnable_only else PLACEMENTS
-    weighed: list[Plan] = []
+    search = _Search(source, gpu, budget, context, prompt_tokens, kernel_copy, host_free)
     for rec in recipes:
-        weights = source.priced(rec)
-        for placement in placements:
+        found = search.first_fit(rec, runnable_only=runnable_only)
+        if found is not None:
+            return found
+    found = search.experts_on_host(recipes)
+    if found is not None:
+        return found
+    raise OutOfVRAMError(_nothing_fits(source, search.weighed, budget, host_free, gpu))
+
+
+@dataclass
+class _Search:
+    """One call of `plan`: what it was asked, and every plan weighed so far."""
+
+    source: ModelSource
+    gpu: GpuInfo
+    budget: int
+    context: int
+    prompt_tokens: int | None
+    kernel_copy: bool
+    host_free: int
+    weighed: list[Plan] = field(default_factory=list)
+
+    def _take(self, p: Plan) -> Plan:
+        options = tuple((q.recipe.name, q.placement, q.vram_total) for q in self.weighed)
+        return replace(p, options=options)
+
+    def first_fit(self, rec: Recipe, *, runnable_only: bool) -> Plan | None:
+        """The recipe resident, else with its meta on the host (or, for `runnable_only`,
+        its experts on the host in place of a meta placement), whichever fits first."""
+        weights = self.source.priced(rec)
+        for placement in PLACEMENTS:
             if placement != "resident" and not any(e.offload_meta for e in rec.entries):
                 continue
-            p = price_plan(source, rec, placement, gpu, context=context,
-                           prompt_tokens=prompt_tokens, kernel_copy=kernel_copy,
-                           budget_bytes=budget, weights=weights)
-            weighed.append(p)
-            if p.vram_total <= budget and p.host_bytes <= host_free:
-                options = tuple((q.recipe.name, q.placement, q.vram_total) for q in weighed)
-                return replace(p, options=options)
-    raise OutOfVRAMError(_nothing_fits(source, weighed, budget, host_free, gpu))
+            p = price_plan(self.source, rec, placement, self.gpu, context=self.context,
+                           prompt_tokens=self.prompt_tokens, kernel_copy=self.kernel_copy,
+                           budget_bytes=self.budget, weights=weights)
+            self.weighed.append(p)
+            if p.vram_total > self.budget or p.host_bytes > self.host_free:
+                continue
+            if p.runnable is not None and runnable_only:
+                runs = price_experts_on_host(self.source, rec, self.gpu, self.budget,
+                                             context=self.context,
+                                             prompt_tokens=self.prompt_tokens, weights=weights)
+                if runs is None or runs.host_bytes > self.host_free:
+                    continue
+                self.weighed.append(runs)
+                p = runs
+            return self._take(p)
+        return None
+
+    def experts_on_host(self, recipes: list[Recipe]) -> Plan | None:
+        """When nothing fits even with its meta on the host, the experts go to the host,
+        best fidelity first (packed, the recipes' experts differ little in size, so in
+        speed). Each recipe's smallest such plan is weighed, for the error message."""
+        for rec in recipes:
+            runs = price_experts_on_host(self.source, rec, self.gpu, self.budget,
+                                         context=self.context, prompt_tokens=self.prompt_tokens)
+            if runs is not None and runs.host_bytes <= self.host_free:
+                self.weighed.append(runs)
+                return self._take(runs)
+            least = price_experts_on_host(self.source, rec, self.gpu, self.budget,
+                                          context=self.context,
+                                          prompt_tokens=self.prompt_tokens,
+                                          slots=MIN_SLOTS_PER_TOP_K * self.source.args.top_k)
+            if least is not None:
+                self.weighed.append(least)
+        return None
 
 
 def _nothing_fits(source: ModelSource, weighed: list[Plan], budget: int, host_free: int,
@@ -638,8 +750,11 @@ def describe_plan(p: Plan) -> str:
               f"    {1e3 * p.decode_s:.1f} ms per token, {p.tok_s:.1f} tok/s at most "
               f"(a full context reads {p.kv_bytes_full / GB:.2f} GB more)"]
     if p.kernel_copy and p.vram["kernel copy"]:
-        lines.append("  note: the engine holds each quantized weight twice on CUDA today "
-                     "(stored form for prefill, packed copy for decode)")
+        lines.append("  note: counts a stored copy beside each packed weight (the engine "
+                     "holds one)")
+    if p.expert_slots:
+        lines.append(f"  note: the cache's hit rate, {p.expert_hit_rate:.0%}, assumes "
+                     "uniform routing; real routing repeats experts more")
     if p.runnable is not None:
         lines.append(f"  note: {p.runnable}")
     return "\n".join(lines)

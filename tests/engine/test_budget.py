@@ -11,6 +11,7 @@ import pytest
 
 from mixdesk.engine import budget
 from mixdesk.engine.budget import (
+    EXPERTS_ON_HOST,
     GB,
     GpuInfo,
     check_fits,
@@ -76,10 +77,11 @@ def test_bits_per_weight_match_the_recipe() -> None:
     assert bits == pytest.approx(RECIPES["hqq-card"].entries[1].spec.bits_per_weight(), abs=1e-3)
 
 
-def test_kernel_copy_is_counted_today() -> None:
+def test_a_second_copy_is_counted_when_asked() -> None:
     one, two = card("resident"), card("resident", kernel_copy=True)
+    assert one.vram["kernel copy"] == 0 and plan(MIXTRAL_8X7B, H100, 60, 4096).kernel_copy is False
     assert two.vram["kernel copy"] > 0.9 * (one.vram["weights"] + one.vram["meta"])
-    assert "twice" in describe_plan(two)
+    assert "stored copy" in describe_plan(two)
 
 
 def test_kv_cache_scales_with_context() -> None:
@@ -106,20 +108,54 @@ def test_more_budget_never_worse_fidelity() -> None:
 
 
 def test_meta_offload_comes_before_lower_fidelity() -> None:
-    resident = card("resident", kernel_copy=True).vram_total
+    resident = card("resident").vram_total
     p = plan(MIXTRAL_8X7B, H100, resident / GB - 1, 4096, recipe="hqq-card", host_ram_bytes=RAM)
     assert p.recipe.name == "hqq-card" and p.placement != "resident"
 
 
 def test_too_small_budget_names_the_smallest_that_works() -> None:
     with pytest.raises(OutOfVRAMError) as err:
-        plan(MIXTRAL_8X7B, H100, 8, 4096, host_ram_bytes=RAM)
+        plan(MIXTRAL_8X7B, H100, 2, 4096, host_ram_bytes=RAM)
     message = str(err.value)
     need = float(message.split("at least ")[1].split(" GB", maxsplit=1)[0])
     assert plan(MIXTRAL_8X7B, H100, need, 4096, host_ram_bytes=RAM).vram_total <= need * GB
     with pytest.raises(OutOfVRAMError):
         plan(MIXTRAL_8X7B, H100, need - 0.2, 4096, host_ram_bytes=RAM)
-    assert "budget is 8.0 GB" in message
+    assert "budget is 2.0 GB" in message and "experts on host" in message
+
+
+def test_the_engine_runs_experts_on_host_where_the_card_keeps_meta_there() -> None:
+    """Meta offload is not built; the same recipe with its experts cached from the host is."""
+    meta = plan(MIXTRAL_8X7B, H100, 16, 4096, host_ram_bytes=RAM, kernel_copy=False)
+    assert (meta.recipe.name, meta.placement) == ("hqq-card", "expert meta on host")
+    p = plan(MIXTRAL_8X7B, H100, 16, 4096, host_ram_bytes=RAM, runnable_only=True,
+             kernel_copy=False)
+    assert (p.recipe.name, p.placement, p.runnable) == ("hqq-card", EXPERTS_ON_HOST, None)
+    check_fits(p, H100)
+    experts = [w for w in model_source(MIXTRAL_8X7B).priced(RECIPES["hqq-card"])
+               if w.kind == "experts"]
+    one = sum(w.packed for w in experts) // 256  # w1, w3, w2 of one expert, packed
+    assert near(one / 1e6, 90.8, 0.01)  # the H100 run's expert_mb
+    assert p.host_bytes == sum(w.packed for w in experts)
+    assert p.vram["expert cache"] == p.expert_slots * one
+    rest = p.vram_total - p.vram["expert cache"]
+    assert p.expert_slots == (16 * 10**9 - rest) // one  # the whole rest of the budget
+    assert p.expert_hit_rate == pytest.approx(p.expert_slots / 256)
+    assert p.h2d_bytes_per_token == round(64 * (1 - p.expert_hit_rate) * one)
+    assert "cached on the GPU" in p.tensors["experts"] and p.tensors["attention"] == "GPU"
+    assert p.to_dict()["expert_slots"] == p.expert_slots
+
+
+@pytest.mark.parametrize("budget_gb", [4, 8, 12, 13.6])
+def test_small_cards_run_with_experts_on_host(budget_gb: float) -> None:
+    p = plan(MIXTRAL_8X7B, H100, budget_gb, 4096, host_ram_bytes=RAM, runnable_only=True,
+             kernel_copy=False)
+    assert p.placement == EXPERTS_ON_HOST and p.runnable is None
+    assert p.vram_total <= budget_gb * GB
+    assert budget.MIN_SLOTS_PER_TOP_K * 2 <= p.expert_slots < 256
+    with pytest.raises(OutOfVRAMError, match="host RAM"):  # 23 GB of experts to pin
+        plan(MIXTRAL_8X7B, H100, budget_gb, 4096, host_ram_bytes=8 * 10**9,
+             runnable_only=True, kernel_copy=False)
 
 
 def test_host_ram_is_checked() -> None:
