@@ -217,7 +217,7 @@ def test_download_gated_then_token_then_cancel_and_resume(
     assert "Token saved" in gui.window.banner.text()
 
     # with the token: running, then cancelled mid-way (transfers slowed down)
-    fake_hub.throttle_s = 0.05
+    fake_hub.throttle_s = 0.1  # about 8 s for the whole repo: time to click Cancel
     qtbot.mouseClick(button(row, "Try again"), Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: row.progress.value() > 0, timeout=WAIT)
     assert " of " in row.subtitle.text() and "/s" in row.subtitle.text()
