@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from mixdesk.engine.errors import ModelFormatError, NoGPUError, TokenizerError
 from mixdesk.engine.model import Transformer
 from mixdesk.engine.paths import demo_model_dir
 from mixdesk.engine.qformat import is_quantized_folder, load_quantized_into
+
+if TYPE_CHECKING:
+    from mixdesk.engine.budget import Plan
 
 log = logging.getLogger("mixdesk.engine.loader")
 
@@ -136,12 +139,15 @@ def load_model(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = to
     args = ModelArgs.from_folder(folder)
     tokenizer = load_tokenizer(folder)
     context = min(context or DEFAULT_CONTEXT, args.max_seq_len)
+    slots = None
     if budget_gb is not None:
-        enforce_budget(folder, device, budget_gb, context)
+        fitted = enforce_budget(folder, device, budget_gb, context)
+        slots = fitted.expert_slots if fitted is not None and fitted.expert_slots else None
     if is_quantized_folder(folder):  # the mixdesk quantized format (engine.qformat)
         with torch.device("meta"):
             model = Transformer(args)
-        load_quantized_into(model, folder, device, dtype, cache_dequantized=device == "cpu")
+        load_quantized_into(model, folder, device, dtype, cache_dequantized=device == "cpu",
+                            expert_slots=slots)
         model.eval()
         model.setup_cache(context)
         return LoadedModel(folder, args, model, tokenizer, torch.device(device), dtype, context)
@@ -170,14 +176,16 @@ def load_model(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = to
     return LoadedModel(folder, args, model, tokenizer, torch.device(device), dtype, context)
 
 
-def enforce_budget(folder: Path, device: str, budget_gb: float, context: int) -> None:
-    """Refuse a GPU load that the plan for `budget_gb` cannot hold (engine.budget).
+def enforce_budget(folder: Path, device: str, budget_gb: float, context: int) -> Plan | None:
+    """The plan for `budget_gb` (engine.budget); refuse a GPU load it cannot hold.
 
     A folder that is not quantized loads dense, so it is planned without a recipe.
+    A plan with EXPERTS_ON_HOST tells the loader how many experts to cache.
+    Returns None off the GPU, where no budget applies.
     """
     if not device.startswith("cuda"):
         log.info("a VRAM budget applies to GPU loads; ignored on %s", device)
-        return
+        return None
     from mixdesk.engine.budget import check_fits, detect_gpu, plan  # noqa: PLC0415
     from mixdesk.engine.quantize import Recipe  # noqa: PLC0415
 
@@ -187,8 +195,9 @@ def enforce_budget(folder: Path, device: str, budget_gb: float, context: int) ->
     fitted = plan(folder, gpu, budget_gb, context, recipe=dense, runnable_only=True,
                   kernel_copy=False)
     check_fits(fitted, gpu)
-    log.info("plan: %s, %.2f GB of VRAM predicted, budget %.1f GB", fitted.recipe.name,
-             fitted.vram_total / 1e9, budget_gb)
+    log.info("plan: %s, %s, %.2f GB of VRAM predicted, budget %.1f GB", fitted.recipe.name,
+             fitted.placement, fitted.vram_total / 1e9, budget_gb)
+    return fitted
 
 
 def _read_state(checkpoint: Checkpoint, args: ModelArgs, dtype: torch.dtype

@@ -49,9 +49,10 @@ from mixdesk.engine.errors import (
     JobCancelled,
     ModelFormatError,
     NoGPUError,
+    OutOfVRAMError,
     OutputFolderError,
 )
-from mixdesk.engine.fastpath import enable_kernels
+from mixdesk.engine.fastpath import enable_kernels, kernels_unavailable
 from mixdesk.engine.quantize import (
     QuantizedWeight,
     QuantLinear,
@@ -645,7 +646,8 @@ def iter_file_tensors(path: Path) -> Iterable[tuple[str, torch.Tensor]]:
 
 def load_quantized_into(model: nn.Module, folder: Path, device: torch.device | str,
                         dtype: torch.dtype, *, verify_hashes: bool = True,
-                        cache_dequantized: bool = False, kernels: bool = True) -> None:
+                        cache_dequantized: bool = False, kernels: bool = True,
+                        expert_slots: int | None = None) -> None:
     """Replace the model's quantized Linear modules by QuantLinear and load every tensor.
 
     Works on a model built on the meta device: every parameter is assigned. Then,
@@ -662,10 +664,14 @@ def load_quantized_into(model: nn.Module, folder: Path, device: torch.device | s
             first call (fast on the CPU, costs full-size memory).
         kernels: use the fused kernels where the device runs them; False keeps
             the torch dequantize path everywhere.
+        expert_slots: keep the experts in pinned host memory and cache this many on
+            the device (engine.offload; the plan's EXPERTS_ON_HOST). Needs the kernels.
 
     Raises:
         ModelFormatError: the folder is damaged or does not fit the model.
+        OutOfVRAMError: `expert_slots` was asked for where the kernels cannot run.
     """
+    _check_experts_on_host(expert_slots, device, kernels=kernels)
     qf = open_quantized(folder, verify_hashes=verify_hashes)
     weights = qf.manifest["weights"]
     params = dict(model.named_parameters())
@@ -687,8 +693,10 @@ def load_quantized_into(model: nn.Module, folder: Path, device: torch.device | s
                     qw = QuantizedWeight.from_tensors(prefix, spec, tuple(info["shape"]), stored)
                 except KeyError as missing:
                     raise ModelFormatError(f"{path}: lacks {missing}") from None
-                _swap_linear(model, prefix, qw, device=device, dtype=dtype,
-                             cache=cache_dequantized, path=path)
+                # offloaded experts are packed on the host and never touch the device
+                on_host = expert_slots is not None and ".experts." in prefix
+                _swap_linear(model, prefix, qw, device="cpu" if on_host else device,
+                             dtype=dtype, cache=cache_dequantized, path=path)
             loaded.add(name)
     args = qf.manifest.get("args", {})
     if "lm_head.weight" not in loaded and args.get("tie_embeddings") and \
@@ -704,6 +712,7 @@ def load_quantized_into(model: nn.Module, folder: Path, device: torch.device | s
         enable_kernels(model, device)
     else:
         log.info("kernels turned off: the torch dequantize path is used")
+    _experts_on_host(model, qf.folder, expert_slots, device)
 
 
 def _parent(model: nn.Module, dotted: str, path: Path) -> tuple[nn.Module, str]:
@@ -727,6 +736,29 @@ def _assign_param(model: nn.Module, name: str, tensor: torch.Tensor, path: Path)
         setattr(parent, leaf, tensor)
     else:
         setattr(parent, leaf, nn.Parameter(tensor, requires_grad=False))
+
+
+def _check_experts_on_host(slots: int | None, device: torch.device | str, *,
+                           kernels: bool) -> None:
+    if slots is None:
+        return
+    reason = kernels_unavailable(device) if kernels else "kernels turned off"
+    if reason is not None:
+        raise OutOfVRAMError(f"keeping the experts in host memory needs the CUDA kernels "
+                             f"({reason}); load with a budget that holds the whole model")
+
+
+def _experts_on_host(model: nn.Module, folder: Path, slots: int | None,
+                     device: torch.device | str) -> None:
+    if slots is None:
+        return
+    from mixdesk.engine.offload import offload_experts  # noqa: PLC0415
+
+    try:
+        offload_experts(model, slots, device)
+    except ValueError as bad:  # experts of a shape the kernels do not take
+        raise OutOfVRAMError(f"{folder}: its experts cannot live in host memory ({bad}); "
+                             "load with a budget that holds the whole model") from None
 
 
 def _swap_linear(model: nn.Module, prefix: str, qw: QuantizedWeight, *,

@@ -8,15 +8,21 @@ on failure.
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from mixdesk.engine import fastpath
+from mixdesk.engine import fastpath, loader, qformat
 from mixdesk.engine.config import ModelArgs
+from mixdesk.engine.errors import OutOfVRAMError
+from mixdesk.engine.loader import load_model
 from mixdesk.engine.model import MoE, Transformer
 from mixdesk.engine.offload import ExpertCache, expert_bytes, offload_experts
+from mixdesk.engine.qformat import quantize_model
 from mixdesk.engine.quantize import QuantLinear, QuantSpec, quantize_weight
 from mixdesk.kernels.layout import pack, random_logical, stack
 
@@ -136,3 +142,55 @@ def test_offload_needs_fused_layers() -> None:
     model = small_quantized_model(torch.Generator().manual_seed(3))
     with pytest.raises(ValueError, match="must be fused"):
         offload_experts(model, slots=3, device=DEVICE)
+
+
+@pytest.fixture(scope="module")
+def card_folder(tmp_path_factory: pytest.TempPathFactory, tiny_mixtral: Path) -> Path:
+    """A random 2-layer Mixtral whose expert shapes the kernels take, quantized (hqq-card)."""
+    from transformers import MixtralConfig, MixtralForCausalLM  # noqa: PLC0415
+
+    tmp = tmp_path_factory.mktemp("offload")
+    config = MixtralConfig(vocab_size=331, hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           head_dim=16, num_local_experts=4, num_experts_per_tok=2,
+                           max_position_embeddings=128)
+    torch.manual_seed(time.time_ns() % 2**31)
+    MixtralForCausalLM(config).save_pretrained(tmp / "src")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(tiny_mixtral / name, tmp / "src" / name)  # the tiny fixture's 331 tokens
+    return quantize_model(tmp / "src", tmp / "card", "hqq-card")
+
+
+@pytest.fixture
+def kernels_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let the loader take the kernel path on the CPU (the interpreter runs the kernels)."""
+    if not CUDA:
+        for module in (fastpath, qformat):
+            monkeypatch.setattr(module, "kernels_unavailable", lambda _device: None)
+
+
+@pytest.mark.usefixtures("kernels_on_cpu")
+def test_a_plan_with_experts_on_host_loads_them_there(card_folder: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    resident = load_model(card_folder, device=DEVICE, context=32)
+    plan = SimpleNamespace(placement="experts on host", expert_slots=3)
+    monkeypatch.setattr(loader, "enforce_budget", lambda *_args: plan)
+    offloaded = load_model(card_folder, device=DEVICE, context=32, budget_gb=1.0)
+    moes = [m for m in offloaded.model.modules() if isinstance(m, MoE)]
+    assert len(moes) == 2 and all(m.offload is not None and m.packed is None for m in moes)
+    cache = moes[0].offload.cache  # type: ignore[union-attr]
+    assert cache.slots == 3 and cache.host[1][1].codes.device.type == "cpu"
+    experts = [p for m in moes for p in m.experts.parameters()] + \
+        [b for m in moes for b in m.experts.buffers()]
+    assert all(t.device.type == "cpu" for t in experts)  # no expert ever reached the device
+    prompt = torch.randint(0, 331, (6,)).to(DEVICE)
+    want = run_steps(resident.model, prompt, 4)
+    got = run_steps(offloaded.model, prompt, 4)
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-4
+    assert cache.stats.misses > 0
+
+
+def test_experts_on_host_needs_the_kernels(card_folder: Path) -> None:
+    with pytest.raises(OutOfVRAMError, match="needs the CUDA kernels"):
+        qformat.load_quantized_into(Transformer(ModelArgs.from_folder(card_folder)), card_folder,
+                                    "cpu", torch.float32, expert_slots=3, kernels=False)
