@@ -290,7 +290,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if gpu is None and args.budget is None:
         raise NoGPUError("no CUDA GPU here; give --budget GB to plan for one")
     recipe = get_recipe(args.recipe) if args.recipe else None
-    fitted = plan(resolve_model_path(args.model), gpu, args.budget, args.context, recipe=recipe)
+    # what loading would run (meta offload is priced but not built: engine.budget)
+    fitted = plan(resolve_model_path(args.model), gpu, args.budget, args.context, recipe=recipe,
+                  runnable_only=True)
     print(json.dumps(fitted.to_dict(), indent=1) if args.json else describe_plan(fitted))
     return 0
 
