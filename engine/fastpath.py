@@ -255,6 +255,8 @@ class DecodeGraph:
         if self.graph is None or self.cache_ptr != _cache_ptr(model):
             try:
                 self._capture(model)
+            except torch.OutOfMemoryError:
+                raise  # not the graph's fault: generate reports it, the next request recaptures
             except RuntimeError as bad:  # a step that cannot be captured still runs, eagerly
                 log.warning("CUDA graph capture failed, decode steps run eagerly: %s", bad)
                 self.failed = True
