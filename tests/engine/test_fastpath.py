@@ -144,3 +144,29 @@ def test_no_decode_graph_off_cuda(tiny_mixtral: Path) -> None:
     lm = load_model(tiny_mixtral, device="cpu")
     assert fastpath.graph_reason(lm.model) == "the model is not on CUDA"
     assert fastpath.decode_graph(lm.model) is None
+
+
+def test_decode_graph_capture_out_of_memory_is_not_a_graph_failure(
+        tiny_mixtral: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of memory while capturing propagates (generate turns it into a typed error) and the
+    next step tries the graph again; any other capture error falls back to eager steps."""
+    lm = load_model(tiny_mixtral, device="cpu", context=16)
+    graph = fastpath.DecodeGraph(torch.device("cpu"), compile_glue=False)
+    token = torch.tensor([5])
+
+    def out_of_memory(_model: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(graph, "_capture", out_of_memory)
+    with torch.inference_mode(), pytest.raises(torch.OutOfMemoryError):
+        graph.step(lm.model, token, 0)
+    assert not graph.failed
+
+    def broken(_model: object) -> None:
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(graph, "_capture", broken)
+    with torch.inference_mode():
+        logits = graph.step(lm.model, token, 0)
+        want = lm.model(token.reshape(1, 1), torch.tensor([0]))[0, -1]
+    assert graph.failed and torch.equal(logits, want)
