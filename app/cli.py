@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--recipe", default=None, help="force a recipe (default: the best that fits)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
 
+    sub.add_parser("bench", add_help=False,
+                   help="GPU benchmarks: kernels, decode, TTFT, hqq's path; `bench offload`: "
+                        "experts on host (`mixdesk bench --help` lists the arguments)")
+
     imp = sub.add_parser("import-hqq", help="import a published hqq 0.1.x checkpoint (qmodel.pt)")
     imp.add_argument("source", help="a folder with qmodel.pt and config.json")
     imp.add_argument("dest", help="a new or empty output folder")
@@ -297,6 +301,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """`mixdesk bench ARGS`: engine.bench's own command line (`offload ...`: engine.offload's)."""
+    rest = list(args.rest)
+    if "-h" in rest or "--help" in rest:
+        from mixdesk.engine.bench import main as bench_help  # noqa: PLC0415
+
+        return bench_help(["--help"]) if rest[:1] != ["offload"] else 0
+    import torch  # noqa: PLC0415
+
+    if not torch.cuda.is_available():
+        raise NoGPUError("mixdesk bench times the CUDA kernels and engine, and no CUDA GPU is "
+                         "here; `mixdesk plan --budget GB` predicts speeds without one")
+    if rest[:1] == ["offload"]:
+        from mixdesk.engine.offload import main as offload_main  # noqa: PLC0415
+
+        return offload_main(rest[1:])
+    from mixdesk.engine.bench import main as bench_main  # noqa: PLC0415
+
+    return bench_main(rest)
+
+
 def _download_progress(event: Any) -> None:
     from mixdesk.engine.hub import human_bytes  # noqa: PLC0415
 
@@ -356,6 +381,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "quantize": cmd_quantize,
     "download": cmd_download,
     "plan": cmd_plan,
+    "bench": cmd_bench,
     "import-hqq": cmd_import_hqq,
     "gui": cmd_gui,
 }
@@ -364,7 +390,14 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command == "bench":  # the bench modules parse their own arguments
+        cut = argv.index("bench") + 1
+        args = build_parser().parse_args(argv[:cut])
+        args.rest = argv[cut:]
+    else:
+        args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

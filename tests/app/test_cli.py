@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mixdesk.engine.events import Done, SamplingParams
 from mixdesk.engine.generate import generate
@@ -210,3 +211,16 @@ def test_plan_prints_a_table_and_refuses_a_tiny_budget(
     assert "4bit-g64" in out and "kv cache" in out and "tok/s" in out
     assert main(["plan", str(tiny_mixtral), "--budget", "0.01", "--context", "64"]) == 2
     assert "needs at least" in capsys.readouterr().err
+
+
+def test_bench_without_a_gpu_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    from mixdesk.app.cli import main  # noqa: PLC0415
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: bench would run")
+    assert main(["bench", "--sections", "engine", "--axes", "0"]) == 2
+    assert "no CUDA GPU is here" in capsys.readouterr().err
+    assert main(["-v", "bench", "offload", "--layers", "2"]) == 2
+    with pytest.raises(SystemExit) as shown:  # the bench module's own help
+        main(["bench", "--help"])
+    assert shown.value.code == 0 and "--sections" in capsys.readouterr().out
