@@ -321,6 +321,16 @@ def model_source(model: str | Path | ModelArgs | Mapping[str, Any] | ModelSource
     from mixdesk.engine.qformat import is_quantized_folder, read_manifest  # noqa: PLC0415
 
     folder = Path(model).expanduser()
+    if not folder.exists():
+        known = hub_config(str(model))
+        if known is not None:  # a hub id planned before it is downloaded
+            args = ModelArgs.from_hf_config(known, source=f"{model} (built-in config)")
+            return ModelSource(str(model).rsplit("/", 1)[-1], args)
+        if str(model).count("/") == 1 and not folder.is_absolute():
+            raise ModelFormatError(
+                f"{model}: no such model folder, and not a hub model mixdesk can plan "
+                f"offline ({', '.join(hub_config_ids())}); download it first: "
+                f"mixdesk download {model}")
     if is_quantized_folder(folder):
         manifest = read_manifest(folder)
         try:
@@ -332,6 +342,25 @@ def model_source(model: str | Path | ModelArgs | Mapping[str, Any] | ModelSource
             raise ModelFormatError(f"{folder}/manifest.json: no usable args ({bad})") from None
         return ModelSource(folder.name, args, Recipe.from_dict(manifest["recipe"]), specs)
     return ModelSource(folder.name, ModelArgs.from_folder(folder))
+
+
+@functools.cache
+def _hub_configs() -> dict[str, dict[str, Any]]:
+    from importlib import resources  # noqa: PLC0415
+
+    text = resources.files("mixdesk.resources").joinpath("hub_configs.json").read_text("utf-8")
+    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+
+
+def hub_config_ids() -> list[str]:
+    """The hub models mixdesk can plan offline."""
+    return list(_hub_configs())
+
+
+def hub_config(repo_id: str) -> dict[str, Any] | None:
+    """The config of a hub model mixdesk knows offline (resources/hub_configs.json), or None."""
+    wanted = repo_id.strip().lower()
+    return next((cfg for rid, cfg in _hub_configs().items() if rid.lower() == wanted), None)
 
 
 # ---------------------------------------------------------------------------- memory model

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from mixdesk.engine.budget import (
     write_hardware_cache,
 )
 from mixdesk.engine.config import ModelArgs
-from mixdesk.engine.errors import OutOfVRAMError
+from mixdesk.engine.errors import ModelFormatError, OutOfVRAMError
 from mixdesk.engine.quantize import RECIPES
 
 # mistralai/Mixtral-8x7B-Instruct-v0.1's config.json, the fields the engine reads
@@ -247,3 +248,35 @@ def test_loader_refuses_a_budget_too_small(tiny_mixtral: Path,
 def test_model_args_source() -> None:
     args = ModelArgs.from_hf_config(MIXTRAL_8X7B)
     assert plan(args, H100, 80, 4096, host_ram_bytes=RAM).recipe.name == "4bit-g64"
+
+
+def test_a_known_hub_id_plans_offline_from_its_built_in_config() -> None:
+    from_hub = model_source("mistralai/Mixtral-8x7B-Instruct-v0.1")
+    pinned = model_source(MIXTRAL_8X7B).args  # the fields this file pins above
+    assert from_hub.args == replace(pinned, bos_token_id=1, eos_token_ids=(2,))
+    assert from_hub.label == "Mixtral-8x7B-Instruct-v0.1"
+    assert model_source("MISTRALAI/mixtral-8x7b-instruct-v0.1").args == from_hub.args
+    dense = model_source("mistralai/Mistral-7B-Instruct-v0.3").args
+    assert (dense.n_experts, dense.vocab_size) == (1, 32768)
+    big = model_source("mistralai/Mixtral-8x22B-Instruct-v0.1").args
+    assert (big.n_layers, big.dim, big.n_experts) == (56, 6144, 8)
+    with pytest.raises(ModelFormatError, match="download it first: mixdesk download acme/x"):
+        model_source("acme/x")
+
+
+def test_plan_cli_on_a_hub_id_prints_json(capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from mixdesk.app.cli import main  # noqa: PLC0415
+
+    monkeypatch.setattr(budget, "_host_ram_available", lambda: RAM)  # not this machine's RAM
+
+    assert main(["plan", "mistralai/Mixtral-8x7B-Instruct-v0.1", "--budget", "16",
+                 "--context", "4096", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["recipe"], data["placement"]) == ("hqq-card", EXPERTS_ON_HOST)
+    assert data["vram"]["total"] <= 16 * GB and data["expert_slots"] > 100
+    weights = model_source(MIXTRAL_8X7B).priced(RECIPES["hqq-card"])
+    rest = [w for w in weights if w.kind != "experts"]
+    assert data["vram"]["weights"] == sum(w.codes for w in rest)  # the recipe's arithmetic
+    assert data["vram"]["meta"] == sum(w.meta for w in rest)
+    assert data["host_bytes"] == sum(w.packed for w in weights if w.kind == "experts")
