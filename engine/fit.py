@@ -5,8 +5,9 @@ Pure engine code (no Qt). The planning functions import torch through the planne
 from a background task; the constants and formatters here import nothing heavy.
 
 - `choose_plan`: the recipe for a budget. It prefers a plan today's engine runs
-  (everything on the GPU), and falls back to a meta-offload plan only when nothing
-  resident fits; `Plan.runnable` then says why it will not load yet.
+  (everything on the GPU, or the experts in host memory with a GPU cache of them), and
+  falls back to a meta-offload plan only when none fits; `Plan.runnable` then says why
+  it will not load yet.
 - `fit_for`: the models page's badge for one folder on this GPU (or on the CPU).
 - `suggested_budget_gb`, `quantize_estimate`: the wizard's defaults and numbers.
 """
@@ -50,7 +51,8 @@ class Fit:
     """One model's badge on the models page.
 
     Attributes:
-        level: "green" (fits with room), "yellow" (fits tight, or needs meta offload),
+        level: "green" (fits with room), "yellow" (fits tight, or only with its experts
+            or meta in host memory),
             "red" (does not fit this GPU), "cpu" (no GPU: it runs on the CPU),
             "unknown" (the folder could not be planned).
         text: the badge, a few words.
@@ -131,6 +133,10 @@ def fit_for(folder: Path, gpu: GpuInfo | None, *, quantized: bool,  # noqa: PLR0
     if fitted.runnable is not None:
         return Fit("yellow", f"{prefix}needs meta offload", f"{detail} But {fitted.runnable}.",
                    name, fitted.tok_s)
+    if fitted.placement != "resident":  # experts in host memory, a GPU cache of them
+        return Fit("yellow", f"{prefix}experts on host · {speed}",
+                   f"{detail} The experts live in host memory ({fitted.tensors.get('experts')})"
+                   ": it runs, slower than a model that fits the GPU.", name, fitted.tok_s)
     if fitted.vram_total > TIGHT_FRACTION * gpu.total_bytes:
         return Fit("yellow", f"{prefix}tight fit · {speed}", detail, name, fitted.tok_s)
     return Fit("green", f"{prefix}fits · {speed}", detail, name, fitted.tok_s)

@@ -412,8 +412,8 @@ class ModelsPage(QWidget):
                                   "so. The wizard still sizes a model for a GPU you name.")
         else:
             self.hardware.setText(f"{gpu.name} · {gpu.total_bytes / 1e9:.1f} GB of VRAM. "
-                                  "Badges: green fits with room, yellow fits tight or needs "
-                                  "meta offload, red does not fit.")
+                                  "Badges: green fits with room; yellow fits tight, or keeps "
+                                  "the experts in host memory (slower); red does not fit.")
 
     def _model_card(self, model: LocalModel) -> Card:
         fmt, recipe = model_format(model)

@@ -66,7 +66,7 @@ PLAN_DEBOUNCE_MS = 120
 BAR_COLORS = {  # VRAM breakdown keys of engine.budget.Plan, and the host part
     "weights": "#4c6ef5", "meta": "#15aabf", "kernel copy": "#7950f2", "kv cache": "#f59f00",
     "activations": "#e8590c", "workspace": "#d6336c", "cuda context": "#868e96",
-    "host": "#adb5bd",
+    "expert cache": "#40c057", "host": "#adb5bd",
 }
 BITS_CHOICES = (2, 3, 4, 8)
 GROUP_CHOICES = (8, 16, 32, 64, 128)
@@ -451,8 +451,9 @@ class BudgetPage(QWizardPage):
         self.advanced.setFlat(True)
         self.table = QTableWidget(0, 6)
         self.table.setHorizontalHeaderLabels(["weights", "bits", "group", "axis", "meta",
-                                              "meta lives on"])
+                                              "where it lives"])
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table.horizontalHeader().setSectionResizeMode(5, QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().hide()
         self.table.setMaximumHeight(96)  # a header and the recipe's two quantized entries
         self.table.hide()
@@ -642,7 +643,6 @@ class BudgetPage(QWizardPage):
         self._filling_table = True
         self.table.setRowCount(0)
         if p is not None:
-            host = [k for k, where in p.tensors.items() if "host" in where]
             for entry in p.recipe.entries:
                 if entry.spec is None:
                     continue
@@ -664,7 +664,9 @@ class BudgetPage(QWizardPage):
                     f"{entry.spec.meta_bits}-bit g{entry.spec.meta_group}"
                 self.table.setItem(row, 4, QTableWidgetItem(meta))
                 kind = "experts" if "experts" in entry.pattern else "attention"
-                self.table.setItem(row, 5, QTableWidgetItem("host" if kind in host else "GPU"))
+                where = QTableWidgetItem(p.tensors.get(kind, "GPU"))
+                where.setToolTip(where.text())
+                self.table.setItem(row, 5, where)
         self._filling_table = False
 
     def _override(self, row: int, pattern: str, axis: int) -> None:

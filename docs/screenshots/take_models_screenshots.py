@@ -146,6 +146,9 @@ def mixtral_wizard_shots(gui: Gui, models: Path, out: Path, suffix: str = "") ->
         shoot(wizard, out / "wizard-1-source.png")
     next_page(wizard, BUDGET_PAGE)
     wait_plan(wizard)
+    if suffix:  # the dark one at 16 GB: the experts in host memory, a GPU cache of them
+        wizard.budget_page.set_budget_gb(16.0)
+        wait_plan(wizard)
     wizard.budget_page.advanced.setChecked(True)
     shoot(wizard, out / f"wizard-2-budget{suffix}.png")
     if not suffix:
