@@ -5,19 +5,7 @@
 # ms/token, hit rate and bytes over the bus per cache size, prefetch off and on.
 # On the lent machine, from the repo root, with the hqq wheels carried in .whl/:
 #   bash tests/bench/gpu_offload_check.sh            (results under $OUT)
-set -uo pipefail
-OUT=${OUT:-/tmp/mixdesk-gpu}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-mkdir -p /tmp/ns/mixdesk
-for pkg in kernels engine app; do ln -sfn "$PWD/$pkg" "/tmp/ns/mixdesk/$pkg"; done
-export PYTHONPATH=/tmp/ns${PYTHONPATH:+:$PYTHONPATH}
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
+source "$(dirname "$0")/gpu_env.sh"
 timeout "${PYTEST_TIMEOUT:-200}" python3 -m pytest -q -s -p no:cacheprovider \
     -o addopts="--strict-markers -ra" -W ignore \
     tests/engine/test_offload.py "tests/engine/test_out_of_memory.py::test_gpu_memory_taken_mid_answer" \
