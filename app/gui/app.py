@@ -24,6 +24,7 @@ from PySide6.QtWidgets import QApplication
 
 from mixdesk.app.gui import markdown, theme
 from mixdesk.app.gui.crash import install_excepthook, setup_logging
+from mixdesk.app.gui.gcguard import MainThreadCollector
 from mixdesk.app.gui.mainwindow import MainWindow
 from mixdesk.app.gui.session import ChatSession
 from mixdesk.app.gui.settings import Settings
@@ -49,6 +50,7 @@ def application(argv: list[str] | None = None) -> QApplication:
     app.setApplicationDisplayName("mixdesk")
     app.setDesktopFileName("mixdesk")
     app.setWindowIcon(theme.app_icon())
+    MainThreadCollector(parent=app)  # Qt objects must never be collected on a worker thread
     return app
 
 

@@ -100,6 +100,19 @@ class FakeEngine:
                    tuple(range(len(pieces))), stats(len(pieces)))
 
 
+@pytest.fixture(autouse=True)
+def _collect_on_the_gui_thread(request: pytest.FixtureRequest) -> Iterator[None]:
+    """As the app does (`app.gui.gcguard`): no garbage collection on worker threads."""
+    from mixdesk.app.gui.gcguard import MainThreadCollector  # noqa: PLC0415
+
+    request.getfixturevalue("qapp")  # the collector's timer needs the QApplication
+
+    collector = MainThreadCollector()
+    yield
+    collector.stop()
+    collector.deleteLater()
+
+
 @pytest.fixture
 def fake_model_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "models" / "fake-model"
