@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from mixdesk.engine.errors import DownloadError, MixdeskError
-from mixdesk.engine.hub import map_hub_error, remote_files
+from mixdesk.engine.errors import DownloadError
+from mixdesk.engine.hub import hub_errors, remote_files
 
 log = logging.getLogger("mixdesk.engine.catalog")
 
@@ -100,15 +100,8 @@ def search_hub(query: str, *, limit: int = 10, token: str | None = None) -> list
     if not query:
         return []
     url = endpoint()
-    try:
+    with hub_errors(query, None, url, token_given=token is not None):
         found = list(HfApi(endpoint=url).list_models(search=query, limit=limit, token=token))
-    except MixdeskError:
-        raise
-    except Exception as error:
-        mapped = map_hub_error(error, query, None, url, token_given=token is not None)
-        if mapped is None:
-            raise
-        raise mapped from error
     results = []
     for info in found:
         gated = bool(getattr(info, "gated", False))

@@ -32,7 +32,8 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -219,6 +220,24 @@ def _hub_error(error: Exception, repo_id: str, revision: str | None,  # noqa: PL
                              f"{error}); check your internet connection, proxy or HF_ENDPOINT, "
                              "then run the download again to resume it")
     return None
+
+
+@contextmanager
+def hub_errors(what: str, revision: str | None, endpoint: str, *, token_given: bool
+               ) -> Iterator[None]:
+    """Turn huggingface_hub's and the network's exceptions into our typed errors.
+
+    A MixdeskError passes through; anything `_hub_error` does not know stays a bug.
+    """
+    try:
+        yield
+    except MixdeskError:
+        raise
+    except Exception as error:
+        mapped = _hub_error(error, what, revision, endpoint, token_given=token_given)
+        if mapped is None:
+            raise
+        raise mapped from error
 
 
 class _Meter:
@@ -447,18 +466,11 @@ def download(repo_id: str, *, revision: str | None = None, dest: Path | None = N
         raise DownloadError(f"{dest} already exists and is not a download of {repo_id}; "
                             "choose another folder or delete it")
     endpoint = _endpoint()
-    try:
+    with hub_errors(repo_id, revision, endpoint, token_given=token is not None):
         return _download(repo_id, revision=revision, dest=dest, token=token, endpoint=endpoint,
                          progress=progress, cancel=cancel, disk_free=disk_free,
                          quantized_room=1.0 if checkpoint == "hqq" else quantized_room,
                          checkpoint=checkpoint)
-    except MixdeskError:
-        raise
-    except Exception as error:
-        mapped = _hub_error(error, repo_id, revision, endpoint, token_given=token is not None)
-        if mapped is None:
-            raise
-        raise mapped from error
 
 
 def _download(repo_id: str, *, revision: str | None, dest: Path, token: str | None,
@@ -541,21 +553,10 @@ def remote_files(repo_id: str, *, revision: str | None = None,
                  token: str | None = None) -> tuple[str, list[RemoteFile]]:
     """The commit and the files `download` would fetch, with sizes (for the models page)."""
     endpoint = _endpoint()
-    try:
+    with hub_errors(repo_id, revision, endpoint, token_given=token is not None):
         commit, files, skipped = _list_files(repo_id, revision, token, endpoint)
-    except MixdeskError:
-        raise
-    except Exception as error:
-        mapped = _hub_error(error, repo_id, revision, endpoint, token_given=token is not None)
-        if mapped is None:
-            raise
-        raise mapped from error
     _check_files(repo_id, files, skipped)
     return commit, files
-
-
-# Public names for the models page and the wizard (engine.catalog, app.gui).
-map_hub_error = _hub_error
 
 
 def endpoint() -> str:
@@ -576,25 +577,20 @@ def remote_config(repo_id: str, *, revision: str | None = None,
     url_base = _endpoint()
     rev = quote(revision or "main", safe="")
     url = f"{url_base}/{repo_id}/resolve/{rev}/config.json"
-    try:
-        response = get_session().get(url, headers=build_hf_headers(token=token),
-                                     follow_redirects=True)
-        hf_raise_for_status(response)
-        config = json.loads(response.content)
-    except MixdeskError:
-        raise
-    except ValueError as error:
-        raise DownloadError(f"{repo_id}: config.json on the hub is not JSON ({error})") from None
-    except Exception as error:
-        from huggingface_hub import errors as hf  # noqa: PLC0415
+    from huggingface_hub import errors as hf  # noqa: PLC0415
 
-        if isinstance(error, hf.RemoteEntryNotFoundError):
+    with hub_errors(repo_id, revision, url_base, token_given=token is not None):
+        try:
+            response = get_session().get(url, headers=build_hf_headers(token=token),
+                                         follow_redirects=True)
+            hf_raise_for_status(response)
+        except hf.RemoteEntryNotFoundError:
             raise DownloadError(f"{repo_id} has no config.json; it is not a model mixdesk can "
                                 "run") from None
-        mapped = _hub_error(error, repo_id, revision, url_base, token_given=token is not None)
-        if mapped is None:
-            raise
-        raise mapped from error
+    try:
+        config = json.loads(response.content)
+    except ValueError as error:
+        raise DownloadError(f"{repo_id}: config.json on the hub is not JSON ({error})") from None
     if not isinstance(config, dict):
         raise DownloadError(f"{repo_id}: config.json on the hub is not a JSON object")
     return config
