@@ -303,23 +303,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """`mixdesk bench ARGS`: engine.bench's own command line (`offload ...`: engine.offload's)."""
-    rest = list(args.rest)
-    if "-h" in rest or "--help" in rest:
-        from mixdesk.engine.bench import main as bench_help  # noqa: PLC0415
-
-        return bench_help(["--help"]) if rest[:1] != ["offload"] else 0
     import torch  # noqa: PLC0415
 
-    if not torch.cuda.is_available():
+    rest = list(args.rest)
+    if rest[:1] == ["offload"]:
+        from mixdesk.engine.offload import main as run  # noqa: PLC0415
+
+        rest = rest[1:]
+    else:
+        from mixdesk.engine.bench import main as run  # noqa: PLC0415
+    if not torch.cuda.is_available() and not {"-h", "--help"} & set(rest):
         raise NoGPUError("mixdesk bench times the CUDA kernels and engine, and no CUDA GPU is "
                          "here; `mixdesk plan --budget GB` predicts speeds without one")
-    if rest[:1] == ["offload"]:
-        from mixdesk.engine.offload import main as offload_main  # noqa: PLC0415
-
-        return offload_main(rest[1:])
-    from mixdesk.engine.bench import main as bench_main  # noqa: PLC0415
-
-    return bench_main(rest)
+    return run(rest)
 
 
 def _download_progress(event: Any) -> None:

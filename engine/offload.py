@@ -312,9 +312,8 @@ def offload_experts(model: nn.Module, slots: int, device: torch.device | str, *,
         raise ValueError("every routed MoE layer must be fused before its experts offload")
     cache = ExpertCache([m.packed for m in moes if m.packed is not None], slots, device,
                         pin=pin)
-    for i, moe in enumerate(moes):
-        nxt = moes[i + 1].gate if speculative and i + 1 < len(moes) else None
-        moe.offload = OffloadedMoE(cache, i, nxt)
+    _bind(moes, cache, speculative=speculative)
+    for moe in moes:
         moe.packed = None
         for sub in moe.experts.modules():
             if isinstance(sub, QuantLinear):
@@ -330,7 +329,12 @@ def rebind(model: nn.Module, cache: ExpertCache, *, speculative: bool) -> None:
     """Point every offloaded MoE layer of `model` at `cache` (another size, prefetch on/off)."""
     from mixdesk.engine.model import MoE  # noqa: PLC0415
 
-    moes = [m for m in model.modules() if isinstance(m, MoE) and m.offload is not None]
+    _bind([m for m in model.modules() if isinstance(m, MoE) and m.offload is not None], cache,
+          speculative=speculative)
+
+
+def _bind(moes: Sequence[Any], cache: ExpertCache, *, speculative: bool) -> None:
+    """Give each MoE layer, in order, its OffloadedMoE over `cache` (layer i is cache layer i)."""
     for i, moe in enumerate(moes):
         nxt = moes[i + 1].gate if speculative and i + 1 < len(moes) else None
         moe.offload = OffloadedMoE(cache, i, nxt)
@@ -418,7 +422,7 @@ def bench_offload(layers: int = 32, fractions: Sequence[float] = (0.25, 0.5, 0.7
             "resident_ms_per_token_eager": round(resident_ms, 2),
             "resident_allocated_gb": round(resident_bytes / 1e9, 2),
             "offloaded_base_allocated_gb": round(base / 1e9, 2),
-            "expert_mb": round(ExpertCache(host, 1, "cuda").expert_bytes / 1e6, 1),
+            "expert_mb": round(expert_bytes(*host[0]) / 1e6, 1),
             "rows": rows}
 
 

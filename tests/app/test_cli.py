@@ -224,3 +224,6 @@ def test_bench_without_a_gpu_says_so(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit) as shown:  # the bench module's own help
         main(["bench", "--help"])
     assert shown.value.code == 0 and "--sections" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as shown:  # and the offload bench's
+        main(["bench", "offload", "--help"])
+    assert shown.value.code == 0 and "--fractions" in capsys.readouterr().out
