@@ -656,6 +656,12 @@ class _Search:
     kernel_copy: bool
     host_free: int
     weighed: list[Plan] = field(default_factory=list)
+    priced: dict[str, list[WeightBytes]] = field(default_factory=dict)  # by recipe name
+
+    def _weights(self, rec: Recipe) -> list[WeightBytes]:
+        if rec.name not in self.priced:
+            self.priced[rec.name] = self.source.priced(rec)
+        return self.priced[rec.name]
 
     def _take(self, p: Plan) -> Plan:
         options = tuple((q.recipe.name, q.placement, q.vram_total) for q in self.weighed)
@@ -664,7 +670,7 @@ class _Search:
     def first_fit(self, rec: Recipe, *, runnable_only: bool) -> Plan | None:
         """The recipe resident, else with its meta on the host (or, for `runnable_only`,
         its experts on the host in place of a meta placement), whichever fits first."""
-        weights = self.source.priced(rec)
+        weights = self._weights(rec)
         for placement in PLACEMENTS:
             if placement != "resident" and not any(e.offload_meta for e in rec.entries):
                 continue
@@ -690,14 +696,16 @@ class _Search:
         best fidelity first (packed, the recipes' experts differ little in size, so in
         speed). Each recipe's smallest such plan is weighed, for the error message."""
         for rec in recipes:
+            weights = self._weights(rec)
             runs = price_experts_on_host(self.source, rec, self.gpu, self.budget,
-                                         context=self.context, prompt_tokens=self.prompt_tokens)
+                                         context=self.context, prompt_tokens=self.prompt_tokens,
+                                         weights=weights)
             if runs is not None and runs.host_bytes <= self.host_free:
                 self.weighed.append(runs)
                 return self._take(runs)
             least = price_experts_on_host(self.source, rec, self.gpu, self.budget,
                                           context=self.context,
-                                          prompt_tokens=self.prompt_tokens,
+                                          prompt_tokens=self.prompt_tokens, weights=weights,
                                           slots=MIN_SLOTS_PER_TOP_K * self.source.args.top_k)
             if least is not None:
                 self.weighed.append(least)
