@@ -44,6 +44,18 @@ def _our_logits(ours: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
     return torch.cat(got).double()  # [T, V]
 
 
+def _ours_first(folder: Path, dtype: torch.dtype) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(seed, ids, our logits) on a fresh random prompt; our model is freed before
+    transformers' loads (smol-moe is 8.6 GB in fp64)."""
+    ours = load_model(folder, dtype=dtype, context=64)
+    seed, prompt = _random_prompt(ours.args.vocab_size, 37)
+    ids = torch.tensor([prompt])
+    got = _our_logits(ours, ids)
+    del ours
+    gc.collect()
+    return seed, ids, got
+
+
 def _their_logits(folder: Path, reference_cls: type, dtype: torch.dtype, ids: torch.Tensor,
                   **kwargs: str) -> torch.Tensor:
     theirs = reference_cls.from_pretrained(folder, dtype=dtype, **kwargs).eval()
@@ -74,16 +86,11 @@ def test_logits_match_transformers_exactly_in_fp64(request: pytest.FixtureReques
     """In fp64 rounding vanishes, so the arithmetic itself is compared: the same model to 1e-9.
 
     transformers' grouped_mm experts refuse fp64; its per-expert ("eager") ones are the
-    reference arithmetic. The models load one after the other (smol-moe is 8.6 GB in fp64).
+    reference arithmetic.
     """
     folder: Path = request.getfixturevalue(fixture)
     extra = {"experts_implementation": "eager"} if reference_cls is MixtralForCausalLM else {}
-    ours = load_model(folder, dtype=torch.float64, context=64)
-    seed, prompt = _random_prompt(ours.args.vocab_size, 37)
-    ids = torch.tensor([prompt])
-    got = _our_logits(ours, ids)
-    del ours
-    gc.collect()
+    seed, ids, got = _ours_first(folder, torch.float64)
     diff = _max_diff(got, _their_logits(folder, reference_cls, torch.float64, ids, **extra))
     assert diff <= 1e-9, f"max abs fp64 logit diff {diff} (seed {seed})"
 
@@ -100,12 +107,7 @@ def test_smol_moe_fp32_logits_are_as_close_to_the_truth_as_transformers_own(smol
     7.4e-5 from one and 2.1e-4 from the other). Exactness is the fp64 test above;
     here ours must round no worse than transformers does, within 25%, or within 1e-4.
     """
-    ours = load_model(smol_moe, dtype=torch.float32, context=64)
-    seed, prompt = _random_prompt(ours.args.vocab_size, 37)
-    ids = torch.tensor([prompt])
-    got = _our_logits(ours, ids)
-    del ours
-    gc.collect()
+    seed, ids, got = _ours_first(smol_moe, torch.float32)
     truth = _their_logits(smol_moe, MixtralForCausalLM, torch.float64, ids,
                           experts_implementation="eager")
     gc.collect()
