@@ -72,6 +72,15 @@ def wait_plan(qtbot: Any, wizard: QuantizeWizard) -> None:
     qtbot.waitUntil(lambda: not page._pending and not page._timer.isActive(), timeout=WAIT)
 
 
+def to_confirm(qtbot: Any, wizard: QuantizeWizard) -> None:
+    """From the source page, with the budget page's default plan, to the confirm page."""
+    click_next(qtbot, wizard)
+    wait_page(qtbot, wizard, BUDGET_PAGE)
+    wait_plan(qtbot, wizard)
+    click_next(qtbot, wizard)
+    wait_page(qtbot, wizard, CONFIRM_PAGE)
+
+
 def open_wizard(gui: Any, source: Path | None, gpu: GpuInfo | None = GPU) -> QuantizeWizard:
     gui.window.models_page.set_gpu_probe(lambda: gpu)
     return gui.window.open_wizard(source)
@@ -292,11 +301,7 @@ def test_closing_mid_job_stops_it_and_keeps_the_work(
         qtbot: Any, make_gui: Any, models: Path, source_model: Path) -> None:
     gui = make_gui()
     wizard = open_wizard(gui, models / source_model.name)
-    click_next(qtbot, wizard)
-    wait_page(qtbot, wizard, BUDGET_PAGE)
-    wait_plan(qtbot, wizard)
-    click_next(qtbot, wizard)
-    wait_page(qtbot, wizard, CONFIRM_PAGE)
+    to_confirm(qtbot, wizard)
     started = threading.Event()
 
     def held_job(spec: JobSpec, progress: Callable[[str, float], None],
@@ -323,11 +328,7 @@ def test_closing_mid_job_stops_it_and_keeps_the_work(
 
     # later (a new wizard, as after a restart): the same output folder resumes the job
     again = open_wizard(gui, models / source_model.name)
-    click_next(qtbot, again)
-    wait_page(qtbot, again, BUDGET_PAGE)
-    wait_plan(qtbot, again)
-    click_next(qtbot, again)
-    wait_page(qtbot, again, CONFIRM_PAGE)
+    to_confirm(qtbot, again)
     assert Path(again.confirm_page.output.text()) == out
     assert "holds an unfinished job: it resumes" in again.confirm_page.summary.text()
     assert again.confirm_page.isComplete()
