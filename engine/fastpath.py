@@ -282,9 +282,9 @@ _GRAPHS: weakref.WeakKeyDictionary[nn.Module, DecodeGraph] = weakref.WeakKeyDict
 def graph_reason(model: Transformer) -> str | None:
     """Why a decode step of `model` cannot be one CUDA graph; None when it can.
 
-    Every routed MoE layer must run `moe_decode` (the ids stay on the device); the
-    torch MoE path and offloaded experts (engine.offload) read them on the host,
-    which a graph cannot capture.
+    Every routed MoE layer must run `moe_decode` (the ids stay on the device), from its
+    own stacks or through streamed experts (`engine.offload.StreamedMoE`); the torch MoE
+    path and the LRU expert cache read them on the host, which a graph cannot capture.
     """
     if os.environ.get("MIXDESK_CUDA_GRAPH", "1") == "0":
         return "MIXDESK_CUDA_GRAPH=0"
@@ -293,8 +293,9 @@ def graph_reason(model: Transformer) -> str | None:
     if model.cos is None:
         return "no KV cache"
     moes = [m for m in model.modules() if isinstance(m, MoE) and m.gate is not None]
-    if any(m.packed is None for m in moes):
-        return "some MoE layers read their expert ids on the host (torch path or offload)"
+    if any(m.packed is None and not (m.offload is not None and m.offload.graph_safe)
+           for m in moes):
+        return "some MoE layers read their expert ids on the host (torch path or LRU offload)"
     return None
 
 

@@ -664,8 +664,9 @@ def load_quantized_into(model: nn.Module, folder: Path, device: torch.device | s
             first call (fast on the CPU, costs full-size memory).
         kernels: use the fused kernels where the device runs them; False keeps
             the torch dequantize path everywhere.
-        expert_slots: keep the experts in pinned host memory and cache this many on
-            the device (engine.offload; the plan's EXPERTS_ON_HOST). Needs the kernels.
+        expert_slots: keep the experts in pinned host memory and this many on the device,
+            top_k of them staging (engine.offload.stream_experts; the plan's
+            EXPERTS_ON_HOST). Needs the kernels.
 
     Raises:
         ModelFormatError: the folder is damaged or does not fit the model.
@@ -752,10 +753,10 @@ def _experts_on_host(model: nn.Module, folder: Path, slots: int | None,
                      device: torch.device | str) -> None:
     if slots is None:
         return
-    from mixdesk.engine.offload import offload_experts  # noqa: PLC0415
+    from mixdesk.engine.offload import stream_experts  # noqa: PLC0415
 
     try:
-        offload_experts(model, slots, device)
+        stream_experts(model, slots, device)
     except ValueError as bad:  # experts of a shape the kernels do not take
         raise OutOfVRAMError(f"{folder}: its experts cannot live in host memory ({bad}); "
                              "load with a budget that holds the whole model") from None

@@ -83,3 +83,10 @@ def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
         out += y
         return out
     return y
+
+
+def fill_slots(src: Tensor, dst: Tensor, ids: Tensor, pos: Tensor, first: int) -> None:
+    """dst[pos[j]] = src[ids[j]] for every j with pos[j] >= first (the kernel's contract)."""
+    for e, p in zip(ids.tolist(), pos.tolist(), strict=True):
+        if p >= first:
+            dst[p].copy_(src[e])

@@ -1,4 +1,5 @@
-"""engine.offload: experts in host memory behind an LRU cache of GPU slots.
+"""engine.offload: experts in host memory, streamed into staging slots inside the decode
+graph (PinnedExperts, what the loader uses) or behind an LRU cache of GPU slots.
 
 On the CPU the slots are plain tensors and the kernels run in the Triton
 interpreter (tests/conftest.py); the GPU run (`-m gpu`) adds pinned memory, the
@@ -21,7 +22,14 @@ from mixdesk.engine.config import ModelArgs
 from mixdesk.engine.errors import OutOfVRAMError
 from mixdesk.engine.loader import load_model
 from mixdesk.engine.model import MoE, Transformer
-from mixdesk.engine.offload import ExpertCache, expert_bytes, offload_experts
+from mixdesk.engine.offload import (
+    ExpertCache,
+    PinnedExperts,
+    StreamedMoE,
+    expert_bytes,
+    offload_experts,
+    stream_experts,
+)
 from mixdesk.engine.qformat import quantize_model
 from mixdesk.engine.quantize import QuantLinear, QuantSpec, quantize_weight
 from mixdesk.kernels.layout import pack, random_logical, stack
@@ -138,10 +146,63 @@ def test_offloaded_model_equals_the_resident_kernel_path(speculative: bool) -> N
     assert s.bytes_copied == (s.misses + s.prefetched) * cache.expert_bytes
 
 
+@pytest.mark.parametrize("slots", [2, 7, 14], ids=["staging-only", "some-resident",
+                                                   "all-resident"])
+def test_streamed_model_equals_the_resident_kernel_path(slots: int) -> None:
+    seed = time.time_ns() % 2**31
+    gen = torch.Generator().manual_seed(seed)
+    model = small_quantized_model(gen)
+    fastpath.pack_model(model)
+    prompt = torch.randint(0, 50, (7,), generator=gen).to(DEVICE)
+    resident = run_steps(model, prompt, 6)
+
+    pool = stream_experts(model, slots=slots, device=DEVICE)
+    moes = [m for m in model.modules() if isinstance(m, MoE)]
+    assert all(m.packed is None and isinstance(m.offload, StreamedMoE) for m in moes)
+    assert fastpath.graph_reason(model) in (None, "the model is not on CUDA")
+    assert pool.resident == slots - 2 and pool.host[2][1].codes.device.type == "cpu"
+    streamed = run_steps(model, prompt, 6)
+    err = float((streamed - resident).abs().max() / resident.abs().max())
+    assert err < 1e-4, f"seed {seed}: relative error {err}"
+    # 6 decode steps x 3 layers x top-2 picks; resident picks counted on the device
+    assert int(pool.asked) == 36
+    hits = int(pool.hits)
+    assert (hits == 0) if slots == 2 else (hits == 36 if slots == 14 else 0 < hits < 36)
+
+
+def test_pinned_experts_spreads_the_resident_ones_over_the_layers() -> None:
+    gen = torch.Generator().manual_seed(1)
+    layers = random_layers(3, 4, gen)
+    pool = PinnedExperts(layers, resident=5, top_k=2, device="cpu")  # type: ignore[arg-type]
+    # round robin: slot s holds expert s // 3 of layer s % 3
+    assert pool.slot_of_host.tolist() == [[0, 3, -1, -1], [1, 4, -1, -1], [2, -1, -1, -1]]
+    for slot in range(5):
+        layer, expert = slot % 3, slot // 3
+        w13, w2 = layers[layer]
+        assert torch.equal(pool.w13.codes[2 * slot:2 * slot + 2],
+                           w13.codes[2 * expert:2 * expert + 2])  # type: ignore[attr-defined]
+        assert torch.equal(pool.w2.table[slot], w2.table[expert])  # type: ignore[attr-defined]
+    assert pool.pool_bytes == 7 * expert_bytes(*layers[0])  # type: ignore[arg-type]
+    # a step of layer 1 picking experts 1 (resident, slot 4) and 3 (staged into slot 6)
+    pos = pool.slots_for(1, torch.tensor([1, 3]))
+    assert pos.tolist() == [4, 6]
+    w13, w2 = layers[1]
+    assert torch.equal(pool.w13.codes[12:14], w13.codes[6:8])  # type: ignore[attr-defined]
+    assert torch.equal(pool.w2.codes[6], w2.codes[3])  # type: ignore[attr-defined]
+    assert (int(pool.hits), int(pool.asked)) == (1, 2)
+    with pytest.raises(ValueError, match="resident experts must be 0..12"):
+        PinnedExperts(layers, resident=13, top_k=2, device="cpu")  # type: ignore[arg-type]
+
+
 def test_offload_needs_fused_layers() -> None:
     model = small_quantized_model(torch.Generator().manual_seed(3))
     with pytest.raises(ValueError, match="must be fused"):
         offload_experts(model, slots=3, device=DEVICE)
+    with pytest.raises(ValueError, match="must be fused"):
+        stream_experts(model, slots=3, device=DEVICE)
+    fastpath.pack_model(model)
+    with pytest.raises(ValueError, match="at least top_k=2 slots"):
+        stream_experts(model, slots=1, device=DEVICE)
 
 
 @pytest.fixture(scope="module")
@@ -177,9 +238,10 @@ def test_a_plan_with_experts_on_host_loads_them_there(card_folder: Path,
     monkeypatch.setattr(loader, "enforce_budget", lambda *_args: plan)
     offloaded = load_model(card_folder, device=DEVICE, context=32, budget_gb=1.0)
     moes = [m for m in offloaded.model.modules() if isinstance(m, MoE)]
-    assert len(moes) == 2 and all(m.offload is not None and m.packed is None for m in moes)
-    cache = moes[0].offload.cache  # type: ignore[union-attr]
-    assert cache.slots == 3 and cache.host[1][1].codes.device.type == "cpu"
+    assert len(moes) == 2 and all(isinstance(m.offload, StreamedMoE) and m.packed is None
+                                  for m in moes)
+    pool = moes[0].offload.experts  # type: ignore[union-attr]
+    assert pool.resident == 1 and pool.host[1][1].codes.device.type == "cpu"
     experts = [p for m in moes for p in m.experts.parameters()] + \
         [b for m in moes for b in m.experts.buffers()]
     assert all(t.device.type == "cpu" for t in experts)  # no expert ever reached the device
@@ -187,7 +249,8 @@ def test_a_plan_with_experts_on_host_loads_them_there(card_folder: Path,
     want = run_steps(resident.model, prompt, 4)
     got = run_steps(offloaded.model, prompt, 4)
     assert float((got - want).abs().max() / want.abs().max()) < 1e-4
-    assert cache.stats.misses > 0
+    assert int(pool.asked) == 4 * 2 * 2  # every decode pick went through the pool
+    assert int(pool.hits) <= int(pool.asked)
 
 
 def test_experts_on_host_needs_the_kernels(card_folder: Path) -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mixdesk.kernels import reference
-from mixdesk.kernels.gemv import Config, dequantize, gemv, moe_decode
+from mixdesk.kernels.gemv import Config, dequantize, fill_slots, gemv, moe_decode
 from mixdesk.kernels.layout import PackedWeight, pack, random_logical, select, stack
 
 CUDA = torch.cuda.is_available()
@@ -176,3 +176,23 @@ def test_dequantize_mixtral_shapes(shape: tuple[int, int], bits: int, group: int
                                    axis: int) -> None:
     assert check_dequantize(shape, bits, group, axis) <= 1e-6
     assert check_dequantize(shape, bits, group, axis, torch.bfloat16) <= 5e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.float32, torch.int16])
+def test_fill_slots_copies_only_the_staged_rows(dtype: torch.dtype) -> None:
+    """Odd row lengths (several programs a row, a ragged last block), resident rows untouched."""
+    seed = int(torch.randint(0, 2**31, ()))
+    gen = torch.Generator().manual_seed(seed)
+    row = 3 * 4096 * 8 + 37  # 3 full programs and a ragged fourth
+    src = torch.randint(-2**14, 2**14, (6, 2, row // 2 + 1), generator=gen).to(dtype)
+    dst = torch.randint(-2**14, 2**14, (5, 2, row // 2 + 1), generator=gen).to(dtype).to(DEVICE)
+    want = dst.clone()
+    ids = torch.tensor([4, 1, 5], dtype=torch.int32, device=DEVICE)
+    pos = torch.tensor([1, 3, 4], dtype=torch.int32, device=DEVICE)  # row 1 is resident
+    fill_slots(src if DEVICE == "cpu" else src.pin_memory(), dst, ids, pos, 2)
+    reference.fill_slots(src.to(DEVICE), want, ids, pos, 2)
+    assert torch.equal(dst, want), f"seed {seed}"
+    assert torch.equal(dst[3].cpu(), src[1]) and torch.equal(dst[4].cpu(), src[5])
+    assert not torch.equal(dst[1].cpu(), src[4])  # resident: left alone
+    with pytest.raises(ValueError, match="rows differ"):
+        fill_slots(src[:, :1], dst, ids, pos, 2)
