@@ -410,13 +410,16 @@ def decode_step_estimate(bandwidth: float, layers: int = 32, experts: int = 8,
 
 
 def synthetic_mixtral(layers: int = 32, context: int = 4096, axis: int = 0,
-                      dtype: torch.dtype = torch.float16) -> Any:
+                      dtype: torch.dtype = torch.float16, *,
+                      on_fused: Callable[[Any], None] | None = None) -> Any:
     """Our Transformer at the Mixtral-8x7B shape with the card recipe, random, on the GPU.
 
     Built on the meta device and filled one matrix at a time straight into the kernels'
     layout (random codes and real 8-bit meta, `fastpath.random_quantized`), each MoE layer
     fused as it is made: the dense bf16 model (93 GB) never exists, and every quantized
-    weight is held once, as `enable_kernels` leaves a loaded model.
+    weight is held once, as `enable_kernels` leaves a loaded model. `on_fused(moe)` is
+    called on each MoE layer once fused (e.g. to move its experts to the host, as the
+    loader does for a plan with experts on host).
     """
     from torch import nn  # noqa: PLC0415
 
@@ -444,7 +447,10 @@ def synthetic_mixtral(layers: int = 32, context: int = 4096, axis: int = 0,
             setattr(parent, leaf, linear)
             if name.endswith(f"experts.{args.n_experts - 1}.w3"):  # the layer's last matrix
                 moe = parent_name.rpartition(".experts")[0]
-                assert fuse_experts(cast(MoE, model.get_submodule(moe))), moe
+                fused = cast(MoE, model.get_submodule(moe))
+                assert fuse_experts(fused), moe
+                if on_fused is not None:
+                    on_fused(fused)
             continue
         for pname, param in list(module.named_parameters(recurse=False)):
             if param.device.type == "meta":

@@ -18,8 +18,11 @@ reads it, prefill dequantizes from it); `kernel_copy=True` also counts a second,
 stored copy, as the engine held before. Offloading meta (the card's 13.6 GB layout)
 is priced but not built: such a plan says so in `Plan.runnable`. What the offload
 engine runs instead (`engine/offload.py`) is EXPERTS_ON_HOST: the experts in pinned
-host memory and the rest of the budget a GPU cache of them. The loader asks for
-runnable plans only (`runnable_only`), which puts that in place of a meta placement.
+host memory, as many as the rest of the budget holds resident on the GPU, and top_k
+staging slots that each decode step fills over the bus from inside its CUDA graph.
+The loader asks for runnable plans only (`runnable_only`), which puts that in place
+of a meta placement. Such a step cannot copy before its router has chosen, so its
+floor is the HBM time plus the bus time, not the larger of the two.
 """
 
 from __future__ import annotations
@@ -55,6 +58,13 @@ RECIPE_KL = {"4bit-g64": 0.303, "3bit-g64": 0.821, "hqq-card": 0.929, "2bit-g16"
 FIDELITY_ORDER = tuple(sorted(RECIPE_KL, key=RECIPE_KL.__getitem__))
 PREFILL_TOKENS = 512  # activations are sized for a prompt of this many tokens in one forward
 CUDA_CONTEXT_DEFAULT = 512 * 2**20  # driver + torch + cuBLAS handles; typical on torch 2.x
+# Code the engine loads onto the GPU after the context is measured (cuBLAS kernels, the Triton
+# kernels, the compiled decode glue): on an H100 the device showed 0.78-0.80 GB beyond torch's
+# reservation after a decode, against a context of 0.55 GB measured at start (PERFORMANCE.md).
+KERNEL_MODULES_BYTES = 256 * 2**20
+# Streamed experts fill the budget with resident experts, so a small miss in the activation
+# model would be an out-of-memory error: this much of the budget stays unassigned.
+STREAMED_HEADROOM_BYTES = 256 * 2**20
 # DESIGN.md: copy bandwidth of an H100 SXM and pinned H2D on its host
 KNOWN_GPUS = {"H100": (2950.0, 54.8)}
 DEFAULT_HBM_GBPS = 900.0  # unknown GPU: roughly an RTX 3090/4090
@@ -62,12 +72,11 @@ DEFAULT_H2D_GBPS = 25.0  # PCIe 4 x16 as measured on consumer boards
 KL_UNKNOWN = math.inf
 
 PLACEMENTS = ("resident", "expert meta on host", "all meta on host")
-# What the offload engine (engine.offload) runs: the experts' packed copies in pinned host
-# memory, the VRAM left over a cache of whole experts. Offered in place of a meta placement
-# that today's engine cannot run.
+# What the offload engine (engine.offload.stream_experts) runs: the experts' packed copies in
+# pinned host memory, as many resident on the GPU as the VRAM left holds, plus top_k staging
+# slots. Offered in place of a meta placement that today's engine cannot run.
 EXPERTS_ON_HOST = "experts on host"
-MIN_SLOTS_PER_TOP_K = 2  # a decode step needs top_k slots; twice that, so one layer's
-# experts never evict the ones the step is about to read
+MIN_SLOTS_PER_TOP_K = 1  # the top_k staging slots; every expert resident beyond them is a hit
 
 
 # ---------------------------------------------------------------------------- hardware
@@ -440,9 +449,10 @@ class Plan:
         runnable: None when today's engine runs the plan, else why not.
         fidelity_kl: measured KL of the recipe on smol-moe (docs/QUALITY.md).
         options: (recipe, placement, VRAM bytes) of every option weighed.
-        expert_slots: experts the GPU caches (placement EXPERTS_ON_HOST), else 0.
-        expert_hit_rate: the cache's predicted hit rate under uniform routing
-            (slots / all experts; measured 24.7% and 76.8% at 25% and 75% on an H100).
+        expert_slots: expert slots on the GPU (placement EXPERTS_ON_HOST): the resident
+            experts plus top_k staging slots; else 0.
+        expert_hit_rate: the share of picks that find their expert resident, under
+            uniform routing (resident / all experts).
     """
 
     model: str
@@ -471,9 +481,12 @@ class Plan:
 
     @property
     def decode_s(self) -> float:
-        """The floor of one decode step: HBM reads, or the PCIe copy when that is slower."""
-        return max(self.hbm_bytes_per_token / (self.gpu.hbm_gbps * GB),
-                   self.h2d_bytes_per_token / (self.gpu.h2d_gbps * GB))
+        """The floor of one decode step. Streamed experts are copied only once the router
+        has chosen them, so the bus time adds to the HBM time; offloaded meta (priced
+        only) could be copied ahead, so the slower of the two bounds it."""
+        hbm = self.hbm_bytes_per_token / (self.gpu.hbm_gbps * GB)
+        h2d = self.h2d_bytes_per_token / (self.gpu.h2d_gbps * GB)
+        return hbm + h2d if self.placement == EXPERTS_ON_HOST else max(hbm, h2d)
 
     @property
     def tok_s(self) -> float:
@@ -524,7 +537,7 @@ def price_plan(source: ModelSource, recipe: Recipe, placement: str, gpu: GpuInfo
     vram["kv cache"] = kv_cache_bytes(args, context)
     vram["activations"] = activation_bytes(args, tokens, context)
     vram["workspace"] = workspace_bytes(args, weights, tokens, context)
-    vram["cuda context"] = gpu.cuda_context_bytes
+    vram["cuda context"] = gpu.cuda_context_bytes + KERNEL_MODULES_BYTES
     tensors = {}
     for kind in sorted({w.kind for w in weights}):
         quantized = any(w.spec is not None for w in weights if w.kind == kind)
@@ -544,11 +557,12 @@ def price_experts_on_host(source: ModelSource, recipe: Recipe, gpu: GpuInfo, bud
                           context: int, prompt_tokens: int | None = None,
                           weights: list[WeightBytes] | None = None,
                           slots: int | None = None) -> Plan | None:
-    """The experts in pinned host memory and the rest of `budget` a GPU cache of them.
+    """The experts in pinned host memory, top_k staging slots and as many resident experts
+    as the rest of `budget` holds (engine.offload.stream_experts).
 
-    `slots` fixes the cache size instead (the smallest plan, for error messages). None
-    when the kernels do not take the experts (nothing to offload) or fewer than
-    MIN_SLOTS_PER_TOP_K * top_k experts fit beside everything else.
+    `slots` fixes the slot count instead (the smallest plan, for error messages). None
+    when the kernels do not take the experts (nothing to offload) or the staging slots
+    do not fit beside everything else.
     """
     args = source.args
     weights = weights if weights is not None else source.priced(recipe)
@@ -566,18 +580,23 @@ def price_experts_on_host(source: ModelSource, recipe: Recipe, gpu: GpuInfo, bud
     # prefill dequantizes one expert from its slot: w1 and w3, then w2, in fp16
     vram["workspace"] = max(vram["workspace"],
                             sum(math.prod(w.shape) for w in experts) // n_experts * DTYPE_BYTES)
+    vram["headroom"] = STREAMED_HEADROOM_BYTES
     if slots is None:
-        slots = min(n_experts, (budget - sum(vram.values())) // one)
+        slots = min(n_experts + args.top_k, max(0, budget - sum(vram.values())) // one)
         if slots < MIN_SLOTS_PER_TOP_K * args.top_k:
             return None
     vram["expert cache"] = slots * one
-    hit = slots / n_experts
+    resident = slots - args.top_k
+    hit = resident / n_experts
     active = args.n_layers * args.top_k
+    staged = round(active * (1 - hit) * one)
     tensors = {**base.tensors,
-               "experts": f"pinned host memory, {slots} of {n_experts} cached on the GPU"}
+               "experts": f"pinned host memory, {resident} of {n_experts} resident on the GPU "
+                          f"+ {args.top_k} staging slots"}
+    # a step reads its top-k experts from the pool, and writes the staged ones there first
     return replace(base, placement=EXPERTS_ON_HOST, tensors=tensors, vram=vram, host_bytes=host,
-                   hbm_bytes_per_token=base.hbm_bytes_per_token + active * one,
-                   h2d_bytes_per_token=round(active * (1 - hit) * one), runnable=None,
+                   hbm_bytes_per_token=base.hbm_bytes_per_token + active * one + staged,
+                   h2d_bytes_per_token=staged, runnable=None,
                    expert_slots=slots, expert_hit_rate=hit)
 
 
@@ -790,8 +809,8 @@ def describe_plan(p: Plan) -> str:
         lines.append("  note: counts a stored copy beside each packed weight (the engine "
                      "holds one)")
     if p.expert_slots:
-        lines.append(f"  note: the cache's hit rate, {p.expert_hit_rate:.0%}, assumes "
-                     "uniform routing; real routing repeats experts more")
+        lines.append(f"  note: {p.expert_hit_rate:.0%} of the picks find their expert "
+                     "resident under uniform routing; the rest cross the bus inside the step")
     if p.runnable is not None:
         lines.append(f"  note: {p.runnable}")
     return "\n".join(lines)

@@ -496,6 +496,13 @@ def _moe_layers(model: nn.Module) -> list[Any]:
     return moes
 
 
+def _moe_layers_any(model: nn.Module) -> list[Any]:
+    """The routed MoE layers, fused or already offloaded."""
+    from mixdesk.engine.model import MoE  # noqa: PLC0415
+
+    return [m for m in model.modules() if isinstance(m, MoE) and m.gate is not None]
+
+
 def _drop_device_experts(moes: Sequence[Any]) -> None:
     from mixdesk.engine.quantize import QuantLinear  # noqa: PLC0415
 
@@ -615,21 +622,197 @@ def bench_offload(layers: int = 32, fractions: Sequence[float] = (0.25, 0.5, 0.7
             "rows": rows}
 
 
+def _device_used() -> int:
+    """Bytes in use on the GPU, every process and the CUDA context included (what NVML and
+    nvidia-smi report; cudaMemGetInfo reads the same counter)."""
+    free, total = torch.cuda.mem_get_info()
+    return int(total - free)
+
+
+def _cap_to(budget_bytes: int, context_bytes: int) -> None:
+    """Enforce a budget in this process: torch's allocator may reserve at most the budget
+    less the CUDA context (an allocation past it raises OutOfMemoryError)."""
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(max(0.0, (budget_bytes - context_bytes) / total))
+
+
+def bench_budgets(budgets: Sequence[float] = (13.6, 16, 20, 24, 32), layers: int = 32, *,
+                  context: int = 4096, prompt: int = 512, steps: int = 32,
+                  compile_glue: bool = True, hqq_offload: bool = True) -> dict[str, Any]:
+    """The synthetic Mixtral-8x7B (card recipe) at each VRAM budget, as the plan places it.
+
+    Per budget: the plan (`engine.budget.plan`, GPU measured in this process), the budget
+    enforced in the process (`set_per_process_memory_fraction`), a `prompt`-token prefill,
+    then `steps` decode steps through the one-graph step as `generate` runs them; measured
+    ms/token against the plan's floor, the resident hit rate, torch's peak allocation and
+    reservation and the device's memory in use (NVML's counter) against the plan's VRAM.
+    Largest budget first: the resident model is measured before its experts leave.
+    """
+    from mixdesk.engine.bench import synthetic_mixtral  # noqa: PLC0415
+    from mixdesk.engine.budget import (  # noqa: PLC0415
+        EXPERTS_ON_HOST,
+        ModelSource,
+        measure_gpu,
+        plan,
+    )
+
+    gpu = measure_gpu(save=False)
+    rows: list[dict[str, Any]] = []
+    out: dict[str, Any] = {"gpu": asdict(gpu), "layers": layers, "context": context,
+                           "prompt": prompt, "steps": steps, "rows": rows}
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    host: list[tuple[PackedWeight, PackedWeight]] = []
+
+    def to_host(moe: Any) -> None:  # as the loader does: no layer's experts stay on the GPU
+        assert moe.packed is not None
+        host.append((_to_host(moe.packed[0], True), _to_host(moe.packed[1], True)))
+        _drop_device_experts([moe])
+
+    model = synthetic_mixtral(layers, context)
+    source = ModelSource("synthetic Mixtral-8x7B", model.args)
+    plans = [plan(source, gpu, b, context, recipe="hqq-card", runnable_only=True,
+                  prompt_tokens=prompt) for b in sorted(budgets, reverse=True)]
+    for p in plans:
+        if p.placement == EXPERTS_ON_HOST and not host:  # the resident rows are done
+            del model
+            torch.cuda.empty_cache()
+            model = synthetic_mixtral(layers, context, on_fused=to_host)
+        pool = None
+        if p.placement == EXPERTS_ON_HOST:
+            moes = _moe_layers_any(model)
+            for moe in moes:
+                moe.offload = None
+            torch.cuda.empty_cache()
+            pool = PinnedExperts(host, p.expert_slots - model.args.top_k, model.args.top_k,
+                                 "cuda", pin=True)
+            for i, moe in enumerate(moes):
+                moe.offload = StreamedMoE(pool, i)
+        torch.cuda.empty_cache()
+        _cap_to(p.budget_bytes, p.vram["cuda context"])
+        tokens = torch.randint(0, model.args.vocab_size, (1, prompt), device="cuda",
+                               generator=gen)
+        rows.append(_measure_budget(model, p, pool, tokens, steps, compile_glue=compile_glue))
+        log.info("%s", rows[-1])
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        del pool
+    del model
+    torch.cuda.empty_cache()
+    if hqq_offload:
+        out["hqq_offload_meta"] = bench_hqq_offload_meta(layers)
+    return out
+
+
+def _measure_budget(model: Any, p: Any, pool: PinnedExperts | None, tokens: Tensor, steps: int,
+                    *, compile_glue: bool) -> dict[str, Any]:
+    """One budget's row of `bench_budgets`: the prefill, then the timed one-graph decode."""
+    from mixdesk.engine.bench import time_decode_graph  # noqa: PLC0415
+
+    torch.cuda.reset_peak_memory_stats()
+    row: dict[str, Any] = {"budget_gb": p.budget_bytes / 1e9, "placement": p.placement,
+                           "expert_slots": p.expert_slots,
+                           "predicted_vram_gb": round(p.vram_total / 1e9, 3),
+                           "predicted_hit_rate": round(p.expert_hit_rate, 3),
+                           "h2d_gb_per_token": round(p.h2d_bytes_per_token / 1e9, 3),
+                           "floor_ms": round(1e3 * p.decode_s, 2)}
+    try:
+        with torch.inference_mode():
+            positions = torch.arange(tokens.shape[1], device="cuda")
+            model(tokens, positions)  # the prefill, through the pool's staging
+            used = _device_used()
+            if pool is not None:
+                pool.reset_stats()
+            timed = time_decode_graph(model, tokens, positions, steps, compile_glue=compile_glue)
+            used = max(used, _device_used())
+    except torch.OutOfMemoryError as bad:
+        row["error"] = f"out of memory under the budget: {str(bad)[:300]}"
+        return row
+    ms = timed["decode_ms_per_token"]
+    row.update({
+        "ms_per_token": round(ms, 2), "tok_s": round(1e3 / ms, 2),
+        "replay_ms": round(timed["replay_ms"], 2), "compiled": timed["compiled"],
+        "pct_of_floor": round(100 * row["floor_ms"] / ms, 1),
+        "hit_rate": round(pool.hit_rate(), 3) if pool is not None else 1.0,
+        "torch_peak_allocated_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3),
+        "torch_peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 1e9, 3),
+        "device_used_gb": round(used / 1e9, 3),
+        "device_vs_plan_pct": round(100 * (used / p.vram_total - 1), 1),
+        "within_budget": used <= p.budget_bytes,
+    })
+    return row
+
+
+def bench_hqq_offload_meta(layers: int = 32) -> dict[str, Any]:
+    """hqq 0.2.8's own offloaded-meta path (`offload_meta=True`, the card's quant_zero and
+    quant_scale) over exactly the matmuls one decode step does: per layer q, k, v, o at
+    4-bit g64 and two experts' w1, w3, w2 at 2-bit g8, axis 0. One layer timed, times
+    `layers` (the layers are alike)."""
+    from hqq.core.quantize import BaseQuantizeConfig, HQQBackend, HQQLinear  # noqa: PLC0415
+
+    def hqq_linear(n: int, k: int, bits: int, group: int) -> Any:
+        linear = nn.Linear(k, n, bias=False, device="cuda", dtype=torch.float16)
+        linear.weight.data.normal_(0, 0.02)
+        config = BaseQuantizeConfig(nbits=bits, group_size=group, quant_zero=True,
+                                    quant_scale=True, offload_meta=True, axis=0)
+        return HQQLinear(linear, config, compute_dtype=torch.float16, device="cuda")
+
+    HQQLinear.set_backend(HQQBackend.PYTORCH)
+    q, kv = hqq_linear(4096, 4096, 4, 64), hqq_linear(1024, 4096, 4, 64)
+    w13, w2 = hqq_linear(14336, 4096, 2, 8), hqq_linear(4096, 14336, 2, 8)
+    x = torch.randn(1, 4096, device="cuda", dtype=torch.float16)
+    h = torch.randn(1, 14336, device="cuda", dtype=torch.float16)
+
+    def layer() -> None:
+        for module in (q, kv, kv, q):
+            module(x)
+        for _ in range(2):
+            w13(x)
+            w13(x)
+            w2(h)
+
+    with torch.inference_mode():
+        layer()
+        torch.cuda.synchronize()
+        began = time.perf_counter()
+        for _ in range(5):
+            layer()
+        torch.cuda.synchronize()
+    per_layer = (time.perf_counter() - began) / 5
+    meta_on_host = str(w13.meta.get("zero_scale", torch.empty(0)).device)
+    return {"layers": layers, "ms_per_layer": round(per_layer * 1e3, 3),
+            "step_ms": round(per_layer * layers * 1e3, 2), "meta_device": meta_on_host}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Offloaded-expert decode bench (CUDA).")
     parser.add_argument("--layers", type=int, default=32)
-    parser.add_argument("--fractions", default="0.25,0.5,0.75")
+    parser.add_argument("--budgets", help="comma-separated VRAM budgets in GB: the streamed "
+                                          "engine at each budget's plan (card recipe)")
+    parser.add_argument("--fractions", default="0.25,0.5,0.75",
+                        help="without --budgets: the LRU cache at these shares of the experts")
     parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--no-hqq", action="store_true", help="skip hqq's offload_meta path")
     parser.add_argument("--out", help="write the results here as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.budgets:
+        result = bench_budgets(tuple(float(b) for b in args.budgets.split(",")), args.layers,
+                               steps=args.steps, hqq_offload=not args.no_hqq)
+        for row in result["rows"]:
+            row_text = ", ".join(f"{k} {v}" for k, v in row.items())
+            print(row_text)
+        if "hqq_offload_meta" in result:
+            print("hqq offload_meta:", result["hqq_offload_meta"])
+        return _write(result, args.out)
     fractions = tuple(float(f) for f in args.fractions.split(","))
     result = bench_offload(args.layers, fractions, args.steps)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    print(json.dumps(result, indent=1))
+    return _write(result, args.out)
+
+
+def _write(result: dict[str, Any], path: str | None) -> int:
+    if path:
+        with open(path, "w") as f:
+            f.write(json.dumps(result, indent=1, default=str))
     return 0
 
 

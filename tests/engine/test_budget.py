@@ -62,7 +62,9 @@ def test_card_resident_matches_design() -> None:
 def test_card_meta_offloaded_matches_design() -> None:
     p = card("expert meta on host")
     assert near((p.vram["weights"] + p.vram["meta"]) / GB, 13.0, 0.05)  # "about 13 GB stays"
-    assert near(p.vram_total / GB, 13.6, 0.05)  # the card's 13.6 GB, context 4096 included
+    # the card's 13.6 GB, plus what a real process adds at context 4096: the KV cache
+    # (0.54 GB) and the CUDA context with the kernels loaded (0.82 GB, measured on an H100)
+    assert near(p.vram_total / GB, 14.4, 0.02)
     assert near(p.h2d_bytes_per_token / GB, 2.8, 0.05)  # "2.8 GB of meta crosses PCIe"
     assert near(1e3 * p.decode_s, 51, 0.05)  # "about 51 ms at 54.8 GB/s"
     assert p.host_bytes > 10 * GB and p.tensors["experts"].endswith("pinned host memory")
@@ -102,8 +104,10 @@ def test_plan_fits_its_budget(budget_gb: float) -> None:
 
 
 def test_more_budget_never_worse_fidelity() -> None:
+    # from 15 GB, where the card fits with its meta on the host (below it the experts go to
+    # the host, best fidelity first: a slower plan that can hold a better recipe)
     kls = [plan(MIXTRAL_8X7B, H100, b, 4096, host_ram_bytes=RAM).fidelity_kl
-           for b in (14.2, 15, 16, 18, 20, 22, 24, 28, 32, 40, 52, 60, 80)]
+           for b in (15, 16, 18, 20, 22, 24, 28, 32, 40, 52, 60, 80)]
     assert kls == sorted(kls, reverse=True)
     assert kls[0] == budget.RECIPE_KL["hqq-card"] and kls[-1] == budget.RECIPE_KL["4bit-g64"]
 
@@ -140,11 +144,17 @@ def test_the_engine_runs_experts_on_host_where_the_card_keeps_meta_there() -> No
     assert p.host_bytes == sum(w.packed for w in experts)
     assert p.vram["expert cache"] == p.expert_slots * one
     rest = p.vram_total - p.vram["expert cache"]
+    assert p.vram["headroom"] == budget.STREAMED_HEADROOM_BYTES  # counted in `rest`
     assert p.expert_slots == (16 * 10**9 - rest) // one  # the whole rest of the budget
-    assert p.expert_hit_rate == pytest.approx(p.expert_slots / 256)
+    resident = p.expert_slots - 2  # 2 staging slots for the top-2 picks
+    assert p.expert_hit_rate == pytest.approx(resident / 256)
     assert p.h2d_bytes_per_token == round(64 * (1 - p.expert_hit_rate) * one)
-    assert "cached on the GPU" in p.tensors["experts"] and p.tensors["attention"] == "GPU"
+    assert f"{resident} of 256 resident on the GPU + 2 staging slots" in p.tensors["experts"]
+    assert p.tensors["attention"] == "GPU"
     assert p.to_dict()["expert_slots"] == p.expert_slots
+    # the bus time adds to the HBM time: the step copies only after its router chose
+    assert p.decode_s == pytest.approx(p.hbm_bytes_per_token / (H100.hbm_gbps * GB)
+                                       + p.h2d_bytes_per_token / (H100.h2d_gbps * GB))
 
 
 @pytest.mark.parametrize("budget_gb", [4, 8, 12, 13.6])

@@ -173,25 +173,25 @@ def test_streamed_model_equals_the_resident_kernel_path(slots: int) -> None:
 def test_pinned_experts_spreads_the_resident_ones_over_the_layers() -> None:
     gen = torch.Generator().manual_seed(1)
     layers = random_layers(3, 4, gen)
-    pool = PinnedExperts(layers, resident=5, top_k=2, device="cpu")  # type: ignore[arg-type]
+    pool = PinnedExperts(layers, resident=5, top_k=2, device=DEVICE)  # type: ignore[arg-type]
     # round robin: slot s holds expert s // 3 of layer s % 3
     assert pool.slot_of_host.tolist() == [[0, 3, -1, -1], [1, 4, -1, -1], [2, -1, -1, -1]]
     for slot in range(5):
         layer, expert = slot % 3, slot // 3
         w13, w2 = layers[layer]
-        assert torch.equal(pool.w13.codes[2 * slot:2 * slot + 2],
+        assert torch.equal(pool.w13.codes[2 * slot:2 * slot + 2].cpu(),
                            w13.codes[2 * expert:2 * expert + 2])  # type: ignore[attr-defined]
-        assert torch.equal(pool.w2.table[slot], w2.table[expert])  # type: ignore[attr-defined]
+        assert torch.equal(pool.w2.table[slot].cpu(), w2.table[expert])  # type: ignore[attr-defined]
     assert pool.pool_bytes == 7 * expert_bytes(*layers[0])  # type: ignore[arg-type]
     # a step of layer 1 picking experts 1 (resident, slot 4) and 3 (staged into slot 6)
-    pos = pool.slots_for(1, torch.tensor([1, 3]))
+    pos = pool.slots_for(1, torch.tensor([1, 3], device=DEVICE))
     assert pos.tolist() == [4, 6]
     w13, w2 = layers[1]
-    assert torch.equal(pool.w13.codes[12:14], w13.codes[6:8])  # type: ignore[attr-defined]
-    assert torch.equal(pool.w2.codes[6], w2.codes[3])  # type: ignore[attr-defined]
+    assert torch.equal(pool.w13.codes[12:14].cpu(), w13.codes[6:8])  # type: ignore[attr-defined]
+    assert torch.equal(pool.w2.codes[6].cpu(), w2.codes[3])  # type: ignore[attr-defined]
     assert (int(pool.hits), int(pool.asked)) == (1, 2)
     with pytest.raises(ValueError, match="resident experts must be 0..12"):
-        PinnedExperts(layers, resident=13, top_k=2, device="cpu")  # type: ignore[arg-type]
+        PinnedExperts(layers, resident=13, top_k=2, device=DEVICE)  # type: ignore[arg-type]
 
 
 def test_offload_needs_fused_layers() -> None:
@@ -257,3 +257,31 @@ def test_experts_on_host_needs_the_kernels(card_folder: Path) -> None:
     with pytest.raises(OutOfVRAMError, match="needs the CUDA kernels"):
         qformat.load_quantized_into(Transformer(ModelArgs.from_folder(card_folder)), card_folder,
                                     "cpu", torch.float32, expert_slots=3, kernels=False)
+
+
+@pytest.mark.gpu
+def test_streamed_decode_is_one_graph_replay() -> None:
+    """On CUDA the streamed model's decode step is one captured graph (staging filled inside
+    it from pinned memory), and its logits equal the eager step's."""
+    seed = time.time_ns() % 2**31
+    gen = torch.Generator().manual_seed(seed)
+    model = small_quantized_model(gen)
+    fastpath.pack_model(model)
+    pool = stream_experts(model, slots=5, device="cuda")
+    assert pool.host[0][0].codes.is_pinned()
+    graph = fastpath.decode_graph(model)
+    assert graph is not None
+    prompt = torch.randint(0, 50, (7,), generator=gen).cuda()
+    with torch.inference_mode():
+        logits = model(prompt[None], torch.arange(7, device="cuda"))[0, -1]
+        for i in range(6):
+            token = logits.argmax().reshape(1)
+            logits = graph.step(model, token, 7 + i).clone()
+            eager = model(token.reshape(1, 1), torch.tensor([7 + i], device="cuda"))[0, -1]
+            # the eager step wrote the same KV entry again; the graph's logits must match it
+            err = float((logits - eager).abs().max() / eager.abs().max())
+            assert err < 1e-3, f"seed {seed}, step {i}: relative error {err}"
+    assert graph.captures == 1 and graph.replays == 6
+    # counted on the device in every run of the step: 6 replays, the capture's 2 warm-up
+    # runs and the 6 eager steps, 3 layers, 2 picks each
+    assert int(pool.asked) == (6 + 2 + 6) * 3 * 2
