@@ -20,7 +20,7 @@ from mixdesk.engine.config import ModelArgs
 from mixdesk.kernels.layout import PackedWeight
 
 if TYPE_CHECKING:
-    from mixdesk.engine.offload import OffloadedMoE
+    from mixdesk.engine.offload import MoEOffload
 
 
 class RMSNorm(nn.Module):
@@ -100,8 +100,9 @@ class Attention(nn.Module):
             scores = scores.masked_fill(~mask, float("-inf"))
             y = (scores.softmax(-1).to(v.dtype) @ v).view(B, self.n_heads, 1, -1)  # [B, H, 1, Hd]
             return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
-        k = k.repeat_interleave(rep, dim=1)  # [B, H, S, Hd]
-        v = v.repeat_interleave(rep, dim=1)
+        used = mask.shape[-1]  # prefill: only the cache positions written so far
+        k = k[:, :, :used].repeat_interleave(rep, dim=1)  # [B, H, U, Hd]
+        v = v[:, :, :used].repeat_interleave(rep, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, Hd]
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -134,7 +135,7 @@ class MoE(nn.Module):
         self.gate = nn.Linear(args.dim, args.n_experts, bias=False) if args.is_moe else None
         self.experts = nn.ModuleList(Expert(args.dim, args.ffn_dim) for _ in range(args.n_experts))
         self.packed: tuple[PackedWeight, PackedWeight] | None = None  # (w13 stack, w2 stack)
-        self.offload: OffloadedMoE | None = None  # experts in host memory (engine.offload)
+        self.offload: MoEOffload | None = None  # experts in host memory (engine.offload)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gate is None:
@@ -155,7 +156,7 @@ class MoE(nn.Module):
         out = torch.zeros_like(x)
         # group tokens by expert: each expert runs once on all the tokens it was picked for
         for e in chosen.unique().tolist():
-            rows, slot = torch.where(chosen == e)
+            slot, rows = torch.where(chosen.T == e)
             out.index_add_(0, rows, self.experts[e](x[rows]) * weights[rows, slot, None])
         return out.view(shape)
 
@@ -215,6 +216,8 @@ class Transformer(nn.Module):
         # causal mask over the whole static cache: position p sees 0..p
         keys = torch.arange(self.max_len, device=pos.device)
         mask = keys[None, :] <= pos[:, None]  # [T, S]
+        if tokens.shape[1] > 1:
+            mask = mask[:, :int(pos.max()) + 1]  # [T, U]
         for layer in self.layers:
             x = layer(x, cos, sin, mask, pos)
         return self.lm_head(self.norm(x))

@@ -484,6 +484,7 @@ def _prefill(x: Tensor, chosen: Tensor, weights: Tensor, *, slot_of: Callable[[i
         xe = x[rows]
         h = F.silu(xe @ w13_e[0].T) * (xe @ w13_e[1].T)  # [n, F]
         out.index_add_(0, rows, (h @ w2_e.T) * w[rows, k, None])
+        del w13_e, w2_e, h  # else the next expert's dequantize allocates beside them
     return out
 
 
