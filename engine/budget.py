@@ -781,6 +781,20 @@ def check_fits(p: Plan, gpu: GpuInfo | None) -> None:
                 "using the GPU, or lower the budget")
 
 
+def cap_process(p: Plan | None, device: int = 0) -> float:
+    """Hold this process to the plan's budget on a CUDA device: torch's allocator may reserve
+    the budget less the plan's CUDA context, and an allocation past it raises
+    OutOfMemoryError (which generate reports as OutOfVRAMError) instead of taking more.
+    None lifts the cap. Returns the fraction of the device set."""
+    import torch  # noqa: PLC0415
+
+    total = torch.cuda.get_device_properties(device).total_memory
+    fraction = 1.0 if p is None else min(1.0, max(
+        0.0, (p.budget_bytes - p.vram["cuda context"]) / total))
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return fraction
+
+
 def describe_plan(p: Plan) -> str:
     """A table of where every byte goes, for the command line."""
     lines = [f"{p.model}: {p.recipe.name}, {p.placement}, context {p.context} tokens",

@@ -630,20 +630,13 @@ def _device_used() -> int:
     return int(total - free)
 
 
-def _cap_to(budget_bytes: int, context_bytes: int) -> None:
-    """Enforce a budget in this process: torch's allocator may reserve at most the budget
-    less the CUDA context (an allocation past it raises OutOfMemoryError)."""
-    total = torch.cuda.get_device_properties(0).total_memory
-    torch.cuda.set_per_process_memory_fraction(max(0.0, (budget_bytes - context_bytes) / total))
-
-
 def bench_budgets(budgets: Sequence[float] = (13.6, 16, 20, 24, 32), layers: int = 32, *,
                   context: int = 4096, prompt: int = 512, steps: int = 32,
                   compile_glue: bool = True, hqq_offload: bool = True) -> dict[str, Any]:
     """The synthetic Mixtral-8x7B (card recipe) at each VRAM budget, as the plan places it.
 
     Per budget: the plan (`engine.budget.plan`, GPU measured in this process), the budget
-    enforced in the process (`set_per_process_memory_fraction`), a `prompt`-token prefill,
+    enforced in the process (`budget.cap_process`), a `prompt`-token prefill,
     then `steps` decode steps through the one-graph step as `generate` runs them; measured
     ms/token against the plan's floor, the resident hit rate, torch's peak allocation and
     reservation and the device's memory in use (NVML's counter) against the plan's VRAM.
@@ -653,6 +646,7 @@ def bench_budgets(budgets: Sequence[float] = (13.6, 16, 20, 24, 32), layers: int
     from mixdesk.engine.budget import (  # noqa: PLC0415
         EXPERTS_ON_HOST,
         ModelSource,
+        cap_process,
         measure_gpu,
         plan,
     )
@@ -689,12 +683,12 @@ def bench_budgets(budgets: Sequence[float] = (13.6, 16, 20, 24, 32), layers: int
             for i, moe in enumerate(moes):
                 moe.offload = StreamedMoE(pool, i)
         torch.cuda.empty_cache()
-        _cap_to(p.budget_bytes, p.vram["cuda context"])
+        cap_process(p)
         tokens = torch.randint(0, model.args.vocab_size, (1, prompt), device="cuda",
                                generator=gen)
         rows.append(_measure_budget(model, p, pool, tokens, steps, compile_glue=compile_glue))
         log.info("%s", rows[-1])
-        torch.cuda.set_per_process_memory_fraction(1.0)
+        cap_process(None)
         del pool
     del model
     torch.cuda.empty_cache()

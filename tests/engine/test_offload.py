@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mixdesk.engine import fastpath, loader, qformat
+from mixdesk.engine import budget, fastpath, loader, qformat
 from mixdesk.engine.config import ModelArgs
 from mixdesk.engine.errors import OutOfVRAMError
 from mixdesk.engine.loader import load_model
@@ -285,3 +285,22 @@ def test_streamed_decode_is_one_graph_replay() -> None:
     # counted on the device in every run of the step: 6 replays, the capture's 2 warm-up
     # runs and the 6 eager steps, 3 layers, 2 picks each
     assert int(pool.asked) == (6 + 2 + 6) * 3 * 2
+
+
+@pytest.mark.gpu
+def test_a_budget_caps_the_process(card_folder: Path) -> None:
+    """Loading with a budget holds torch's allocator to it (less the CUDA context); a load
+    without one lifts the cap."""
+    from mixdesk.engine.budget import detect_gpu  # noqa: PLC0415
+
+    gpu = detect_gpu()
+    assert gpu is not None
+    loaded = load_model(card_folder, device="cuda", context=32, budget_gb=2.0)
+    fraction = torch.cuda.get_per_process_memory_fraction()
+    want = (2e9 - gpu.cuda_context_bytes - budget.KERNEL_MODULES_BYTES) / gpu.total_bytes
+    assert fraction == pytest.approx(want, rel=1e-6)
+    with pytest.raises(torch.OutOfMemoryError):  # past the cap, torch refuses the allocation
+        torch.empty(int(2e9), dtype=torch.uint8, device="cuda")
+    del loaded
+    load_model(card_folder, device="cuda", context=32)
+    assert torch.cuda.get_per_process_memory_fraction() == 1.0
