@@ -17,6 +17,7 @@ import torch
 from mixdesk.engine.checkpoint import Checkpoint, sanitize
 from mixdesk.engine.config import ModelArgs
 from mixdesk.engine.errors import ModelFormatError, NoGPUError, TokenizerError
+from mixdesk.engine.fastpath import capture_decode
 from mixdesk.engine.model import Transformer
 from mixdesk.engine.paths import demo_model_dir
 from mixdesk.engine.qformat import is_quantized_folder, load_quantized_into
@@ -154,6 +155,8 @@ def load_model(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = to
                             expert_slots=slots)
         model.eval()
         model.setup_cache(context)
+        if device.startswith("cuda"):
+            capture_decode(model)  # the first answer does not pay the compile and capture
         return LoadedModel(folder, args, model, tokenizer, torch.device(device), dtype, context)
     checkpoint = Checkpoint(folder)
 
