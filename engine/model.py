@@ -100,7 +100,7 @@ class Attention(nn.Module):
             scores = scores.masked_fill(~mask, float("-inf"))
             y = (scores.softmax(-1).to(v.dtype) @ v).view(B, self.n_heads, 1, -1)  # [B, H, 1, Hd]
             return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
-        used = mask.shape[-1]  # prefill: only the cache positions written so far
+        used = mask.shape[-1]  # prefill: only the positions written so far (Transformer.forward)
         k = k[:, :, :used].repeat_interleave(rep, dim=1)  # [B, H, U, Hd]
         v = v[:, :, :used].repeat_interleave(rep, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, Hd]
@@ -154,7 +154,9 @@ class MoE(nn.Module):
             return y.to(x.dtype).view(shape)
         weights = weights.to(x.dtype)
         out = torch.zeros_like(x)
-        # group tokens by expert: each expert runs once on all the tokens it was picked for
+        # group tokens by expert: each expert runs once on all the tokens it was picked for,
+        # in transformers' row order (top-k slot, then token): a matmul rounds each row
+        # differently with its place in the batch (up to 4e-4 on a smol-moe layer, random input)
         for e in chosen.unique().tolist():
             slot, rows = torch.where(chosen.T == e)
             out.index_add_(0, rows, self.experts[e](x[rows]) * weights[rows, slot, None])
@@ -216,7 +218,8 @@ class Transformer(nn.Module):
         # causal mask over the whole static cache: position p sees 0..p
         keys = torch.arange(self.max_len, device=pos.device)
         mask = keys[None, :] <= pos[:, None]  # [T, S]
-        if tokens.shape[1] > 1:
+        if tokens.shape[1] > 1:  # prefill: sdpa over the U positions written so far, not S, keeps
+            # fp32 logits bit-equal to transformers'; decode keeps the static shape (CUDA graph)
             mask = mask[:, :int(pos.max()) + 1]  # [T, U]
         for layer in self.layers:
             x = layer(x, cos, sin, mask, pos)
