@@ -140,14 +140,12 @@ def load_model(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = to
     args = ModelArgs.from_folder(folder)
     tokenizer = load_tokenizer(folder)
     context = min(context or DEFAULT_CONTEXT, args.max_seq_len)
-    slots = None
-    if budget_gb is not None:
-        fitted = enforce_budget(folder, device, budget_gb, context)
-        slots = fitted.expert_slots if fitted is not None and fitted.expert_slots else None
-    elif device.startswith("cuda"):  # no budget: the whole GPU (lifts an earlier load's cap)
+    fitted = None if budget_gb is None else enforce_budget(folder, device, budget_gb, context)
+    slots = fitted.expert_slots if fitted is not None and fitted.expert_slots else None
+    if device.startswith("cuda"):  # the engine never takes more than the plan's budget;
         from mixdesk.engine.budget import cap_process  # noqa: PLC0415
 
-        cap_process(None, torch.device(device).index or 0)
+        cap_process(fitted, torch.device(device).index or 0)  # no budget: the whole GPU
     if is_quantized_folder(folder):  # the mixdesk quantized format (engine.qformat)
         with torch.device("meta"):
             model = Transformer(args)
@@ -193,22 +191,15 @@ def enforce_budget(folder: Path, device: str, budget_gb: float, context: int) ->
     if not device.startswith("cuda"):
         log.info("a VRAM budget applies to GPU loads; ignored on %s", device)
         return None
-    from mixdesk.engine.budget import (  # noqa: PLC0415
-        cap_process,
-        check_fits,
-        detect_gpu,
-        plan,
-    )
+    from mixdesk.engine.budget import check_fits, detect_gpu, plan  # noqa: PLC0415
     from mixdesk.engine.quantize import Recipe  # noqa: PLC0415
 
-    index = torch.device(device).index or 0
-    gpu = detect_gpu(index)
+    gpu = detect_gpu(torch.device(device).index or 0)
     dense = None if is_quantized_folder(folder) else Recipe("dense", ())
     # one copy per weight: on CUDA the packed copy replaces the stored form (engine.fastpath)
     fitted = plan(folder, gpu, budget_gb, context, recipe=dense, runnable_only=True,
                   kernel_copy=False)
     check_fits(fitted, gpu)
-    cap_process(fitted, index)  # the engine never takes more than the plan's budget
     log.info("plan: %s, %s, %.2f GB of VRAM predicted, budget %.1f GB", fitted.recipe.name,
              fitted.placement, fitted.vram_total / 1e9, budget_gb)
     return fitted
