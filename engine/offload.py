@@ -654,7 +654,8 @@ def bench_budgets(budgets: Sequence[float] = (13.6, 16, 20, 24, 32), layers: int
     gpu = measure_gpu(save=False)
     rows: list[dict[str, Any]] = []
     out: dict[str, Any] = {"gpu": asdict(gpu), "layers": layers, "context": context,
-                           "prompt": prompt, "steps": steps, "rows": rows}
+                           "prompt": prompt, "steps": steps, "rows": rows,
+                           "fill_slots_gbps": round(_fill_rate() / 1e9, 1)}
     gen = torch.Generator(device="cuda").manual_seed(0)
     host: list[tuple[PackedWeight, PackedWeight]] = []
 
@@ -695,6 +696,23 @@ def bench_budgets(budgets: Sequence[float] = (13.6, 16, 20, 24, 32), layers: int
     if hqq_offload:
         out["hqq_offload_meta"] = bench_hqq_offload_meta(layers)
     return out
+
+
+def _fill_rate(nbytes: int = 2**28) -> float:
+    """Bytes per second `fill_slots` moves from pinned host memory into device slots."""
+    from mixdesk.kernels.gemv import fill_slots  # noqa: PLC0415
+
+    src = torch.empty((2, nbytes // 8), dtype=torch.int32, pin_memory=True)
+    dst = torch.empty((3, nbytes // 8), dtype=torch.int32, device="cuda")
+    ids = torch.tensor([0, 1], dtype=torch.int32, device="cuda")
+    pos = torch.tensor([1, 2], dtype=torch.int32, device="cuda")
+    fill_slots(src, dst, ids, pos, 1)
+    torch.cuda.synchronize()
+    began = time.perf_counter()
+    for _ in range(5):
+        fill_slots(src, dst, ids, pos, 1)
+    torch.cuda.synchronize()
+    return 5 * nbytes / (time.perf_counter() - began)
 
 
 def _measure_budget(model: Any, p: Any, pool: PinnedExperts | None, tokens: Tensor, steps: int,

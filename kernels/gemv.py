@@ -431,6 +431,16 @@ TUNED: dict[tuple[int, int, int, int, int], tuple[int, int, int, bool]] = {
 }
 
 
+# Inside `moe_decode` a launch covers top_k experts (w1/w3: 2 matrices each), so the best tile
+# differs from the one-matrix sweep above: measured 2026-11-22 on an H100
+# (tests/bench/moe_sweep.py, tests/bench/results/h100-moe-sweep.json), top-2 at the Mixtral
+# shape: 145.7 us with TUNED's tiles, 117.1 us with these (1247 -> 1552 GB/s).
+TUNED_MOE: dict[tuple[int, int, int, int, int], tuple[int, int, int, bool]] = {
+    (2, 8, 0, 14336, 4096): (8, 128, 4, True),
+    (2, 8, 0, 4096, 14336): (32, 64, 4, True),
+}
+
+
 def split_for(pw: PackedWeight, block_rows: int, block_cols: int, launches: int,
               device: torch.device, programs_per_sm: int = 4) -> int:
     """K split that gives ~`programs_per_sm` programs per SM (atomics add the parts)."""
@@ -443,10 +453,15 @@ def split_for(pw: PackedWeight, block_rows: int, block_cols: int, launches: int,
                       math.ceil(b_cols / block_cols)))
 
 
-def default_config(pw: PackedWeight, launches: int, device: torch.device) -> Config:
-    """The measured tile for this shape if there is one, else one that keeps ~8 words and
-    <= ~140 accumulators per thread; K is split so that the programs fill the GPU."""
-    tuned = TUNED.get((pw.bits, pw.group, pw.axis, *pw.shape))
+def default_config(pw: PackedWeight, launches: int, device: torch.device, *,
+                   table: dict[tuple[int, int, int, int, int], tuple[int, int, int, bool]]
+                   | None = None) -> Config:
+    """The measured tile for this shape if there is one (in `table`, default TUNED), else one
+    that keeps ~8 words and <= ~140 accumulators per thread; K is split so that the programs
+    fill the GPU."""
+    table = TUNED if table is None else table
+    tuned = table.get((pw.bits, pw.group, pw.axis, *pw.shape)) or TUNED.get(
+        (pw.bits, pw.group, pw.axis, *pw.shape))
     if tuned is not None:
         rows, cols, warps, prefetch = tuned
         return Config(rows, cols, split_for(pw, rows, cols, launches, device), warps, prefetch)
@@ -561,10 +576,12 @@ def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
         h = torch.zeros((topk, 2, ffn), dtype=torch.float32, device=x.device)  # h1, h3 per slot
     if out is None:
         out = torch.zeros(dim, dtype=torch.float32, device=x.device)
+    c13 = configs[0] or default_config(w13, 2 * topk, x.device, table=TUNED_MOE)
+    c2 = configs[1] or default_config(w2, topk, x.device, table=TUNED_MOE)
     _launch(x.contiguous(), x, rw, ids, w13, h, launches=2 * topk, moe=True, mats=2, act=False,
-            x_slot=0, out_mat=ffn, config=configs[0])
+            x_slot=0, out_mat=ffn, config=c13)
     _launch(h, h[:, 1], rw, ids, w2, out, launches=topk, moe=True, mats=1, act=True,
-            x_slot=2 * ffn, out_mat=0, config=configs[1])
+            x_slot=2 * ffn, out_mat=0, config=c2)
     return out
 
 

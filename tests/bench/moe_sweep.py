@@ -1,0 +1,81 @@
+"""Sweep the tile and K split of `moe_decode`'s two launches at the Mixtral-8x7B shape.
+
+`gemv.TUNED` was swept one matrix at a time; inside the MoE the w1/w3 launch covers
+2 experts x 2 matrices and the w2 launch 2 experts, so its best tile and split may
+differ. Times each candidate pair in a CUDA graph over 4 layers (past L2), and prints
+the best against the default, in GB/s of the bytes the two experts hold.
+
+    python tests/bench/moe_sweep.py --out $OUT/moe_sweep.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+
+import torch
+
+from mixdesk.engine.bench import MIXTRAL_SHAPES, Case, random_packed, time_graph
+from mixdesk.kernels.gemv import Config, default_config, moe_decode, split_for
+
+LAYERS = 4
+TILES_13 = [(1, 512, 4), (2, 512, 4), (2, 256, 4), (4, 256, 4), (2, 512, 8), (4, 512, 8),
+            (8, 128, 4), (1, 1024, 8)]
+TILES_2 = [(16, 128, 8), (8, 128, 4), (16, 128, 4), (32, 64, 4), (8, 256, 8), (4, 512, 8)]
+PER_SM = (2, 4, 8, 16)
+
+
+def configs(pw, tiles, launches):
+    dev = torch.device("cuda")
+    out = []
+    for (rows, cols, warps), per_sm, prefetch in itertools.product(tiles, PER_SM, (False, True)):
+        split = split_for(pw, rows, cols, launches, dev, programs_per_sm=per_sm)
+        out.append(Config(rows, cols, split, warps, prefetch))
+    return list(dict.fromkeys(out))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="moe_sweep.json")
+    args = parser.parse_args()
+    ffn, dim = MIXTRAL_SHAPES["w1/w3"]
+    w13 = [random_packed(Case("w1/w3", ffn, dim, 2, 8, 0), mats=16) for _ in range(LAYERS)]
+    w2 = [random_packed(Case("w2", dim, ffn, 2, 8, 0), mats=8) for _ in range(LAYERS)]
+    x = torch.randn(dim, device="cuda", dtype=torch.float16)
+    rw = torch.softmax(torch.randn(2, device="cuda"), 0)
+    ids = [torch.randperm(8, device="cuda")[:2].to(torch.int32) for _ in range(LAYERS)]
+    nbytes = 2 * (2 * (w13[0].nbytes()) + w2[0].nbytes())  # nbytes() is one matrix
+
+    def timed(c13, c2) -> float:
+        def step() -> None:
+            for i in range(LAYERS):
+                moe_decode(x, w13[i], w2[i], ids[i], rw, configs=(c13, c2))
+        return time_graph(step, LAYERS)
+
+    dev = torch.device("cuda")
+    d13, d2 = default_config(w13[0], 4, dev), default_config(w2[0], 2, dev)
+    base = timed(d13, d2)
+    rows = []
+    best2 = d2
+    for c13 in configs(w13[0], TILES_13, 4):
+        rows.append({"w13": str(c13), "us": timed(c13, best2) * 1e6})
+    best13 = min(rows, key=lambda r: r["us"])
+    c13_best = next(c for c in configs(w13[0], TILES_13, 4) if str(c) == best13["w13"])
+    rows2 = []
+    for c2 in configs(w2[0], TILES_2, 2):
+        rows2.append({"w2": str(c2), "us": timed(c13_best, c2) * 1e6})
+    best2_row = min(rows2, key=lambda r: r["us"])
+    result = {"bytes": nbytes, "default": {"w13": str(d13), "w2": str(d2), "us": base * 1e6,
+                                           "gbs": nbytes / base / 1e9},
+              "best_w13": best13, "best_pair": {**best2_row, "w13": best13["w13"],
+                                                "gbs": nbytes / (best2_row["us"] / 1e6) / 1e9},
+              "w13_top": sorted(rows, key=lambda r: r["us"])[:8],
+              "w2_top": sorted(rows2, key=lambda r: r["us"])[:8]}
+    print(json.dumps(result, indent=1))
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
