@@ -29,7 +29,8 @@ from mixdesk.app.gui.wizard import (
     QuantizeWizard,
     run_job,
 )
-from mixdesk.engine.budget import GpuInfo
+from mixdesk.engine.budget import GpuInfo, plan
+from mixdesk.engine.errors import OutOfVRAMError
 from mixdesk.engine.events import Done, SamplingParams
 
 pytestmark = pytest.mark.qt_log_ignore("does not support propagateSizeHints")
@@ -390,9 +391,13 @@ def test_cli_quantize_budget_picks_the_recipe(source_model: Path, tmp_path: Path
     assert main(["quantize", str(source_model), str(too_small), "--budget", "0.1",
                  "--context", "512"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("mixdesk: error: ") and "needs at least 0.6 GB" in err
+    assert err.startswith("mixdesk: error: ") and "needs at least " in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not too_small.exists()
+    need = float(err.split("needs at least ")[1].split(" GB")[0])
+    assert plan(source_model, None, need, 512).vram_total <= need * 1e9  # it names enough
+    with pytest.raises(OutOfVRAMError):
+        plan(source_model, None, need - 0.1, 512)
 
     out = tmp_path / "fits"
     assert main(["quantize", str(source_model), str(out), "--budget", "2",
