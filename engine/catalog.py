@@ -43,8 +43,8 @@ CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry(
         "mistralai/Mixtral-8x7B-Instruct-v0.1", "Mixtral-8x7B-Instruct-v0.1",
         "The original, 47B parameters in bf16. Download it, then quantize it here for your "
-        "GPU: the wizard picks the recipe for your VRAM (from 4 GB, with experts cached "
-        "from host memory; all on the GPU from 21.2 GB, 3-bit).",
+        "GPU: the wizard picks the recipe for your VRAM (from 4 GB, with experts streamed "
+        "from host memory; all on the GPU from 21.5 GB, 3-bit).",
         "quantize", 93.4, gated=True),
     CatalogEntry(
         "mobiuslabsgmbh/Mixtral-8x7B-Instruct-v0.1-hf-attn-4bit-moe-2bit-metaoffload-HQQ",
