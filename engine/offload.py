@@ -636,7 +636,8 @@ def bench_budgets(budgets: Sequence[float] = (13.6, 16, 20, 24, 32), layers: int
     """The synthetic Mixtral-8x7B (card recipe) at each VRAM budget, as the plan places it.
 
     Per budget: the plan (`engine.budget.plan`, GPU measured in this process), the budget
-    enforced in the process (`budget.cap_process`), a `prompt`-token prefill,
+    enforced in the process (`budget.cap_process`), a `prompt`-token prefill (timed the
+    second time: the time to the first token),
     then `steps` decode steps through the one-graph step as `generate` runs them; measured
     ms/token against the plan's floor, the resident hit rate, torch's peak allocation and
     reservation and the device's memory in use (NVML's counter) against the plan's VRAM.
@@ -730,7 +731,11 @@ def _measure_budget(model: Any, p: Any, pool: PinnedExperts | None, tokens: Tens
     try:
         with torch.inference_mode():
             positions = torch.arange(tokens.shape[1], device="cuda")
-            model(tokens, positions)  # the prefill, through the pool's staging
+            model(tokens, positions)  # the prefill, through the pool's staging (warm-up)
+            torch.cuda.synchronize()
+            began = time.perf_counter()
+            int(model(tokens, positions)[0, -1].argmax())  # as generate's first token
+            row["ttft_s"] = round(time.perf_counter() - began, 3)
             used = _device_used()
             if pool is not None:
                 pool.reset_stats()
