@@ -76,7 +76,6 @@ PLACEMENTS = ("resident", "expert meta on host", "all meta on host")
 # pinned host memory, as many resident on the GPU as the VRAM left holds, plus top_k staging
 # slots. Offered in place of a meta placement that today's engine cannot run.
 EXPERTS_ON_HOST = "experts on host"
-MIN_SLOTS_PER_TOP_K = 1  # the top_k staging slots; every expert resident beyond them is a hit
 
 
 # ---------------------------------------------------------------------------- hardware
@@ -583,7 +582,7 @@ def price_experts_on_host(source: ModelSource, recipe: Recipe, gpu: GpuInfo, bud
     vram["headroom"] = STREAMED_HEADROOM_BYTES
     if slots is None:
         slots = min(n_experts + args.top_k, max(0, budget - sum(vram.values())) // one)
-        if slots < MIN_SLOTS_PER_TOP_K * args.top_k:
+        if slots < args.top_k:  # the staging slots
             return None
     vram["expert cache"] = slots * one
     resident = slots - args.top_k
@@ -725,7 +724,7 @@ class _Search:
             least = price_experts_on_host(self.source, rec, self.gpu, self.budget,
                                           context=self.context,
                                           prompt_tokens=self.prompt_tokens, weights=weights,
-                                          slots=MIN_SLOTS_PER_TOP_K * self.source.args.top_k)
+                                          slots=self.source.args.top_k)  # staging only
             if least is not None:
                 self.weighed.append(least)
         return None

@@ -107,6 +107,13 @@ def _copy_mats(dst: PackedWeight, d0: int, src: PackedWeight, s0: int, n: int) -
         dst.meta[d0:d0 + n].copy_(src.meta[s0:s0 + n], non_blocking=True)
 
 
+def _copy_expert(pool: tuple[PackedWeight, PackedWeight], slot: int,
+                 host: tuple[PackedWeight, PackedWeight], expert: int) -> None:
+    """Expert `expert` of one layer's host stacks (its w1, w3 and its w2) into pool slot `slot`."""
+    _copy_mats(pool[0], 2 * slot, host[0], 2 * expert, 2)
+    _copy_mats(pool[1], slot, host[1], expert, 1)
+
+
 class ExpertCache:
     """Every layer's experts on the host, `slots` of them on the device, LRU.
 
@@ -166,17 +173,14 @@ class ExpertCache:
             self.guessed.discard(old)
         self.owner[slot] = (layer, expert)
         self.lru[(layer, expert)] = slot
-        w13, w2 = self.host[layer]
         if self.copy_stream is None:
-            _copy_mats(self.w13, 2 * slot, w13, 2 * expert, 2)
-            _copy_mats(self.w2, slot, w2, expert, 1)
+            _copy_expert((self.w13, self.w2), slot, self.host[layer], expert)
         else:
             used = self.used[slot]
             if used is not None:  # the last compute that read this slot must be done
                 self.copy_stream.wait_event(used)
             with torch.cuda.stream(self.copy_stream):
-                _copy_mats(self.w13, 2 * slot, w13, 2 * expert, 2)
-                _copy_mats(self.w2, slot, w2, expert, 1)
+                _copy_expert((self.w13, self.w2), slot, self.host[layer], expert)
                 ready = torch.cuda.Event()
                 ready.record(self.copy_stream)
             self.ready[slot] = ready
@@ -377,9 +381,7 @@ class PinnedExperts:
         for slot in range(resident):  # round robin: layer slot % L keeps its next expert
             layer, expert = slot % len(layers), slot // len(layers)
             slot_of[layer, expert] = slot
-            w13, w2 = self.host[layer]
-            _copy_mats(self.w13, 2 * slot, w13, 2 * expert, 2)
-            _copy_mats(self.w2, slot, w2, expert, 1)
+            _copy_expert((self.w13, self.w2), slot, self.host[layer], expert)
         self.slot_of_host = slot_of
         self.slot_of = slot_of.to(self.device)
         self.staging = torch.arange(resident, resident + top_k, dtype=torch.int32,
@@ -426,9 +428,7 @@ class PinnedExperts:
         if slot >= 0:
             return slot
         slot = self.first + staging
-        w13, w2 = self.host[layer]
-        _copy_mats(self.w13, 2 * slot, w13, 2 * expert, 2)
-        _copy_mats(self.w2, slot, w2, expert, 1)
+        _copy_expert((self.w13, self.w2), slot, self.host[layer], expert)
         return slot
 
 
@@ -451,14 +451,13 @@ class StreamedMoE(MoEOffload):
 
     def __call__(self, x: Tensor, chosen: Tensor, weights: Tensor) -> Tensor:
         """x: [N, D]; chosen, weights: [N, A] (router output). Returns [N, D] in x's dtype."""
+        pool = self.experts
         if x.shape[0] == 1:
             from mixdesk.kernels.gemv import moe_decode  # noqa: PLC0415 - triton only here
 
-            pool = self.experts
             pos = pool.slots_for(self.layer, chosen[0])
             y = moe_decode(x[0], pool.w13, pool.w2, pos, weights[0])  # fp32 [D]
             return y.to(x.dtype)[None]
-        pool = self.experts
         return _prefill(x, chosen, weights, slot_of=lambda e: pool.stage(self.layer, e),
                         pool=(pool.w13, pool.w2))
 
@@ -488,20 +487,19 @@ def _prefill(x: Tensor, chosen: Tensor, weights: Tensor, *, slot_of: Callable[[i
     return out
 
 
-def _moe_layers(model: nn.Module) -> list[Any]:
+def _routed_moes(model: nn.Module) -> list[Any]:
+    """The routed MoE layers, fused or already offloaded."""
     from mixdesk.engine.model import MoE  # noqa: PLC0415 - model imports this module's users
 
-    moes = [m for m in model.modules() if isinstance(m, MoE) and m.gate is not None]
+    return [m for m in model.modules() if isinstance(m, MoE) and m.gate is not None]
+
+
+def _moe_layers(model: nn.Module) -> list[Any]:
+    """The routed MoE layers, each fused (its experts in `MoE.packed`), else ValueError."""
+    moes = _routed_moes(model)
     if any(m.packed is None for m in moes):
         raise ValueError("every routed MoE layer must be fused before its experts offload")
     return moes
-
-
-def _moe_layers_any(model: nn.Module) -> list[Any]:
-    """The routed MoE layers, fused or already offloaded."""
-    from mixdesk.engine.model import MoE  # noqa: PLC0415
-
-    return [m for m in model.modules() if isinstance(m, MoE) and m.gate is not None]
 
 
 def _drop_device_experts(moes: Sequence[Any]) -> None:
@@ -531,8 +529,8 @@ def stream_experts(model: nn.Module, slots: int, device: torch.device | str, *,
         moe.offload = StreamedMoE(pool, i)
     _drop_device_experts(moes)
     log.info("experts in %s host memory, %d of %d resident on the GPU plus %d staging "
-             "(%.2f GB), streamed inside the decode graph", "pinned" if pin is not False
-             and pool.device.type == "cuda" else "plain", pool.resident,
+             "(%.2f GB), streamed inside the decode graph",
+             "pinned" if pool.host[0][0].codes.is_pinned() else "plain", pool.resident,
              len(moes) * pool.n_experts, top_k, pool.pool_bytes / 1e9)
     return pool
 
@@ -674,17 +672,16 @@ def bench_budgets(budgets: Sequence[float] = (13.6, 16, 20, 24, 32), layers: int
             del model
             torch.cuda.empty_cache()
             model = synthetic_mixtral(layers, context, on_fused=to_host)
+        moes = _routed_moes(model)
+        for moe in moes:  # the last budget's pool goes before this one is made
+            moe.offload = None
+        torch.cuda.empty_cache()
         pool = None
         if p.placement == EXPERTS_ON_HOST:
-            moes = _moe_layers_any(model)
-            for moe in moes:
-                moe.offload = None
-            torch.cuda.empty_cache()
             pool = PinnedExperts(host, p.expert_slots - model.args.top_k, model.args.top_k,
                                  "cuda", pin=True)
             for i, moe in enumerate(moes):
                 moe.offload = StreamedMoE(pool, i)
-        torch.cuda.empty_cache()
         cap_process(p)
         tokens = torch.randint(0, model.args.vocab_size, (1, prompt), device="cuda",
                                generator=gen)

@@ -456,12 +456,11 @@ def split_for(pw: PackedWeight, block_rows: int, block_cols: int, launches: int,
 def default_config(pw: PackedWeight, launches: int, device: torch.device, *,
                    table: dict[tuple[int, int, int, int, int], tuple[int, int, int, bool]]
                    | None = None) -> Config:
-    """The measured tile for this shape if there is one (in `table`, default TUNED), else one
+    """The measured tile for this shape if there is one (in `table`, then in TUNED), else one
     that keeps ~8 words and <= ~140 accumulators per thread; K is split so that the programs
     fill the GPU."""
-    table = TUNED if table is None else table
-    tuned = table.get((pw.bits, pw.group, pw.axis, *pw.shape)) or TUNED.get(
-        (pw.bits, pw.group, pw.axis, *pw.shape))
+    key = (pw.bits, pw.group, pw.axis, *pw.shape)
+    tuned = (table or {}).get(key) or TUNED.get(key)
     if tuned is not None:
         rows, cols, warps, prefetch = tuned
         return Config(rows, cols, split_for(pw, rows, cols, launches, device), warps, prefetch)

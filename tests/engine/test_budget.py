@@ -163,7 +163,7 @@ def test_small_cards_run_with_experts_on_host(budget_gb: float) -> None:
              kernel_copy=False)
     assert p.placement == EXPERTS_ON_HOST and p.runnable is None
     assert p.vram_total <= budget_gb * GB
-    assert budget.MIN_SLOTS_PER_TOP_K * 2 <= p.expert_slots < 256
+    assert 2 <= p.expert_slots < 256  # at least the top-2 staging slots
     with pytest.raises(OutOfVRAMError, match="host RAM"):  # 23 GB of experts to pin
         plan(MIXTRAL_8X7B, H100, budget_gb, 4096, host_ram_bytes=8 * 10**9,
              runnable_only=True, kernel_copy=False)
