@@ -90,3 +90,19 @@ def fill_slots(src: Tensor, dst: Tensor, ids: Tensor, pos: Tensor, first: int) -
     for e, p in zip(ids.tolist(), pos.tolist(), strict=True):
         if p >= first:
             dst[p].copy_(src[e])
+
+
+def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor,
+                     scale: float) -> Tensor:
+    """Reference of `kernels.attention.decode_attention`, the torch decode path of
+    `engine.model.Attention`: the whole cache, positions > pos masked to -inf, fp32 softmax.
+
+    q [B, H, Hd]; caches [B, K, S, Hd]; pos [1]. Returns [B, H, Hd] in q's dtype."""
+    batch, n_heads, head_dim = q.shape
+    n_kv, max_len = k_cache.shape[1], k_cache.shape[2]
+    qg = q.view(batch, n_kv, n_heads // n_kv, head_dim)  # [B, K, R, Hd]
+    wide = torch.promote_types(q.dtype, torch.float32)
+    scores = (qg @ k_cache.transpose(-1, -2)).to(wide) * scale  # [B, K, R, S]
+    mask = torch.arange(max_len, device=q.device) <= pos.reshape(1)  # [S]
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return (scores.softmax(-1).to(v_cache.dtype) @ v_cache).view(batch, n_heads, head_dim)

@@ -1,7 +1,7 @@
 """Kernel tests run the Triton kernels in the interpreter when there is no CUDA GPU.
 
 TRITON_INTERPRET is read when `@triton.jit` decorates, so it is set here, before
-the test modules import `mixdesk.kernels.gemv`; a copy imported earlier is reloaded.
+the test modules import the kernels; a copy imported earlier is reloaded.
 """
 
 from __future__ import annotations
@@ -14,5 +14,6 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
-    if "mixdesk.kernels.gemv" in sys.modules:
-        importlib.reload(sys.modules["mixdesk.kernels.gemv"])
+    for name in ("mixdesk.kernels.gemv", "mixdesk.kernels.attention"):  # attention imports gemv
+        if name in sys.modules:
+            importlib.reload(sys.modules[name])
