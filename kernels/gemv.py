@@ -41,28 +41,44 @@ from torch import Tensor
 
 from mixdesk.kernels.layout import PackedWeight, lanes_per_word
 
+ONE = 0x3F800000  # the bits of fp32 1.0: a zero exponent
+
 
 @triton.jit
-def _lane(w, J: tl.constexpr, BITS: tl.constexpr):
-    """Lane J of int32 words w as fp32 1 + q / 2**BITS (exact, no convert)."""
-    SH: tl.constexpr = 23 - BITS - BITS * J
+def _top(J: tl.constexpr, LANES: tl.constexpr, LPS: tl.constexpr):
+    """The top lane of J's shift group: lanes J//LPS*LPS .. +LPS-1 (LPS lanes share a shift)."""
+    TOP: tl.constexpr = (J // LPS) * LPS + LPS - 1
+    return TOP if TOP < LANES else LANES - 1
+
+
+@triton.jit
+def _lane(w, J: tl.constexpr, BITS: tl.constexpr, one=ONE, LANES: tl.constexpr = 16,
+          LPS: tl.constexpr = 1):
+    """Lane J of int32 words w as fp32 1 + q / 2**(BITS*(k+1)) (exact, no convert).
+
+    One shift puts the top lane of J's group at the top of the mantissa and the k-th lane
+    below it BITS*k bits lower, so LPS lanes cost one shift and a LOP3 each; the caller
+    scales lane k's sum by 2**(BITS*k). `one` is ONE passed in as a kernel argument: as an
+    immediate, ptxas re-materialises the LOP3's second constant before every use."""
+    TOP: tl.constexpr = _top(J, LANES, LPS)
+    SH: tl.constexpr = 23 - BITS - BITS * TOP
     if SH >= 0:
         v = w << SH
     else:
         v = w >> (-SH)
-    MASK: tl.constexpr = ((1 << BITS) - 1) << (23 - BITS)
-    return ((v & MASK) | 0x3F800000).to(tl.float32, bitcast=True)
+    MASK: tl.constexpr = ((1 << BITS) - 1) << (23 - BITS - BITS * (TOP - J))
+    return ((v & MASK) | one).to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def _byte(v, POS: tl.constexpr):
+def _byte(v, POS: tl.constexpr, one=ONE):
     """The byte at bits POS..POS+7 of int32 v as fp32 1 + byte / 256 (exact, no convert)."""
     SH: tl.constexpr = 15 - POS
     if SH >= 0:
         u = v << SH
     else:
         u = v >> (-SH)
-    return ((u & 0x7F8000) | 0x3F800000).to(tl.float32, bitcast=True)
+    return ((u & 0x7F8000) | one).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -115,28 +131,36 @@ def _program_mat(ids_ptr, rw_ptr, MOE: tl.constexpr, MATS: tl.constexpr):
 
 
 @triton.jit
-def _acc_lane(acc, w, sxb, J: tl.constexpr, LANES: tl.constexpr, BITS: tl.constexpr):
+def _acc_lane(acc, w, sxb, one, J: tl.constexpr, LANES: tl.constexpr, BITS: tl.constexpr,
+              LPS: tl.constexpr):
     if J < LANES:
-        acc += _lane(w, J, BITS) * sxb
+        acc += _lane(w, J, BITS, one, LANES, LPS) * sxb
     return acc
 
 
 @triton.jit
-def _out_lane(out_base, a, amask, r, acc, zsum, A, J: tl.constexpr, LANES: tl.constexpr,
-              G: tl.constexpr, V: tl.constexpr):
+def _out_lane(out_base, a, amask, r, acc, accs, zsum, A, J: tl.constexpr, LANES: tl.constexpr,
+              G: tl.constexpr, V: tl.constexpr, BITS: tl.constexpr, LPS: tl.constexpr):
+    """Lane J's sums into y. acc = sum f*sxb with f = 1 + q/2**(BITS*(k+1)), accs = sum sxb:
+    (acc - accs) * 2**(BITS*k) = sum q*sxb/2**BITS; k = 0 needs no accs (zsum has it)."""
     if J < LANES:
         lane = a * 0 + (r * V + J)  # [BA], so the mask stays a vector
-        tl.atomic_add(out_base + a + lane * A, tl.sum(acc, 1) - zsum, mask=amask & (lane < G),
-                      sem="relaxed")
+        K: tl.constexpr = _top(J, LANES, LPS) - J
+        if LPS == 1:
+            tot = tl.sum(acc, 1) - zsum
+        else:
+            tot = tl.sum(acc - accs, 1) * (1 << (BITS * K)) - zsum
+        tl.atomic_add(out_base + a + lane * A, tot, mask=amask & (lane < G), sem="relaxed")
 
 
 @triton.jit
 def _gemv_axis0_kernel(
     x_ptr, x2_ptr, rw_ptr, ids_ptr, q_ptr, m_ptr, t_ptr, out_ptr,
-    A, B, P, NRB, SPLIT_LEN, T_LEN, X_SLOT, OUT_MAT,
+    A, B, P, NRB, SPLIT_LEN, T_LEN, X_SLOT, OUT_MAT, one,
     BITS: tl.constexpr, G: tl.constexpr, V: tl.constexpr, S: tl.constexpr,
     INLINE: tl.constexpr, MOE: tl.constexpr, MATS: tl.constexpr, ACT: tl.constexpr,
     BA: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
+    LPS: tl.constexpr,
 ):
     LANES: tl.constexpr = V if G > V else G
     pid = tl.program_id(0)
@@ -175,6 +199,7 @@ def _gemv_axis0_kernel(
     acc14 = tl.zeros([BA, BB], tl.float32)
     acc15 = tl.zeros([BA, BB], tl.float32)
     accz = tl.zeros([BA, BB], tl.float32)
+    accs = tl.zeros([BA, BB], tl.float32)  # sum of sxb, for lanes below the top of a shift
     MPOS: tl.constexpr = 16 * INLINE  # where scale_q sits: the word's top half, or meta
     b_start = sid * SPLIT_LEN
     b_end = tl.minimum(b_start + SPLIT_LEN, B)
@@ -193,56 +218,59 @@ def _gemv_axis0_kernel(
         xb = _act(xv, x2v, rw, ACT)
         m = m.to(tl.int32)
         # sxb = 2**BITS * scale * x, one FMA a group; zz = 1 + zero / 2**BITS
-        sxb = _byte(m, MPOS) * (ss * xb)[None, :] + (so * xb)[None, :]
-        accz += (_byte(m, MPOS + 8) * zs[None, :] + zo[None, :]) * sxb
-        acc0 = _acc_lane(acc0, w, sxb, 0, LANES, BITS)
-        acc1 = _acc_lane(acc1, w, sxb, 1, LANES, BITS)
-        acc2 = _acc_lane(acc2, w, sxb, 2, LANES, BITS)
-        acc3 = _acc_lane(acc3, w, sxb, 3, LANES, BITS)
-        acc4 = _acc_lane(acc4, w, sxb, 4, LANES, BITS)
-        acc5 = _acc_lane(acc5, w, sxb, 5, LANES, BITS)
-        acc6 = _acc_lane(acc6, w, sxb, 6, LANES, BITS)
-        acc7 = _acc_lane(acc7, w, sxb, 7, LANES, BITS)
-        acc8 = _acc_lane(acc8, w, sxb, 8, LANES, BITS)
-        acc9 = _acc_lane(acc9, w, sxb, 9, LANES, BITS)
-        acc10 = _acc_lane(acc10, w, sxb, 10, LANES, BITS)
-        acc11 = _acc_lane(acc11, w, sxb, 11, LANES, BITS)
-        acc12 = _acc_lane(acc12, w, sxb, 12, LANES, BITS)
-        acc13 = _acc_lane(acc13, w, sxb, 13, LANES, BITS)
-        acc14 = _acc_lane(acc14, w, sxb, 14, LANES, BITS)
-        acc15 = _acc_lane(acc15, w, sxb, 15, LANES, BITS)
+        sxb = _byte(m, MPOS, one) * (ss * xb)[None, :] + (so * xb)[None, :]
+        accz += (_byte(m, MPOS + 8, one) * zs[None, :] + zo[None, :]) * sxb
+        if LPS > 1:
+            accs += sxb
+        acc0 = _acc_lane(acc0, w, sxb, one, 0, LANES, BITS, LPS)
+        acc1 = _acc_lane(acc1, w, sxb, one, 1, LANES, BITS, LPS)
+        acc2 = _acc_lane(acc2, w, sxb, one, 2, LANES, BITS, LPS)
+        acc3 = _acc_lane(acc3, w, sxb, one, 3, LANES, BITS, LPS)
+        acc4 = _acc_lane(acc4, w, sxb, one, 4, LANES, BITS, LPS)
+        acc5 = _acc_lane(acc5, w, sxb, one, 5, LANES, BITS, LPS)
+        acc6 = _acc_lane(acc6, w, sxb, one, 6, LANES, BITS, LPS)
+        acc7 = _acc_lane(acc7, w, sxb, one, 7, LANES, BITS, LPS)
+        acc8 = _acc_lane(acc8, w, sxb, one, 8, LANES, BITS, LPS)
+        acc9 = _acc_lane(acc9, w, sxb, one, 9, LANES, BITS, LPS)
+        acc10 = _acc_lane(acc10, w, sxb, one, 10, LANES, BITS, LPS)
+        acc11 = _acc_lane(acc11, w, sxb, one, 11, LANES, BITS, LPS)
+        acc12 = _acc_lane(acc12, w, sxb, one, 12, LANES, BITS, LPS)
+        acc13 = _acc_lane(acc13, w, sxb, one, 13, LANES, BITS, LPS)
+        acc14 = _acc_lane(acc14, w, sxb, one, 14, LANES, BITS, LPS)
+        acc15 = _acc_lane(acc15, w, sxb, one, 15, LANES, BITS, LPS)
         if PREFETCH:
             w, m, ss, so, zs, zo, xv, x2v = w_n, m_n, ss_n, so_n, zs_n, zo_n, xv_n, x2v_n
         else:
             w, m, ss, so, zs, zo, xv, x2v = _fetch(
                 q_base, m_base, t_base, x_base, x2_base, a[:, None] * B + bn[None, :],
                 amask[:, None] & bnmask[None, :], rho * B + bn, bn, bnmask, T_LEN, INLINE, ACT)
-    zsum = tl.sum(accz, 1)
-    _out_lane(out_base, a, amask, r, acc0, zsum, A, 0, LANES, G, V)
-    _out_lane(out_base, a, amask, r, acc1, zsum, A, 1, LANES, G, V)
-    _out_lane(out_base, a, amask, r, acc2, zsum, A, 2, LANES, G, V)
-    _out_lane(out_base, a, amask, r, acc3, zsum, A, 3, LANES, G, V)
-    _out_lane(out_base, a, amask, r, acc4, zsum, A, 4, LANES, G, V)
-    _out_lane(out_base, a, amask, r, acc5, zsum, A, 5, LANES, G, V)
-    _out_lane(out_base, a, amask, r, acc6, zsum, A, 6, LANES, G, V)
-    _out_lane(out_base, a, amask, r, acc7, zsum, A, 7, LANES, G, V)
-    _out_lane(out_base, a, amask, r, acc8, zsum, A, 8, LANES, G, V)
-    _out_lane(out_base, a, amask, r, acc9, zsum, A, 9, LANES, G, V)
-    _out_lane(out_base, a, amask, r, acc10, zsum, A, 10, LANES, G, V)
-    _out_lane(out_base, a, amask, r, acc11, zsum, A, 11, LANES, G, V)
-    _out_lane(out_base, a, amask, r, acc12, zsum, A, 12, LANES, G, V)
-    _out_lane(out_base, a, amask, r, acc13, zsum, A, 13, LANES, G, V)
-    _out_lane(out_base, a, amask, r, acc14, zsum, A, 14, LANES, G, V)
-    _out_lane(out_base, a, amask, r, acc15, zsum, A, 15, LANES, G, V)
+    zsum = tl.sum(accz - accs, 1) if LPS > 1 else tl.sum(accz, 1)  # sum z * scale * x
+    _out_lane(out_base, a, amask, r, acc0, accs, zsum, A, 0, LANES, G, V, BITS, LPS)
+    _out_lane(out_base, a, amask, r, acc1, accs, zsum, A, 1, LANES, G, V, BITS, LPS)
+    _out_lane(out_base, a, amask, r, acc2, accs, zsum, A, 2, LANES, G, V, BITS, LPS)
+    _out_lane(out_base, a, amask, r, acc3, accs, zsum, A, 3, LANES, G, V, BITS, LPS)
+    _out_lane(out_base, a, amask, r, acc4, accs, zsum, A, 4, LANES, G, V, BITS, LPS)
+    _out_lane(out_base, a, amask, r, acc5, accs, zsum, A, 5, LANES, G, V, BITS, LPS)
+    _out_lane(out_base, a, amask, r, acc6, accs, zsum, A, 6, LANES, G, V, BITS, LPS)
+    _out_lane(out_base, a, amask, r, acc7, accs, zsum, A, 7, LANES, G, V, BITS, LPS)
+    _out_lane(out_base, a, amask, r, acc8, accs, zsum, A, 8, LANES, G, V, BITS, LPS)
+    _out_lane(out_base, a, amask, r, acc9, accs, zsum, A, 9, LANES, G, V, BITS, LPS)
+    _out_lane(out_base, a, amask, r, acc10, accs, zsum, A, 10, LANES, G, V, BITS, LPS)
+    _out_lane(out_base, a, amask, r, acc11, accs, zsum, A, 11, LANES, G, V, BITS, LPS)
+    _out_lane(out_base, a, amask, r, acc12, accs, zsum, A, 12, LANES, G, V, BITS, LPS)
+    _out_lane(out_base, a, amask, r, acc13, accs, zsum, A, 13, LANES, G, V, BITS, LPS)
+    _out_lane(out_base, a, amask, r, acc14, accs, zsum, A, 14, LANES, G, V, BITS, LPS)
+    _out_lane(out_base, a, amask, r, acc15, accs, zsum, A, 15, LANES, G, V, BITS, LPS)
 
 
 @triton.jit
 def _gemv_axis1_kernel(
     x_ptr, x2_ptr, rw_ptr, ids_ptr, q_ptr, m_ptr, t_ptr, out_ptr,
-    A, B, P, NRB, SPLIT_LEN, T_LEN, X_SLOT, OUT_MAT,
+    A, B, P, NRB, SPLIT_LEN, T_LEN, X_SLOT, OUT_MAT, one,
     BITS: tl.constexpr, G: tl.constexpr, V: tl.constexpr, S: tl.constexpr,
     INLINE: tl.constexpr, MOE: tl.constexpr, MATS: tl.constexpr, ACT: tl.constexpr,
     BA: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
+    LPS: tl.constexpr,  # noqa: ARG001 - the axis-0 kernel's argument; axis 1 decodes one shift a lane
 ):
     LANES: tl.constexpr = V if G > V else G
     pid = tl.program_id(0)
@@ -284,8 +312,8 @@ def _gemv_axis1_kernel(
                 q_base, m_base, t_base, x_base, x2_base, a[:, None] * B + bn[None, :],
                 amask[:, None] & bnmask[None, :], rho * B + bn, bn, bnmask, T_LEN, INLINE, False)
         m = m.to(tl.int32)
-        scale = _byte(m, MPOS) * ss[None, :] + so[None, :]  # 2**BITS * scale
-        zterm = _byte(m, MPOS + 8) * zs[None, :] + zo[None, :]  # 1 + zero / 2**BITS
+        scale = _byte(m, MPOS, one) * ss[None, :] + so[None, :]  # 2**BITS * scale
+        zterm = _byte(m, MPOS + 8, one) * zs[None, :] + zo[None, :]  # 1 + zero / 2**BITS
         dot = tl.zeros([BA, BB], tl.float32)  # sum_j f_j x_j of each group
         xsum = tl.zeros([BB], tl.float32)  # sum_j x_j of each group
         for r in tl.static_range(S):
@@ -301,7 +329,7 @@ def _gemv_axis1_kernel(
                                       ACT)
                         else:
                             xj = xj.to(tl.float32)
-                        dot += _lane(w, j, BITS) * xj[None, :]
+                        dot += _lane(w, j, BITS, one) * xj[None, :]
                         xsum += xj
         acc += scale * (dot - zterm * xsum[None, :])
         if PREFETCH:
@@ -394,6 +422,7 @@ class Config:
     split: int
     num_warps: int = 4
     prefetch: bool = True
+    lanes_per_shift: int = 1  # axis 0: lanes decoded from one shift, <= 8 // bits (_lane)
 
 
 @functools.cache
@@ -453,6 +482,15 @@ def split_for(pw: PackedWeight, block_rows: int, block_cols: int, launches: int,
                       math.ceil(b_cols / block_cols)))
 
 
+# axis 0: lanes that share a shift (_lane). Lane k below the top of its group decodes as
+# 1 + q/2**(bits*(k+1)), so its sum keeps 24 - bits*(k+1) bits past the 1 it cancels; bits*LPS
+# is held to <= 8. Measured in the interpreter (256x512, fp16 x): relative error 6e-7 (LPS 1),
+# 7e-7 (2), 7e-6 (4) at 2-bit g8; 2e-6 at 4-bit g64 with 2. SASS of the w1/w3 loop (sm_90,
+# 8 words a thread): 377 instructions a tile with one shift a lane and the OR constant an
+# immediate, 336 with it an argument, 293 with 4 lanes a shift.
+LANES_PER_SHIFT = {2: 4, 3: 2, 4: 2}
+
+
 def default_config(pw: PackedWeight, launches: int, device: torch.device, *,
                    table: dict[tuple[int, int, int, int, int], tuple[int, int, int, bool]]
                    | None = None) -> Config:
@@ -461,9 +499,11 @@ def default_config(pw: PackedWeight, launches: int, device: torch.device, *,
     fill the GPU."""
     key = (pw.bits, pw.group, pw.axis, *pw.shape)
     tuned = (table or {}).get(key) or TUNED.get(key)
+    lps = LANES_PER_SHIFT.get(pw.bits, 1) if pw.axis == 0 else 1
     if tuned is not None:
         rows, cols, warps, prefetch = tuned
-        return Config(rows, cols, split_for(pw, rows, cols, launches, device), warps, prefetch)
+        return Config(rows, cols, split_for(pw, rows, cols, launches, device), warps, prefetch,
+                      lps)
     _, b_cols = pw.grid
     _, rows_per_residue = _residue_rows(pw)
     lanes = min(pw.group, lanes_per_word(pw.bits))
@@ -472,7 +512,7 @@ def default_config(pw: PackedWeight, launches: int, device: torch.device, *,
     block_cols = _pow2_at_most(b_cols, cap_cols)
     block_rows = _pow2_at_most(rows_per_residue, max(1, tile // block_cols))
     return Config(block_rows, block_cols,
-                  split_for(pw, block_rows, block_cols, launches, device))
+                  split_for(pw, block_rows, block_cols, launches, device), lanes_per_shift=lps)
 
 
 def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, out: Tensor, *,
@@ -490,10 +530,11 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
     meta = pw.codes if pw.meta is None else pw.meta  # unread when inline
     kernel[grid](
         x, x2, rw, ids, pw.codes, meta, pw.table, out,
-        a_rows, b_cols, pw.period, nrb, split_len, pw.table.shape[2], x_slot, out_mat,
+        a_rows, b_cols, pw.period, nrb, split_len, pw.table.shape[2], x_slot, out_mat, ONE,
         BITS=pw.bits, G=pw.group, V=lanes_per_word(pw.bits), S=pw.words,
         INLINE=pw.meta is None, MOE=moe, MATS=mats, ACT=act,
         BA=cfg.block_rows, BB=cfg.block_cols, SPLIT=split, PREFETCH=cfg.prefetch,
+        LPS=max(1, min(cfg.lanes_per_shift, 8 // pw.bits)) if pw.axis == 0 else 1,
         num_warps=cfg.num_warps,
     )
 

@@ -11,6 +11,7 @@ the best against the default, in GB/s of the bytes the two experts hold.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 
@@ -24,14 +25,16 @@ TILES_13 = [(1, 512, 4), (2, 512, 4), (2, 256, 4), (4, 256, 4), (2, 512, 8), (4,
             (8, 128, 4), (1, 1024, 8)]
 TILES_2 = [(16, 128, 8), (8, 128, 4), (16, 128, 4), (32, 64, 4), (8, 256, 8), (4, 512, 8)]
 PER_SM = (2, 4, 8, 16)
+LANES_PER_SHIFT = (1, 2, 4)  # kernels/gemv.py _lane: 1 is the exact decode
 
 
 def configs(pw, tiles, launches):
     dev = torch.device("cuda")
     out = []
-    for (rows, cols, warps), per_sm, prefetch in itertools.product(tiles, PER_SM, (False, True)):
+    for (rows, cols, warps), per_sm, prefetch, lps in itertools.product(
+            tiles, PER_SM, (False, True), LANES_PER_SHIFT):
         split = split_for(pw, rows, cols, launches, dev, programs_per_sm=per_sm)
-        out.append(Config(rows, cols, split, warps, prefetch))
+        out.append(Config(rows, cols, split, warps, prefetch, lps))
     return list(dict.fromkeys(out))
 
 
@@ -56,6 +59,9 @@ def main() -> None:
     dev = torch.device("cuda")
     d13, d2 = default_config(w13[0], 4, dev), default_config(w2[0], 2, dev)
     base = timed(d13, d2)
+    exact13, exact2 = (dataclasses.replace(d13, lanes_per_shift=1),
+                       dataclasses.replace(d2, lanes_per_shift=1))
+    exact = timed(exact13, exact2)  # the default tiles, one shift a lane (before 2026-11-23)
     rows = []
     best2 = d2
     for c13 in configs(w13[0], TILES_13, 4):
@@ -68,6 +74,7 @@ def main() -> None:
     best2_row = min(rows2, key=lambda r: r["us"])
     result = {"bytes": nbytes, "default": {"w13": str(d13), "w2": str(d2), "us": base * 1e6,
                                            "gbs": nbytes / base / 1e9},
+              "default_one_shift_a_lane": {"us": exact * 1e6, "gbs": nbytes / exact / 1e9},
               "best_w13": best13, "best_pair": {**best2_row, "w13": best13["w13"],
                                                 "gbs": nbytes / (best2_row["us"] / 1e6) / 1e9},
               "w13_top": sorted(rows, key=lambda r: r["us"])[:8],

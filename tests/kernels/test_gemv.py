@@ -57,6 +57,17 @@ def test_gemv_interpreter(shape: tuple[int, int], bits: int, group: int, axis: i
     assert check(shape, bits, group, axis, config=config) < 1e-5
 
 
+@pytest.mark.skipif(CUDA, reason="the GPU run checks the Mixtral shapes instead")
+@pytest.mark.parametrize(("bits", "group"), [(2, 8), (3, 16), (4, 64)])
+@pytest.mark.parametrize("lanes_per_shift", [1, 2, 4, 8])
+def test_lanes_sharing_a_shift(bits: int, group: int, lanes_per_shift: int) -> None:
+    """axis 0 decodes up to 8 // bits lanes from one shift (1 + q/2**(bits*(k+1))): the
+    looser decode stays within 3e-5 of fp64, the exact one within 1e-5 (kernels/gemv.py)."""
+    config = Config(4, 16, 2, lanes_per_shift=lanes_per_shift)
+    bound = 1e-5 if lanes_per_shift == 1 else 3e-5
+    assert check((128, 200), bits, group, 0, config=config) < bound
+
+
 @pytest.mark.skipif(CUDA, reason="covered at full size on the GPU")
 def test_gemv_fp32_and_bf16_inputs() -> None:
     assert check((24, 40), 2, 8, 1, dtype=torch.float32) < 1e-5
