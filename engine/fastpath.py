@@ -30,7 +30,7 @@ from torch import nn
 
 from mixdesk.engine.config import ModelArgs
 from mixdesk.engine.errors import OutOfVRAMError
-from mixdesk.engine.model import MoE, Transformer
+from mixdesk.engine.model import Attention, MoE, Transformer
 from mixdesk.engine.quantize import (
     QuantizedWeight,
     QuantLinear,
@@ -156,9 +156,13 @@ def enable_kernels(model: nn.Module, device: torch.device | str) -> str:
         log.info("%s", line)
         return line
     packed, linears, fused, moes = pack_model(model)
+    for m in model.modules():
+        if isinstance(m, Attention):  # decode reads the KV cache up to pos, not all of it
+            m.decode_kernel = True
     line = (f"CUDA: the Triton kernels run batch-1 decode ({packed} of {linears} quantized "
-            f"matrices packed, {fused} of {moes} MoE layers fused); prefill dequantizes "
-            "the packed weights with a Triton kernel into cuBLAS matmuls")
+            f"matrices packed, {fused} of {moes} MoE layers fused, attention over the used "
+            "cache); prefill dequantizes the packed weights with a Triton kernel into cuBLAS "
+            "matmuls")
     if packed < linears:
         line += "; the rest have shapes or specs the kernels do not take (torch path)"
     log.info("%s", line)
@@ -166,13 +170,16 @@ def enable_kernels(model: nn.Module, device: torch.device | str) -> str:
 
 
 def disable_kernels(model: nn.Module) -> None:
-    """Drop every packed copy: the whole model runs the torch dequantize path."""
+    """Drop every packed copy: the whole model runs the torch dequantize path (and torch
+    decode attention)."""
     for m in model.modules():
         if isinstance(m, QuantLinear):
             m.restore_torch_copy()
     for m in model.modules():
         if isinstance(m, QuantLinear | MoE):
             m.packed = None
+        elif isinstance(m, Attention):
+            m.decode_kernel = False
     _GRAPHS.pop(model, None)
 
 

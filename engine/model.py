@@ -83,6 +83,9 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
         self.kv_cache: KVCache | None = None
+        # one token through `kernels.attention.decode_attention` (engine.fastpath sets it on
+        # CUDA): it reads cache positions 0..pos, not the whole static cache
+        self.decode_kernel = False
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, pos: Tensor) -> Tensor:
         B, T, _ = x.shape  # noqa: N806
@@ -93,6 +96,11 @@ class Attention(nn.Module):
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(pos, k, v)  # [B, K, S, Hd]
         rep = self.n_heads // self.n_kv_heads
+        if T == 1 and self.decode_kernel:  # pos read on the device: one CUDA graph replays it
+            from mixdesk.kernels.attention import decode_attention  # noqa: PLC0415 - triton only
+
+            y = decode_attention(q[:, :, 0], k, v, pos, self.head_dim**-0.5)  # [B, H, Hd]
+            return self.o_proj(y.reshape(B, T, -1))
         if T == 1:  # decode: each kv head's cache read once, not copied per query head
             qg = q.view(B, self.n_kv_heads, rep, -1)  # [B, K, R, Hd]
             wide = torch.promote_types(q.dtype, torch.float32)  # fp32 at least, fp64 stays

@@ -17,7 +17,7 @@ import torch
 from mixdesk.engine import fastpath
 from mixdesk.engine.config import ModelArgs
 from mixdesk.engine.loader import load_model
-from mixdesk.engine.model import MoE
+from mixdesk.engine.model import MoE, Transformer
 from mixdesk.engine.qformat import quantize_model
 from mixdesk.engine.quantize import QuantLinear, QuantSpec, quantize_weight
 
@@ -118,6 +118,34 @@ def test_moe_decode_kernel_path_equals_torch_path(spec: QuantSpec) -> None:
     assert rel_error(moe(x), ref) < 1e-5
     # prefill groups tokens by expert, each expert dequantized from its view
     assert rel_error(moe(prefill), ref_prefill) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_decode_attention_kernel_path_equals_torch_path(dtype: torch.dtype) -> None:
+    """A tiny grouped-query model (4 query heads on 2 kv heads): decode steps after a prefill,
+    each run through the torch attention and then through `kernels.attention` (the same
+    cache write both times), give the same logits."""
+    seed = time.time_ns() % 2**31
+    print(f"seed {seed}")
+    torch.manual_seed(seed)
+    args = ModelArgs(model_type="mixtral", vocab_size=64, dim=32, n_layers=2, n_heads=4,
+                     n_kv_heads=2, head_dim=16, ffn_dim=48, n_experts=4, top_k=2)
+    model = Transformer(args).to(DEVICE, dtype).requires_grad_(False)
+    model.setup_cache(40)
+    attention = [b.self_attn for b in model.blocks()]
+    prompt = torch.randint(0, 64, (1, 9), device=DEVICE)
+    model(prompt, torch.arange(9, device=DEVICE))
+    tol = 1e-5 if dtype == torch.float32 else 3e-3  # torch rounds scores and p to fp16
+    for at in range(9, 13):
+        token = torch.randint(0, 64, (1, 1), device=DEVICE)
+        pos = torch.tensor([at], device=DEVICE)
+        want = model(token, pos)
+        for module in attention:
+            module.decode_kernel = True
+        got = model(token, pos)
+        for module in attention:
+            module.decode_kernel = False
+        assert got.dtype == want.dtype and rel_error(got, want) < tol, at
 
 
 def test_fuse_needs_every_expert_packed() -> None:

@@ -122,6 +122,8 @@ def test_greedy_32_tokens_kernels_equal_torch_path(quantized: Path) -> None:
     attention = [m for m in linears if m.in_features == DIM and m.out_features <= HEADS * 32]
     assert attention and all(m.packed is not None for m in attention)
     assert all(m.packed is not None for m in fast.model.modules() if isinstance(m, MoE))
+    assert all(b.self_attn.decode_kernel for b in fast.model.blocks())
+    assert not any(b.self_attn.decode_kernel for b in slow.model.blocks())
     tokens, logprobs = _greedy(fast.model, 32)
     want, _ = _greedy(slow.model, 32)
     ref = _forced(slow.model, tokens)  # the torch path along the kernels' tokens
