@@ -45,13 +45,6 @@ ONE = 0x3F800000  # the bits of fp32 1.0: a zero exponent
 
 
 @triton.jit
-def _top(J: tl.constexpr, LANES: tl.constexpr, LPS: tl.constexpr):
-    """The top lane of J's shift group: lanes J//LPS*LPS .. +LPS-1 (LPS lanes share a shift)."""
-    TOP: tl.constexpr = (J // LPS) * LPS + LPS - 1
-    return TOP if TOP < LANES else LANES - 1
-
-
-@triton.jit
 def _lane(w, J: tl.constexpr, BITS: tl.constexpr, one=ONE, LANES: tl.constexpr = 16,
           LPS: tl.constexpr = 1):
     """Lane J of int32 words w as fp32 1 + q / 2**(BITS*(k+1)) (exact, no convert).
@@ -60,7 +53,8 @@ def _lane(w, J: tl.constexpr, BITS: tl.constexpr, one=ONE, LANES: tl.constexpr =
     below it BITS*k bits lower, so LPS lanes cost one shift and a LOP3 each; the caller
     scales lane k's sum by 2**(BITS*k). `one` is ONE passed in as a kernel argument: as an
     immediate, ptxas re-materialises the LOP3's second constant before every use."""
-    TOP: tl.constexpr = _top(J, LANES, LPS)
+    GROUP_TOP: tl.constexpr = (J // LPS) * LPS + LPS - 1  # lanes J//LPS*LPS .. GROUP_TOP
+    TOP: tl.constexpr = GROUP_TOP if GROUP_TOP < LANES else LANES - 1
     SH: tl.constexpr = 23 - BITS - BITS * TOP
     if SH >= 0:
         v = w << SH
@@ -145,7 +139,8 @@ def _out_lane(out_base, a, amask, r, acc, accs, zsum, A, J: tl.constexpr, LANES:
     (acc - accs) * 2**(BITS*k) = sum q*sxb/2**BITS; k = 0 needs no accs (zsum has it)."""
     if J < LANES:
         lane = a * 0 + (r * V + J)  # [BA], so the mask stays a vector
-        K: tl.constexpr = _top(J, LANES, LPS) - J
+        GROUP_TOP: tl.constexpr = (J // LPS) * LPS + LPS - 1
+        K: tl.constexpr = (GROUP_TOP if GROUP_TOP < LANES else LANES - 1) - J
         if LPS == 1:
             tot = tl.sum(acc, 1) - zsum
         else:

@@ -3,16 +3,21 @@
 # (dequantize and MoE at Mixtral shapes) and the engine (decode graph vs eager, no host
 # sync, generate's replays, kernels vs torch path), then `mixdesk bench` sections hqq and
 # engine (TTFT of a 1024-token prompt, one-graph decode tok/s against the floor, peak VRAM,
-# hqq 0.2.8 torch.compile over the same step's matmuls).
+# hqq 0.2.8 torch.compile over the same step's matmuls). MOE_SWEEP=1 sweeps moe_decode's tiles
+# first (tests/bench/moe_sweep.py); PROFILE_LAYERS=N profiles the compiled step last.
 # On the lent machine, from the repo root, with the hqq wheels carried in .whl/:
 #   bash tests/bench/gpu_graph_check.sh [bench args...]     (results under $OUT)
 source "$(dirname "$0")/gpu_env.sh"
 if [ -z "${SKIP_PYTEST:-}" ]; then
     timeout "${PYTEST_TIMEOUT:-240}" python3 -m pytest -m gpu -q -s -p no:cacheprovider \
         -o addopts="--strict-markers -ra" -W ignore \
-        tests/kernels/test_gemv.py tests/engine/test_fastpath_gpu.py \
-        -k "${PYTEST_K:-dequantize or moe_decode_mixtral or fastpath_gpu}" 2>&1 \
+        tests/kernels/test_gemv.py tests/kernels/test_attention.py tests/engine/test_fastpath_gpu.py \
+        -k "${PYTEST_K:-dequantize or moe_decode_mixtral or attention or fastpath_gpu}" 2>&1 \
         | tee "$OUT/pytest-gpu.log" | tail -40
+fi
+if [ -n "${MOE_SWEEP:-}" ]; then  # tiles, K split, prefetch and lanes per shift of moe_decode
+    timeout "${SWEEP_TIMEOUT:-240}" python3 tests/bench/moe_sweep.py --out "$OUT/moe_sweep.json" \
+        2>&1 | tail -60 | tee "$OUT/moe_sweep.log"
 fi
 timeout "${BENCH_TIMEOUT:-330}" python3 -m mixdesk.engine.bench --out "$OUT/bench.json" \
     --sections "${SECTIONS:-hqq,engine}" "$@" 2>&1 | tee "$OUT/bench.log"
