@@ -145,6 +145,48 @@ def pack_model(model: nn.Module, *, drop_torch_copy: bool = True) -> tuple[int, 
     return packed, len(linears), fused, len(moes)
 
 
+def assign_workspace(model: nn.Module) -> int:
+    """Give every GEMV of one token's forward an output slice of one fp32 workspace.
+
+    The attention projections and each fused MoE layer's `moe_decode` add into zeroed
+    outputs; `Transformer.forward` zeroes the whole workspace once per one-token step
+    (one kernel) instead of a memset per GEMV (7 a layer). Experts of a fused layer run
+    through `moe_decode`, so their own QuantLinears get none.
+
+    Returns:
+        The workspace's size in bytes (0 when the model is not a Transformer).
+    """
+    if not isinstance(model, Transformer):
+        return 0
+    outs: list[tuple[QuantLinear | MoE, list[tuple[int, ...]]]] = []
+    for block in model.blocks():
+        attn = block.self_attn
+        for lin in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj):
+            if isinstance(lin, QuantLinear) and lin.packed is not None:
+                outs.append((lin, [(lin.out_features,)]))
+        moe = block.moe
+        if moe.packed is not None:
+            ffn, dim = moe.packed[0].shape
+            outs.append((moe, [(dim,), (moe.top_k, 2, ffn)]))
+    sizes = [math.prod(shape) for _, shapes in outs for shape in shapes]
+    if not sizes:
+        return 0
+    device = model.embed_tokens.weight.device
+    workspace = torch.zeros(sum(sizes), dtype=torch.float32, device=device)
+    model.decode_workspace = workspace
+    start = 0
+    for module, shapes in outs:
+        views = []
+        for shape in shapes:
+            views.append(workspace[start:start + math.prod(shape)].view(shape))
+            start += math.prod(shape)
+        if isinstance(module, MoE):
+            module.decode_out = (views[0], views[1])
+        else:
+            module.decode_out = views[0]
+    return workspace.numel() * 4
+
+
 def enable_kernels(model: nn.Module, device: torch.device | str) -> str:
     """Pack the model's quantized matrices for the kernels when `device` can run them.
 
@@ -156,6 +198,7 @@ def enable_kernels(model: nn.Module, device: torch.device | str) -> str:
         log.info("%s", line)
         return line
     packed, linears, fused, moes = pack_model(model)
+    assign_workspace(model)
     for m in model.modules():
         if isinstance(m, Attention):  # decode reads the KV cache up to pos, not all of it
             m.decode_kernel = True
@@ -178,8 +221,11 @@ def disable_kernels(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, QuantLinear | MoE):
             m.packed = None
+            m.decode_out = None
         elif isinstance(m, Attention):
             m.decode_kernel = False
+    if isinstance(model, Transformer):
+        model.decode_workspace = None
     _GRAPHS.pop(model, None)
 
 

@@ -143,6 +143,8 @@ class MoE(nn.Module):
         self.gate = nn.Linear(args.dim, args.n_experts, bias=False) if args.is_moe else None
         self.experts = nn.ModuleList(Expert(args.dim, args.ffn_dim) for _ in range(args.n_experts))
         self.packed: tuple[PackedWeight, PackedWeight] | None = None  # (w13 stack, w2 stack)
+        # moe_decode's output [D] and h [A, 2, F]: slices of the model's decode workspace
+        self.decode_out: tuple[Tensor, Tensor] | None = None
         self.offload: MoEOffload | None = None  # experts in host memory (engine.offload)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -158,7 +160,8 @@ class MoE(nn.Module):
         if self.packed is not None and x.shape[0] == 1:  # decode: ids read on the device
             from mixdesk.kernels.gemv import moe_decode  # noqa: PLC0415 - triton only here
 
-            y = moe_decode(x[0], *self.packed, chosen[0], weights[0])  # fp32 [D]
+            out, h = self.decode_out or (None, None)
+            y = moe_decode(x[0], *self.packed, chosen[0], weights[0], out=out, h=h)  # fp32 [D]
             return y.to(x.dtype).view(shape)
         weights = weights.to(x.dtype)
         out = torch.zeros_like(x)
@@ -193,6 +196,9 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
         self.max_len = 0
+        # fp32 outputs of one token's GEMVs (engine.fastpath.assign_workspace): zeroed in one
+        # kernel per decode step instead of a memset per GEMV (7 a layer)
+        self.decode_workspace: Tensor | None = None
         self.cos: Tensor | None = None
         self.sin: Tensor | None = None
 
@@ -221,6 +227,8 @@ class Transformer(nn.Module):
             [B, T, V] logits.
         """
         assert self.cos is not None and self.sin is not None, "call setup_cache first"
+        if tokens.numel() == 1 and self.decode_workspace is not None:
+            self.decode_workspace.zero_()  # the GEMVs add into their slices
         x = self.embed_tokens(tokens)  # [B, T, D]
         cos, sin = self.cos[pos], self.sin[pos]  # [T, Hd]
         # causal mask over the whole static cache: position p sees 0..p

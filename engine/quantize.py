@@ -450,6 +450,9 @@ class QuantLinear(nn.Module):
         spec: the quantization spec.
         in_features, out_features: as nn.Linear.
         packed: the kernels' copy of the weight, or None for the torch path only.
+        decode_out: fp32 [out_features], its slice of the model's decode workspace, which
+            the model zeroes once per one-token forward (engine.fastpath); None: gemv
+            zeroes a fresh output itself.
     """
 
     qweight: Tensor
@@ -464,6 +467,7 @@ class QuantLinear(nn.Module):
         self.cache = cache
         self._cached: Tensor | None = None
         self.packed: PackedWeight | None = None
+        self.decode_out: Tensor | None = None
         self._names: list[tuple[str, str]] = []  # (stored suffix, buffer name)
         for key, tensor in weight.tensors("w").items():
             suffix = key.removeprefix("w.")
@@ -509,7 +513,7 @@ class QuantLinear(nn.Module):
         if self.packed is not None and x.numel() == self.in_features:  # one token: decode
             from mixdesk.kernels.gemv import gemv  # noqa: PLC0415 - triton only on this path
 
-            y = gemv(x.reshape(-1), self.packed)  # fp32 [N]
+            y = gemv(x.reshape(-1), self.packed, self.decode_out)  # fp32 [N]
             return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
         # many rows (prefill): dequantize once, then one matmul (cuBLAS on a GPU)
         if self._cached is not None and self._cached.dtype == x.dtype:

@@ -605,7 +605,8 @@ def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
         raise ValueError(f"shapes do not chain: x {tuple(x.shape)}, w13 {w13.shape}, "
                          f"w2 {w2.shape}")
     topk = topk_ids.numel()
-    ids = topk_ids.to(torch.int32).contiguous()
+    ids = topk_ids if topk_ids.dtype in {torch.int32, torch.int64} else topk_ids.to(torch.int32)
+    ids = ids.contiguous()  # read as they are: a cast would be one more launch a layer
     rw = topk_weights.to(torch.float32).contiguous()
     if h is None:
         h = torch.zeros((topk, 2, ffn), dtype=torch.float32, device=x.device)  # h1, h3 per slot

@@ -198,3 +198,45 @@ def test_decode_graph_capture_out_of_memory_is_not_a_graph_failure(
         logits = graph.step(lm.model, token, 0)
         want = lm.model(token.reshape(1, 1), torch.tensor([0]))[0, -1]
     assert graph.failed and torch.equal(logits, want)
+
+
+def test_decode_workspace_is_zeroed_once_a_step() -> None:
+    """`assign_workspace` hands the one-token GEMVs (q, k, v, o, moe_decode) slices of one
+    fp32 workspace that `Transformer.forward` zeroes per step: three decode steps give the
+    torch path's logits. A step that skipped the zeroing would add into the last step's
+    outputs, and `disable_kernels` gives the slices back."""
+    seed = time.time_ns() % 2**31
+    print(f"seed {seed}")
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    args = ModelArgs(model_type="mixtral", vocab_size=64, dim=32, n_layers=2, n_heads=4,
+                     n_kv_heads=2, head_dim=8, ffn_dim=48, n_experts=4, top_k=2)
+    model = Transformer(args).requires_grad_(False)
+    spec = QuantSpec(bits=2, group=8)
+    for block in model.blocks():
+        for owner in (block.self_attn, *block.moe.experts):
+            for name, child in list(owner.named_children()):
+                if isinstance(child, torch.nn.Linear):
+                    n_out, n_in = child.weight.shape
+                    setattr(owner, name, quant_linear((n_out, n_in), spec, gen))
+    model = model.to(DEVICE)
+    model.setup_cache(24)
+    prompt = torch.randint(0, 64, (1, 6), device=DEVICE)
+    steps = [torch.randint(0, 64, (1, 1), device=DEVICE) for _ in range(3)]
+
+    def run() -> list[torch.Tensor]:
+        model(prompt, torch.arange(6, device=DEVICE))
+        return [model(t, torch.tensor([6 + i], device=DEVICE)) for i, t in enumerate(steps)]
+
+    want = run()
+    fastpath.pack_model(model)
+    size = fastpath.assign_workspace(model)
+    assert model.decode_workspace is not None
+    assert size == 4 * 2 * (32 + 16 + 16 + 32 + 32 + 2 * 2 * 48)  # q k v o, moe out and h
+    assert all(b.moe.decode_out is not None for b in model.blocks())
+    for got, ref in zip(run(), want, strict=True):
+        assert rel_error(got, ref) < 1e-5
+    fastpath.disable_kernels(model)
+    assert model.decode_workspace is None
+    assert all(b.moe.decode_out is None and b.self_attn.q_proj.decode_out is None
+               for b in model.blocks())
