@@ -424,7 +424,12 @@ def synthetic_mixtral(layers: int = 32, context: int = 4096, axis: int = 0,
     from torch import nn  # noqa: PLC0415
 
     from mixdesk.engine.config import ModelArgs  # noqa: PLC0415
-    from mixdesk.engine.fastpath import fuse_experts, pack_linear, random_quantized  # noqa: PLC0415
+    from mixdesk.engine.fastpath import (  # noqa: PLC0415
+        finish_decode_path,
+        fuse_experts,
+        pack_linear,
+        random_quantized,
+    )
     from mixdesk.engine.model import MoE, Transformer  # noqa: PLC0415
     from mixdesk.engine.quantize import QuantLinear, QuantSpec  # noqa: PLC0415
 
@@ -457,6 +462,7 @@ def synthetic_mixtral(layers: int = 32, context: int = 4096, axis: int = 0,
                 value = (torch.ones(param.shape, device="cuda", dtype=dtype) if "norm" in name
                          else 0.02 * torch.randn(param.shape, device="cuda", dtype=dtype))
                 setattr(module, pname, nn.Parameter(value, requires_grad=False))
+    finish_decode_path(model)  # as enable_kernels leaves a loaded model
     model.setup_cache(context)
     return model.eval()
 

@@ -187,6 +187,15 @@ def assign_workspace(model: nn.Module) -> int:
     return workspace.numel() * 4
 
 
+def finish_decode_path(model: nn.Module) -> None:
+    """After packing: attention over the used cache (`kernels.attention`) and the GEMVs'
+    shared workspace (`assign_workspace`); also what `engine.bench.synthetic_mixtral` does."""
+    assign_workspace(model)
+    for m in model.modules():
+        if isinstance(m, Attention):  # decode reads the KV cache up to pos, not all of it
+            m.decode_kernel = True
+
+
 def enable_kernels(model: nn.Module, device: torch.device | str) -> str:
     """Pack the model's quantized matrices for the kernels when `device` can run them.
 
@@ -198,10 +207,7 @@ def enable_kernels(model: nn.Module, device: torch.device | str) -> str:
         log.info("%s", line)
         return line
     packed, linears, fused, moes = pack_model(model)
-    assign_workspace(model)
-    for m in model.modules():
-        if isinstance(m, Attention):  # decode reads the KV cache up to pos, not all of it
-            m.decode_kernel = True
+    finish_decode_path(model)
     line = (f"CUDA: the Triton kernels run batch-1 decode ({packed} of {linears} quantized "
             f"matrices packed, {fused} of {moes} MoE layers fused, attention over the used "
             "cache); prefill dequantizes the packed weights with a Triton kernel into cuBLAS "

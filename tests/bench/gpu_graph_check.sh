@@ -15,6 +15,10 @@ if [ -z "${SKIP_PYTEST:-}" ]; then
         -k "${PYTEST_K:-dequantize or moe_decode_mixtral or attention or fastpath_gpu}" 2>&1 \
         | tee "$OUT/pytest-gpu.log" | tail -40
 fi
+if [ -n "${ATTN_SWEEP:-}" ]; then  # the same for q, k, v and o (4-bit g64)
+    timeout "${SWEEP_TIMEOUT:-240}" python3 tests/bench/attn_sweep.py --out "$OUT/attn_sweep.json" \
+        2>&1 | tail -40 | tee "$OUT/attn_sweep.log"
+fi
 if [ -n "${MOE_SWEEP:-}" ]; then  # tiles, K split, prefetch and lanes per shift of moe_decode
     timeout "${SWEEP_TIMEOUT:-240}" python3 tests/bench/moe_sweep.py --out "$OUT/moe_sweep.json" \
         2>&1 | tail -60 | tee "$OUT/moe_sweep.log"
