@@ -443,8 +443,10 @@ def _residue_rows(pw: PackedWeight) -> tuple[int, int]:
 TUNED: dict[tuple[int, int, int, int, int], tuple[int, int, int, bool]] = {
     (2, 8, 0, 14336, 4096): (2, 512, 4, False),
     (2, 8, 0, 4096, 14336): (16, 128, 8, False),
-    (4, 64, 0, 4096, 4096): (8, 128, 4, False),
-    (4, 64, 0, 1024, 4096): (8, 128, 4, False),
+    # q/o and k/v: re-swept 2026-11-23 as a decode step runs them (q, k, v, o a layer, in a
+    # graph; tests/bench/attn_sweep.py, tests/bench/results/h100-attn-sweep.json): 35.8 -> 29.4 us
+    (4, 64, 0, 4096, 4096): (4, 128, 4, False),
+    (4, 64, 0, 1024, 4096): (4, 128, 4, False),
     (2, 8, 1, 14336, 4096): (16, 128, 4, False),
     (2, 8, 1, 4096, 14336): (64, 32, 4, True),
     (4, 64, 1, 4096, 4096): (16, 128, 4, True),
@@ -482,8 +484,9 @@ def split_for(pw: PackedWeight, block_rows: int, block_cols: int, launches: int,
 # is held to <= 8. Measured in the interpreter (256x512, fp16 x): relative error 6e-7 (LPS 1),
 # 7e-7 (2), 7e-6 (4) at 2-bit g8; 2e-6 at 4-bit g64 with 2. SASS of the w1/w3 loop (sm_90,
 # 8 words a thread): 377 instructions a tile with one shift a lane and the OR constant an
-# immediate, 336 with it an argument, 293 with 4 lanes a shift.
-LANES_PER_SHIFT = {2: 4, 3: 2, 4: 2}
+# immediate, 336 with it an argument, 293 with 4 lanes a shift. H100 (moe_sweep.py, top-2 MoE
+# at the Mixtral shape): 143.6 us with 1, 136.8 with 4 at the same tiles; 106.4 at the best.
+LANES_PER_SHIFT = {2: 4}  # 4-bit: no gain measured (q/k/v/o 35.8 us a layer with 2, 35.4 with 1)
 
 
 def default_config(pw: PackedWeight, launches: int, device: torch.device, *,
