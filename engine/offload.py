@@ -682,6 +682,10 @@ def bench_budgets(budgets: Sequence[float] = (13.6, 16, 20, 24, 32), layers: int
                                  "cuda", pin=True)
             for i, moe in enumerate(moes):
                 moe.offload = StreamedMoE(pool, i)
+        # blocks cached while the pool was built would count against the cap (torch's
+        # allocator caps what it reserves): 2026-11-23 every offloaded row ran out of memory
+        # with 3.9 GiB reserved and unused when this came before the pool
+        torch.cuda.empty_cache()
         cap_process(p)
         tokens = torch.randint(0, model.args.vocab_size, (1, prompt), device="cuda",
                                generator=gen)
