@@ -20,6 +20,7 @@ Weights are random, never zeros.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -199,6 +200,21 @@ def candidate_configs(pw: PackedWeight) -> list[Any]:
         for prefetch in (True, False):
             out.add(Config(rows, cols, split, warps, prefetch))
     return sorted(out, key=lambda c: (c.num_warps, c.block_rows, c.block_cols, c.prefetch))
+
+
+def sweep_configs(pw: PackedWeight, tiles: Sequence[tuple[int, int, int]], launches: int, *,
+                  per_sm: Sequence[int] = (4, 8), lanes: Sequence[int] = (1,)) -> list[Any]:
+    """Every (rows, cols, warps) tile x programs per SM x prefetch x lanes per shift, the K
+    split set for `launches` launches: what tests/bench/moe_sweep.py and attn_sweep.py time."""
+    from mixdesk.kernels.gemv import Config, split_for  # noqa: PLC0415
+
+    cuda = torch.device("cuda")
+    out = []
+    for (rows, cols, warps), sm, prefetch, lps in itertools.product(
+            tiles, per_sm, (False, True), lanes):
+        split = split_for(pw, rows, cols, launches, cuda, programs_per_sm=sm)
+        out.append(Config(rows, cols, split, warps, prefetch, lps))
+    return list(dict.fromkeys(out))
 
 
 def bench_gemv(case: Case, bandwidth: float, sweep: bool) -> dict[str, Any]:

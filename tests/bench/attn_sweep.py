@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 
 import torch
 
-from mixdesk.engine.bench import MIXTRAL_SHAPES, Case, random_packed, time_graph
-from mixdesk.kernels.gemv import Config, default_config, gemv, split_for
+from mixdesk.engine.bench import MIXTRAL_SHAPES, Case, random_packed, sweep_configs, time_graph
+from mixdesk.kernels.gemv import Config, default_config, gemv
 
 LAYERS = 4
 TILES = [(8, 128, 4), (4, 128, 4), (16, 64, 4), (4, 256, 4), (8, 256, 8), (2, 512, 4)]
@@ -26,13 +25,7 @@ LANES_PER_SHIFT = (1, 2)
 
 
 def configs(pw, launches):
-    dev = torch.device("cuda")
-    out = []
-    for (rows, cols, warps), per_sm, prefetch, lps in itertools.product(
-            TILES, PER_SM, (False, True), LANES_PER_SHIFT):
-        split = split_for(pw, rows, cols, launches, dev, programs_per_sm=per_sm)
-        out.append(Config(rows, cols, split, warps, prefetch, lps))
-    return list(dict.fromkeys(out))
+    return sweep_configs(pw, TILES, launches, per_sm=PER_SM, lanes=LANES_PER_SHIFT)
 
 
 def main() -> None:

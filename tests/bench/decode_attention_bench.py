@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 
+from mixdesk.engine.bench import time_graph
 from mixdesk.kernels import reference
 from mixdesk.kernels.attention import chunk_for, decode_attention
 
@@ -20,24 +21,11 @@ HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128
 
 
 def graph_us(fn: Callable[[], object], replays: int = 200) -> float:
-    """Mean time of one replay of fn captured in a CUDA graph, over `replays`, in microseconds."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
+    """Median time of one replay of fn captured in a CUDA graph, in microseconds."""
+    def step() -> None:
         fn()
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    stop.record()
-    stop.synchronize()
-    return 1e3 * start.elapsed_time(stop) / replays
+
+    return 1e6 * time_graph(step, 1, replays)
 
 
 def main() -> int:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 
 import torch
 
-from mixdesk.engine.bench import MIXTRAL_SHAPES, Case, random_packed, time_graph
-from mixdesk.kernels.gemv import Config, default_config, moe_decode, split_for
+from mixdesk.engine.bench import MIXTRAL_SHAPES, Case, random_packed, sweep_configs, time_graph
+from mixdesk.kernels.gemv import default_config, moe_decode
 
 LAYERS = 4
 TILES_13 = [(1, 512, 4), (2, 512, 4), (2, 256, 4), (4, 256, 4), (2, 512, 8), (4, 512, 8),
@@ -29,13 +28,7 @@ LANES_PER_SHIFT = (1, 2, 4)  # kernels/gemv.py _lane: 1 is the exact decode
 
 
 def configs(pw, tiles, launches):
-    dev = torch.device("cuda")
-    out = []
-    for (rows, cols, warps), per_sm, prefetch, lps in itertools.product(
-            tiles, PER_SM, (False, True), LANES_PER_SHIFT):
-        split = split_for(pw, rows, cols, launches, dev, programs_per_sm=per_sm)
-        out.append(Config(rows, cols, split, warps, prefetch, lps))
-    return list(dict.fromkeys(out))
+    return sweep_configs(pw, tiles, launches, per_sm=PER_SM, lanes=LANES_PER_SHIFT)
 
 
 def main() -> None:
