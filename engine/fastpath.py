@@ -151,13 +151,16 @@ def assign_workspace(model: nn.Module) -> int:
     The attention projections and each fused MoE layer's `moe_decode` add into zeroed
     outputs; `Transformer.forward` zeroes the whole workspace once per one-token step
     (one kernel) instead of a memset per GEMV (7 a layer). Experts of a fused layer run
-    through `moe_decode`, so their own QuantLinears get none.
+    through `moe_decode`, so their own QuantLinears get none. Called again when experts
+    leave the device (`engine.offload`), it gives their layers' slices back.
 
     Returns:
-        The workspace's size in bytes (0 when the model is not a Transformer).
+        The workspace's size in bytes (0 when the model is not a Transformer or has no
+        GEMV to serve).
     """
     if not isinstance(model, Transformer):
         return 0
+    model.decode_workspace = None
     outs: list[tuple[QuantLinear | MoE, list[tuple[int, ...]]]] = []
     for block in model.blocks():
         attn = block.self_attn

@@ -312,6 +312,7 @@ def offload_experts(model: nn.Module, slots: int, device: torch.device | str, *,
     cache = ExpertCache([m.packed for m in moes], slots, device, pin=pin)
     _bind(moes, cache, speculative=speculative)
     _drop_device_experts(moes)
+    _shrink_workspace(model)
     log.info("experts in %s host memory, %d of %d on the GPU (%.2f GB cache), "
              "speculative prefetch %s", "pinned" if cache.copy_stream else "plain",
              slots, len(moes) * cache.n_experts, cache.pool_bytes / 1e9,
@@ -507,9 +508,18 @@ def _drop_device_experts(moes: Sequence[Any]) -> None:
 
     for moe in moes:
         moe.packed = None
+        moe.decode_out = None
         for sub in moe.experts.modules():
             if isinstance(sub, QuantLinear):
                 sub.packed = None
+
+
+def _shrink_workspace(model: nn.Module) -> None:
+    """The decode workspace without the slices of layers whose experts left the device."""
+    if getattr(model, "decode_workspace", None) is not None:
+        from mixdesk.engine.fastpath import assign_workspace  # noqa: PLC0415 - imports model
+
+        assign_workspace(model)
 
 
 def stream_experts(model: nn.Module, slots: int, device: torch.device | str, *,
@@ -528,6 +538,7 @@ def stream_experts(model: nn.Module, slots: int, device: torch.device | str, *,
     for i, moe in enumerate(moes):
         moe.offload = StreamedMoE(pool, i)
     _drop_device_experts(moes)
+    _shrink_workspace(model)
     log.info("experts in %s host memory, %d of %d resident on the GPU plus %d staging "
              "(%.2f GB), streamed inside the decode graph",
              "pinned" if pool.host[0][0].codes.is_pinned() else "plain", pool.resident,

@@ -153,12 +153,15 @@ def test_streamed_model_equals_the_resident_kernel_path(slots: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     model = small_quantized_model(gen)
     fastpath.pack_model(model)
+    assert fastpath.assign_workspace(model) > 0  # moe_decode's outputs, as enable_kernels
     prompt = torch.randint(0, 50, (7,), generator=gen).to(DEVICE)
     resident = run_steps(model, prompt, 6)
 
     pool = stream_experts(model, slots=slots, device=DEVICE)
     moes = [m for m in model.modules() if isinstance(m, MoE)]
     assert all(m.packed is None and isinstance(m.offload, StreamedMoE) for m in moes)
+    # the experts left with their workspace slices (the attention here is not quantized)
+    assert model.decode_workspace is None and all(m.decode_out is None for m in moes)
     assert fastpath.graph_reason(model) in (None, "the model is not on CUDA")
     assert pool.resident == slots - 2 and pool.host[2][1].codes.device.type == "cpu"
     streamed = run_steps(model, prompt, 6)
