@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixdesk.engine.config import ModelArgs
+from mixdesk.kernels import reference
 from mixdesk.kernels.layout import PackedWeight
 
 if TYPE_CHECKING:
@@ -95,19 +96,14 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(pos, k, v)  # [B, K, S, Hd]
-        rep = self.n_heads // self.n_kv_heads
-        if T == 1 and self.decode_kernel:  # pos read on the device: one CUDA graph replays it
-            from mixdesk.kernels.attention import decode_attention  # noqa: PLC0415 - triton only
-
+        if T == 1:  # decode: each kv head's cache read once, not copied per query head
+            if self.decode_kernel:  # positions 0..pos only, pos read on the device (CUDA graph)
+                from mixdesk.kernels.attention import decode_attention  # noqa: PLC0415 - triton
+            else:  # the whole static cache, positions past pos masked
+                decode_attention = reference.decode_attention
             y = decode_attention(q[:, :, 0], k, v, pos, self.head_dim**-0.5)  # [B, H, Hd]
             return self.o_proj(y.reshape(B, T, -1))
-        if T == 1:  # decode: each kv head's cache read once, not copied per query head
-            qg = q.view(B, self.n_kv_heads, rep, -1)  # [B, K, R, Hd]
-            wide = torch.promote_types(q.dtype, torch.float32)  # fp32 at least, fp64 stays
-            scores = (qg @ k.transpose(-1, -2)).to(wide) * self.head_dim**-0.5  # [B, K, R, S]
-            scores = scores.masked_fill(~mask, float("-inf"))
-            y = (scores.softmax(-1).to(v.dtype) @ v).view(B, self.n_heads, 1, -1)  # [B, H, 1, Hd]
-            return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        rep = self.n_heads // self.n_kv_heads
         used = mask.shape[-1]  # prefill: only the positions written so far (Transformer.forward)
         k = k[:, :, :used].repeat_interleave(rep, dim=1)  # [B, H, U, Hd]
         v = v[:, :, :used].repeat_interleave(rep, dim=1)
