@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from mixdesk.kernels.gemv import _check_device
+from mixdesk.kernels.gemv import check_device
 
 BLOCK_N = 64  # cache positions per tile of a program's loop (a [BLOCK_N, Hd] tile of K and V)
 # Positions per chunk, measured on an H100 at the Mixtral shape (tests/bench/
@@ -155,7 +155,7 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, s
     Returns:
         [B, H, Hd] in q's dtype.
     """
-    _check_device(q)
+    check_device(q)
     batch, n_heads, head_dim = q.shape
     _, n_kv, max_len, _ = k_cache.shape
     if (k_cache.shape != v_cache.shape or k_cache.shape[0] != batch

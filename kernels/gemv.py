@@ -537,7 +537,9 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
     )
 
 
-def _check_device(x: Tensor) -> None:
+def check_device(x: Tensor) -> None:
+    """Raise unless the kernels can run on x's device (CPU only in the interpreter); every
+    launcher of `mixdesk.kernels` calls it."""
     if x.device.type == "cpu" and not isinstance(_gemv_axis0_kernel, _interpreted_types()):
         raise RuntimeError("the Triton kernels run on CPU tensors only under TRITON_INTERPRET=1, "
                            "set before mixdesk.kernels is imported")
@@ -565,7 +567,7 @@ def gemv(x: Tensor, pw: PackedWeight, out: Tensor | None = None, *,
     Returns:
         `out`, fp32 [N] for one matrix, [M, N] for a stack.
     """
-    _check_device(x)
+    check_device(x)
     n_rows, k = pw.shape
     if x.numel() != k:
         raise ValueError(f"x has {x.numel()} elements, W is {pw.shape}")
@@ -602,7 +604,7 @@ def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
     Returns:
         `out`, fp32 [D].
     """
-    _check_device(x)
+    check_device(x)
     ffn, dim = w13.shape
     if w2.shape != (dim, ffn) or x.numel() != dim:
         raise ValueError(f"shapes do not chain: x {tuple(x.shape)}, w13 {w13.shape}, "
@@ -640,7 +642,7 @@ def dequantize(pw: PackedWeight, out: Tensor | None = None, *,
     Returns:
         `out`: [N, K] for one matrix, [M, N, K] for a stack.
     """
-    _check_device(pw.codes)
+    check_device(pw.codes)
     n_rows, k = pw.shape
     mats = pw.n_mats
     shape = (n_rows, k) if mats == 1 else (mats, n_rows, k)
@@ -688,7 +690,7 @@ def fill_slots(src: Tensor, dst: Tensor, ids: Tensor, pos: Tensor, first: int) -
                          f"dst {dst.dtype} {tuple(dst.shape)}")
     if not (src.is_contiguous() and dst.is_contiguous()):
         raise ValueError("fill_slots needs contiguous src and dst")
-    _check_device(dst)
+    check_device(dst)
     row_len = src[0].numel()
     grid = (math.ceil(row_len / (FILL_BLOCK * FILL_ITERS)), ids.numel())
     _fill_slots_kernel[grid](src, dst, ids, pos, first, row_len, BLOCK=FILL_BLOCK,
