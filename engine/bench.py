@@ -488,8 +488,8 @@ def _weight_bytes(module: Any) -> int:
     from mixdesk.engine.quantize import QuantLinear  # noqa: PLC0415
 
     if isinstance(module, QuantLinear):
-        if module.packed is not None:
-            return module.packed.nbytes()
+        if module.packed is not None:  # q split into several matrices (fuse_qkv): all of them
+            return module.packed.nbytes() * module.packed.n_mats
         return sum(v.numel() * v.element_size() for v in module.quantized().tensors("w").values())
     return int(module.weight.numel() * module.weight.element_size())
 

@@ -45,6 +45,7 @@ from mixdesk.kernels.layout import (
     group_grid,
     pack,
     select,
+    split_rows,
     stack,
 )
 
@@ -123,6 +124,45 @@ def fuse_experts(moe: MoE) -> bool:
     return True
 
 
+def fuse_qkv(attn: Attention) -> bool:
+    """Stack an attention layer's packed k and v, and q split to their shape, so that one
+    token's q, k and v are one GEMV launch (fewer, fuller launches: at the Mixtral shape q
+    is 4 matrices of 1024 rows beside k and v, `layout.split_rows`).
+
+    q_proj, k_proj and v_proj keep views into the stack (`layout.select`) for prefill, so
+    each weight is held once. q stays its own launch when it does not split to k's shape;
+    nothing changes (False) unless k and v are packed with one spec and shape.
+    """
+    q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
+    if not (isinstance(k, QuantLinear) and isinstance(v, QuantLinear)
+            and k.packed is not None and v.packed is not None):
+        return False
+    tries: list[tuple[int, list[PackedWeight]]] = []  # (q's parts, what to stack), best first
+    if isinstance(q, QuantLinear) and q.packed is not None and q.row_parts == 1 \
+            and q.out_features % k.out_features == 0 and q.in_features == k.in_features:
+        try:
+            split = split_rows(q.packed, q.out_features // k.out_features)
+            tries.append((split.n_mats, [*(select(split, i) for i in range(split.n_mats)),
+                                         k.packed, v.packed]))
+        except ValueError:  # q's meta period does not split there: q is its own launch
+            pass
+    tries.append((0, [k.packed, v.packed]))
+    for parts, members in tries:
+        try:
+            qkv = stack(members)
+        except ValueError:  # another spec, shape or meta period (axis 1: q's is 32, k's 8)
+            continue
+        break
+    else:
+        return False
+    attn.qkv_packed, attn.q_parts = qkv, parts
+    if parts:
+        assert isinstance(q, QuantLinear)
+        q.packed, q.row_parts = select(qkv, 0, parts), parts
+    k.packed, v.packed = select(qkv, parts), select(qkv, parts + 1)
+    return True
+
+
 def pack_model(model: nn.Module, *, drop_torch_copy: bool = True) -> tuple[int, int, int, int]:
     """Pack every QuantLinear the kernels take and fuse each MoE layer's experts.
 
@@ -148,7 +188,8 @@ def pack_model(model: nn.Module, *, drop_torch_copy: bool = True) -> tuple[int, 
 def assign_workspace(model: nn.Module) -> int:
     """Give every GEMV of one token's forward an output slice of one fp32 workspace.
 
-    The attention projections and each fused MoE layer's `moe_decode` add into zeroed
+    The attention projections (q, k and v as one slice where `fuse_qkv` stacked them)
+    and each fused MoE layer's `moe_decode` add into zeroed
     outputs; `Transformer.forward` zeroes the whole workspace once per one-token step
     (one kernel) instead of a memset per GEMV (7 a layer). Experts of a fused layer run
     through `moe_decode`, so their own QuantLinears get none. Called again when experts
@@ -161,10 +202,14 @@ def assign_workspace(model: nn.Module) -> int:
     if not isinstance(model, Transformer):
         return 0
     model.decode_workspace = None
-    outs: list[tuple[QuantLinear | MoE, list[tuple[int, ...]]]] = []
+    outs: list[tuple[QuantLinear | MoE | Attention, list[tuple[int, ...]]]] = []
     for block in model.blocks():
         attn = block.self_attn
-        for lin in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj):
+        separate = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj]
+        if attn.qkv_packed is not None:  # q (split), k and v: one launch, one slice
+            outs.append((attn, [(attn.qkv_packed.n_mats, attn.qkv_packed.shape[0])]))
+            separate = separate[3:] if attn.q_parts else [separate[0], separate[3]]
+        for lin in separate:
             if isinstance(lin, QuantLinear) and lin.packed is not None:
                 outs.append((lin, [(lin.out_features,)]))
         moe = block.moe
@@ -185,18 +230,23 @@ def assign_workspace(model: nn.Module) -> int:
             start += math.prod(shape)
         if isinstance(module, MoE):
             module.decode_out = (views[0], views[1])
+        elif isinstance(module, Attention):
+            module.qkv_out = views[0]
         else:
             module.decode_out = views[0]
     return workspace.numel() * 4
 
 
 def finish_decode_path(model: nn.Module) -> None:
-    """After packing: attention over the used cache (`kernels.attention`) and the GEMVs'
-    shared workspace (`assign_workspace`); also what `engine.bench.synthetic_mixtral` does."""
-    assign_workspace(model)
+    """After packing: q, k and v as one launch (`fuse_qkv`), attention over the used cache
+    (`kernels.attention`) and the GEMVs' shared workspace (`assign_workspace`); also what
+    `engine.bench.synthetic_mixtral` does."""
     for m in model.modules():
         if isinstance(m, Attention):  # decode reads the KV cache up to pos, not all of it
+            if m.qkv_packed is None:
+                fuse_qkv(m)
             m.decode_kernel = True
+    assign_workspace(model)
 
 
 def enable_kernels(model: nn.Module, device: torch.device | str) -> str:
@@ -227,12 +277,15 @@ def disable_kernels(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, QuantLinear):
             m.restore_torch_copy()
+            m.row_parts = 1
     for m in model.modules():
         if isinstance(m, QuantLinear | MoE):
             m.packed = None
             m.decode_out = None
         elif isinstance(m, Attention):
             m.decode_kernel = False
+            m.qkv_packed = m.qkv_out = None
+            m.q_parts = 0
     if isinstance(model, Transformer):
         model.decode_workspace = None
     _GRAPHS.pop(model, None)

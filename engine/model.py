@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from mixdesk.engine.config import ModelArgs
 from mixdesk.kernels import reference
-from mixdesk.kernels.layout import PackedWeight
+from mixdesk.kernels.layout import PackedWeight, merge_rows
 
 if TYPE_CHECKING:
     from mixdesk.engine.offload import MoEOffload
@@ -84,15 +84,35 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
         self.kv_cache: KVCache | None = None
+        # q (split into q_parts matrices of k's shape; 0: q apart), k and v stacked for one
+        # GEMV launch of one token (engine.fastpath.fuse_qkv), and that launch's fp32
+        # [q_parts + 2, K*Hd] output, a slice of the model's decode workspace
+        self.qkv_packed: PackedWeight | None = None
+        self.qkv_out: Tensor | None = None
+        self.q_parts = 0
         # one token through `kernels.attention.decode_attention` (engine.fastpath sets it on
         # CUDA): it reads cache positions 0..pos, not the whole static cache
         self.decode_kernel = False
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, pos: Tensor) -> Tensor:
         B, T, _ = x.shape  # noqa: N806
-        q = self.q_proj(x).view(B, T, self.n_heads, -1).transpose(1, 2)  # [B, H, T, Hd]
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, -1).transpose(1, 2)  # [B, K, T, Hd]
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, -1).transpose(1, 2)  # [B, K, T, Hd]
+        if T == 1 and self.qkv_packed is not None:  # kernel path: q, k and v in one launch
+            from mixdesk.kernels.gemv import gemv  # noqa: PLC0415 - triton only here
+
+            qkv = gemv(x.reshape(-1), self.qkv_packed, self.qkv_out)  # fp32 [Q + 2, K*Hd]
+            n = self.q_parts
+            if n:
+                pw = self.qkv_packed
+                q = merge_rows(qkv[:n], pw.group, pw.axis).to(x.dtype)  # [H*Hd]
+            else:
+                q = self.q_proj(x)
+            q = q.view(B, T, self.n_heads, -1).transpose(1, 2)  # [B, H, T, Hd]
+            k = qkv[n].to(x.dtype).view(B, T, self.n_kv_heads, -1).transpose(1, 2)  # [B, K, T, Hd]
+            v = qkv[n + 1].to(x.dtype).view(B, T, self.n_kv_heads, -1).transpose(1, 2)
+        else:
+            q = self.q_proj(x).view(B, T, self.n_heads, -1).transpose(1, 2)  # [B, H, T, Hd]
+            k = self.k_proj(x).view(B, T, self.n_kv_heads, -1).transpose(1, 2)  # [B, K, T, Hd]
+            v = self.v_proj(x).view(B, T, self.n_kv_heads, -1).transpose(1, 2)  # [B, K, T, Hd]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(pos, k, v)  # [B, K, S, Hd]

@@ -453,6 +453,9 @@ class QuantLinear(nn.Module):
         decode_out: fp32 [out_features], its slice of the model's decode workspace, which
             the model zeroes once per one-token forward (engine.fastpath); None: gemv
             zeroes a fresh output itself.
+        row_parts: 1, or the number of matrices `packed` is split into
+            (`kernels.layout.split_rows`: q stacked with k and v by `engine.fastpath.fuse_qkv`);
+            its outputs and dense rows are put back in order with `layout.merge_rows`.
     """
 
     qweight: Tensor
@@ -468,6 +471,7 @@ class QuantLinear(nn.Module):
         self._cached: Tensor | None = None
         self.packed: PackedWeight | None = None
         self.decode_out: Tensor | None = None
+        self.row_parts = 1
         self._names: list[tuple[str, str]] = []  # (stored suffix, buffer name)
         for key, tensor in weight.tensors("w").items():
             suffix = key.removeprefix("w.")
@@ -483,7 +487,10 @@ class QuantLinear(nn.Module):
     def quantized(self) -> QuantizedWeight:
         if not self.has_torch_copy:
             assert self.packed is not None
-            return QuantizedWeight.from_packed(self.spec, self.packed)
+            from mixdesk.kernels.layout import join_rows  # noqa: PLC0415 - torch only
+
+            whole = self.packed if self.row_parts == 1 else join_rows(self.packed)
+            return QuantizedWeight.from_packed(self.spec, whole)
         tensors = {f"w.{suffix}": getattr(self, buffer) for suffix, buffer in self._names}
         return QuantizedWeight.from_tensors("w", self.spec, self.shape, tensors)
 
@@ -506,14 +513,23 @@ class QuantLinear(nn.Module):
         if self.packed is not None:  # the Triton dequantize kernel, meta in fp32
             from mixdesk.kernels.gemv import dequantize  # noqa: PLC0415 - triton only here
 
-            return dequantize(self.packed, dtype=dtype)
+            dense = dequantize(self.packed, dtype=dtype)  # [N, K], or [parts, N/parts, K]
+            if self.row_parts > 1:
+                from mixdesk.kernels.layout import merge_rows  # noqa: PLC0415 - torch only
+
+                dense = merge_rows(dense, self.spec.group, self.spec.axis)
+            return dense
         return self.quantized().dequantize(dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.packed is not None and x.numel() == self.in_features:  # one token: decode
             from mixdesk.kernels.gemv import gemv  # noqa: PLC0415 - triton only on this path
 
-            y = gemv(x.reshape(-1), self.packed, self.decode_out)  # fp32 [N]
+            y = gemv(x.reshape(-1), self.packed, self.decode_out)  # fp32 [N] or [parts, N/parts]
+            if self.row_parts > 1:
+                from mixdesk.kernels.layout import merge_rows  # noqa: PLC0415 - torch only
+
+                y = merge_rows(y, self.spec.group, self.spec.axis)
             return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
         # many rows (prefill): dequantize once, then one matmul (cuBLAS on a GPU)
         if self._cached is not None and self._cached.dtype == x.dtype:

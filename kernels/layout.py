@@ -227,9 +227,11 @@ def stack(weights: list[PackedWeight]) -> PackedWeight:
     """
     first = weights[0]
     for w in weights[1:]:
-        if (w.bits, w.group, w.axis, w.shape) != (first.bits, first.group, first.axis,
-                                                  first.shape):
-            raise ValueError("stacked matrices must share bits, group, axis and shape")
+        if (w.bits, w.group, w.axis, w.shape, w.period, w.table.shape[1:]) != (
+                first.bits, first.group, first.axis, first.shape, first.period,
+                first.table.shape[1:]):
+            raise ValueError("stacked matrices must share bits, group, axis, shape and meta "
+                             "period")
     meta = None if first.meta is None else torch.cat([w.meta for w in weights  # type: ignore[misc]
                                                       ])
     return PackedWeight(first.bits, first.group, first.axis, first.shape,
@@ -246,6 +248,52 @@ def select(pw: PackedWeight, start: int, stop: int | None = None) -> PackedWeigh
     meta = None if pw.meta is None else pw.meta[start:stop]
     return PackedWeight(pw.bits, pw.group, pw.axis, pw.shape, pw.codes[start:stop], meta,
                         pw.table[start:stop], pw.period)
+
+
+def split_rows(pw: PackedWeight, parts: int) -> PackedWeight:
+    """One matrix as a stack of `parts` matrices of N/parts rows (a copy), so that it can
+    share a launch with matrices of that shape: q of Mixtral (4096 rows) as 4 of 1024,
+    stacked with k and v. Group rows i*A' .. (i+1)*A' - 1 (A' = A/parts) become matrix i;
+    its outputs come in a permuted row order that `merge_rows` undoes.
+
+    Raises:
+        ValueError: `pw` is a stack, or A' is not a multiple of the meta period P (the
+            sub-matrices must read the same meta-meta table rows).
+    """
+    a_rows, b_cols = pw.grid
+    if pw.n_mats != 1 or parts < 1 or a_rows % parts or (a_rows // parts) % pw.period:
+        raise ValueError(f"cannot split {pw.n_mats} matrices of {a_rows} group rows "
+                         f"(period {pw.period}) into {parts}")
+    sub = a_rows // parts
+    codes = pw.codes[0].reshape(pw.words, parts, sub, b_cols).transpose(0, 1).contiguous()
+    meta = None if pw.meta is None else pw.meta.reshape(parts, sub, b_cols).clone()
+    n_rows, k = pw.shape
+    return PackedWeight(pw.bits, pw.group, pw.axis, (n_rows // parts, k), codes, meta,
+                        pw.table.expand(parts, -1, -1).contiguous(), pw.period)
+
+
+def join_rows(pw: PackedWeight) -> PackedWeight:
+    """The one matrix that `split_rows` split into `pw`'s stack (a copy)."""
+    parts, words, sub, b_cols = pw.codes.shape
+    codes = pw.codes.transpose(0, 1).reshape(1, words, parts * sub, b_cols).contiguous()
+    meta = None if pw.meta is None else pw.meta.reshape(1, parts * sub, b_cols).clone()
+    n_rows, k = pw.shape
+    return PackedWeight(pw.bits, pw.group, pw.axis, (n_rows * parts, k), codes, meta,
+                        pw.table[:1].clone(), pw.period)
+
+
+def merge_rows(y: Tensor, group: int, axis: int) -> Tensor:
+    """Outputs of the matrices `split_rows` made, [parts, N/parts, ...], as [N, ...] in the
+    original row order (GEMV outputs, or dense rows from `dequantize`).
+
+    At axis 0 lane m of group row a' of matrix i is row a' + m*A' of its output and row
+    i*A' + a' + m*A of W; at axis 1 the rows are W's in order.
+    """
+    parts, n_sub, *rest = y.shape
+    if axis == 1:
+        return y.reshape(parts * n_sub, *rest)
+    return y.view(parts, group, n_sub // group, *rest).transpose(0, 1).reshape(
+        parts * n_sub, *rest)
 
 
 def random_logical(shape: tuple[int, int], *, bits: int, group: int,

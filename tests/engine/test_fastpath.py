@@ -20,6 +20,7 @@ from mixdesk.engine.loader import load_model
 from mixdesk.engine.model import MoE, Transformer
 from mixdesk.engine.qformat import quantize_model
 from mixdesk.engine.quantize import QuantLinear, QuantSpec, quantize_weight
+from mixdesk.kernels import gemv as kernels_gemv
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -240,3 +241,70 @@ def test_decode_workspace_is_zeroed_once_a_step() -> None:
     assert model.decode_workspace is None
     assert all(b.moe.decode_out is None and b.self_attn.q_proj.decode_out is None
                for b in model.blocks())
+
+
+@pytest.mark.parametrize(("axis", "dim", "parts", "launches_a_layer"), [
+    (0, 32, 2, [4, 1]),  # q [32, 32] as 2 matrices of k's [16, 32]: q, k, v, then o
+    (1, 96, 0, [2, 1, 1]),  # q's meta period 3, k's 5: k and v, then q, then o
+], ids=["axis0-q-split", "axis1-kv-only"])
+def test_q_k_v_are_one_launch_and_equal_the_torch_path(
+        monkeypatch: pytest.MonkeyPatch, axis: int, dim: int, parts: int,
+        launches_a_layer: list[int]) -> None:
+    """`finish_decode_path` stacks each layer's k and v with q split to their shape
+    (`fuse_qkv`): a decode step launches one GEMV for q, k and v and one for o per layer, and
+    gives the torch path's logits; prefill dequantizes q from the split stack; the q, k and v
+    modules read views of the stack; `disable_kernels` rebuilds q's stored tensors exactly.
+    Where q's meta-meta period differs from k's, k and v alone share a launch."""
+    seed = time.time_ns() % 2**31
+    print(f"seed {seed}")
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    args = ModelArgs(model_type="mixtral", vocab_size=64, dim=dim, n_layers=2, n_heads=4,
+                     n_kv_heads=2, head_dim=dim // 4, ffn_dim=48, n_experts=4, top_k=2)
+    model = Transformer(args).requires_grad_(False)
+    spec = QuantSpec(bits=2, group=8, axis=axis)
+    for block in model.blocks():
+        for owner in (block.self_attn, *block.moe.experts):
+            for name, child in list(owner.named_children()):
+                if isinstance(child, torch.nn.Linear):
+                    setattr(owner, name, quant_linear(tuple(child.weight.shape), spec, gen))
+    model = model.to(DEVICE)
+    model.setup_cache(24)
+    stored = [{k: v.clone() for k, v in b.self_attn.q_proj.quantized().tensors("w").items()}
+              for b in model.blocks()]
+    prompt = torch.randint(0, 64, (1, 6), device=DEVICE)
+    steps = [torch.randint(0, 64, (1, 1), device=DEVICE) for _ in range(3)]
+
+    launches: list[int] = []  # matrices a gemv launch covers, decode steps only
+
+    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        first = model(prompt, torch.arange(6, device=DEVICE))
+        launches.clear()  # prefill runs an expert picked by one token as a one-row gemv
+        return first, [model(t, torch.tensor([6 + i], device=DEVICE)) for i, t in enumerate(steps)]
+
+    want_prefill, want = run()
+    fastpath.pack_model(model)
+    fastpath.finish_decode_path(model)
+    for block in model.blocks():
+        attn = block.self_attn
+        assert attn.q_parts == parts and attn.qkv_packed is not None
+        assert attn.qkv_packed.n_mats == parts + 2
+        assert attn.qkv_out is not None and attn.qkv_out.shape == (parts + 2, dim // 2)
+        base = attn.qkv_packed.codes
+        views = [(attn.k_proj, parts), (attn.v_proj, parts + 1)]
+        for module, first in [(attn.q_proj, 0)] * bool(parts) + views:
+            assert module.packed.codes.data_ptr() == base[first].data_ptr()
+    real_gemv = kernels_gemv.gemv
+    monkeypatch.setattr(kernels_gemv, "gemv",
+                        lambda *a, **kw: launches.append(a[1].n_mats) or real_gemv(*a, **kw))
+    got_prefill, got = run()
+    assert launches == launches_a_layer * args.n_layers * len(steps)
+    assert rel_error(got_prefill, want_prefill) < 1e-5
+    for g, w in zip(got, want, strict=True):
+        assert rel_error(g, w) < 1e-5
+    fastpath.disable_kernels(model)
+    for block, tensors in zip(model.blocks(), stored, strict=True):
+        q = block.self_attn.q_proj
+        assert block.self_attn.qkv_packed is None and q.row_parts == 1
+        got_tensors = q.quantized().tensors("w")
+        assert all(torch.equal(got_tensors[k].cpu(), v.cpu()) for k, v in tensors.items())

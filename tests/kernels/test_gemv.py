@@ -8,7 +8,15 @@ import torch
 
 from mixdesk.kernels import reference
 from mixdesk.kernels.gemv import Config, dequantize, fill_slots, gemv, moe_decode
-from mixdesk.kernels.layout import PackedWeight, pack, random_logical, select, stack
+from mixdesk.kernels.layout import (
+    PackedWeight,
+    merge_rows,
+    pack,
+    random_logical,
+    select,
+    split_rows,
+    stack,
+)
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -207,3 +215,28 @@ def test_fill_slots_copies_only_the_staged_rows(dtype: torch.dtype) -> None:
     assert not torch.equal(dst[1].cpu(), src[4])  # resident: left alone
     with pytest.raises(ValueError, match="rows differ"):
         fill_slots(src[:, :1], dst, ids, pos, 2)
+
+
+@pytest.mark.parametrize(("bits", "group", "axis", "shape", "parts"), [
+    (4, 64, 0, (256, 40), 4),  # q of Mixtral in small: 4 matrices of k's shape
+    (2, 8, 0, (96, 24), 3),  # inline meta, an odd number of parts
+    (3, 16, 1, (12, 64), 2),
+])
+def test_split_rows_in_one_launch_with_other_matrices(bits: int, group: int, axis: int,
+                                                      shape: tuple[int, int], parts: int) -> None:
+    """q split to k's shape (`layout.split_rows`) and stacked with k and v: one gemv launch
+    gives q's product (rows put back by `merge_rows`), k's and v's; `dequantize` of the
+    split gives q's dense rows. The split matrices read the original's meta-meta table, so
+    the kernels are the reference here, on the unsplit weight."""
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)  # fresh inputs each run
+    q, k, v = (pack(*random_logical(s, bits=bits, group=group, generator=gen), bits=bits,
+                    group=group, axis=axis).to(DEVICE)
+               for s in (shape, (shape[0] // parts, shape[1]), (shape[0] // parts, shape[1])))
+    split = split_rows(q, parts)
+    x = torch.randn(shape[1], generator=gen).to(DEVICE, torch.float16)
+    y = gemv(x, stack([*[select(split, i) for i in range(parts)], k, v]))  # [parts + 2, N/parts]
+    assert rel_error(merge_rows(y[:parts], group, axis), reference.gemv(x, q)) < 1e-5
+    assert rel_error(y[parts], reference.gemv(x, k)) < 1e-5
+    assert rel_error(y[parts + 1], reference.gemv(x, v)) < 1e-5
+    dense = merge_rows(dequantize(split, dtype=torch.float32), group, axis)
+    assert torch.allclose(dense, reference.dequantize(q), rtol=1e-6, atol=1e-7)

@@ -6,9 +6,21 @@ import pytest
 import torch
 
 from mixdesk.kernels import reference
-from mixdesk.kernels.layout import is_inline, pack, random_logical, stack
+from mixdesk.kernels.layout import (
+    is_inline,
+    join_rows,
+    pack,
+    random_logical,
+    split_rows,
+    stack,
+)
 
 SPECS = [(2, 8), (2, 16), (3, 8), (3, 32), (3, 64), (4, 8), (4, 64), (4, 128)]
+SPLIT_CASES = [  # (bits, group, axis, shape, parts) for layout.split_rows
+    (4, 64, 0, (256, 40), 4),  # q of Mixtral in small: 4 matrices of k's shape
+    (2, 8, 0, (96, 24), 3),  # inline meta, an odd number of parts
+    (3, 16, 1, (12, 64), 2),
+]
 
 
 @pytest.mark.parametrize("axis", [0, 1])
@@ -80,3 +92,27 @@ def test_pack_reads_the_quantizer_format(bits: int, group: int, axis: int,
 
     qw = quantize_weight(0.02 * torch.randn(shape), QuantSpec(bits, group, axis))
     assert torch.equal(reference.dequantize(pack_quantized_weight(qw)), qw.dequantize())
+
+
+@pytest.mark.parametrize(("bits", "group", "axis", "shape", "parts"), SPLIT_CASES)
+def test_join_rows_undoes_split_rows(bits: int, group: int, axis: int, shape: tuple[int, int],
+                                     parts: int) -> None:
+    pw = pack(*random_logical(shape, bits=bits, group=group), bits=bits, group=group, axis=axis)
+    split = split_rows(pw, parts)
+    assert split.n_mats == parts and split.shape == (shape[0] // parts, shape[1])
+    back = join_rows(split)
+    assert back.shape == pw.shape and back.period == pw.period
+    for got, want in ((back.codes, pw.codes), (back.meta, pw.meta), (back.table, pw.table)):
+        assert (got is None and want is None) or torch.equal(got, want)
+
+
+def test_split_rows_refuses_what_does_not_split() -> None:
+    pw = pack(*random_logical((64, 24), bits=2, group=8), bits=2, group=8, axis=0)  # A = 8
+    with pytest.raises(ValueError, match="cannot split"):
+        split_rows(pw, 3)  # 8 group rows do not split in 3
+    with pytest.raises(ValueError, match="cannot split"):
+        split_rows(stack([pw, pw]), 2)  # a stack already
+    odd = pack(*random_logical((128, 20), bits=2, group=8), bits=2, group=8, axis=0)
+    assert odd.period == 3  # 320 groups in 3 meta groups, B = 20: rows 0 and 3 share a table row
+    with pytest.raises(ValueError, match="period 3"):
+        split_rows(odd, 2)  # 8 group rows a part: part 1 starts at row 8, residue 2, not 0
