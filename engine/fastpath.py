@@ -30,7 +30,7 @@ from torch import nn
 
 from mixdesk.engine.config import ModelArgs
 from mixdesk.engine.errors import OutOfVRAMError
-from mixdesk.engine.model import Attention, MoE, Transformer
+from mixdesk.engine.model import Attention, Block, MoE, Transformer
 from mixdesk.engine.quantize import (
     QuantizedWeight,
     QuantLinear,
@@ -239,13 +239,16 @@ def assign_workspace(model: nn.Module) -> int:
 
 def finish_decode_path(model: nn.Module) -> None:
     """After packing: q, k and v as one launch (`fuse_qkv`), attention over the used cache
-    (`kernels.attention`) and the GEMVs' shared workspace (`assign_workspace`); also what
+    (`kernels.attention`), the residual add, norm and router of a routed layer as one launch
+    (`kernels.router`) and the GEMVs' shared workspace (`assign_workspace`); also what
     `engine.bench.synthetic_mixtral` does."""
     for m in model.modules():
         if isinstance(m, Attention):  # decode reads the KV cache up to pos, not all of it
             if m.qkv_packed is None:
                 fuse_qkv(m)
             m.decode_kernel = True
+        elif isinstance(m, Block) and m.moe.gate is not None:  # add, norm and router: one launch
+            m.route_kernel = True
     assign_workspace(model)
 
 
@@ -286,6 +289,8 @@ def disable_kernels(model: nn.Module) -> None:
             m.decode_kernel = False
             m.qkv_packed = m.qkv_out = None
             m.q_parts = 0
+        elif isinstance(m, Block):
+            m.route_kernel = False
     if isinstance(model, Transformer):
         model.decode_workspace = None
     _GRAPHS.pop(model, None)

@@ -179,14 +179,22 @@ class MoE(nn.Module):
             probs = F.softmax(self.gate(x), dim=-1, dtype=torch.float32)  # [N, E]
             weights, chosen = torch.topk(probs, self.top_k, dim=-1)  # [N, A]
         weights = weights / weights.sum(dim=-1, keepdim=True)  # fp32
+        return self.run_experts(x, chosen, weights).view(shape)
+
+    def run_experts(self, x: Tensor, chosen: Tensor, weights: Tensor) -> Tensor:
+        """sum_a weights[:, a] * expert[chosen[:, a]](x) for x [N, D]; weights fp32, normalised.
+
+        Returns:
+            [N, D] in x's dtype.
+        """
         if self.offload is not None:  # experts come through the GPU cache, ids read on the host
-            return self.offload(x, chosen, weights).view(shape)
+            return self.offload(x, chosen, weights)
         if self.packed is not None and x.shape[0] == 1:  # decode: ids read on the device
             from mixdesk.kernels.gemv import moe_decode  # noqa: PLC0415 - triton only here
 
             out, h = self.decode_out or (None, None)
             y = moe_decode(x[0], *self.packed, chosen[0], weights[0], out=out, h=h)  # fp32 [D]
-            return y.to(x.dtype).view(shape)
+            return y.to(x.dtype).view(1, -1)
         weights = weights.to(x.dtype)
         out = torch.zeros_like(x)
         # group tokens by expert: each expert runs once on all the tokens it was picked for,
@@ -195,7 +203,7 @@ class MoE(nn.Module):
         for e in chosen.unique().tolist():
             slot, rows = torch.where(chosen.T == e)
             out.index_add_(0, rows, self.experts[e](x[rows]) * weights[rows, slot, None])
-        return out.view(shape)
+        return out
 
 
 def top_k_by_max(probs: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -220,9 +228,22 @@ class Block(nn.Module):
         self.moe = MoE(args)
         self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
+        # one token's residual add, norm and routing as one launch (`kernels.router.route`;
+        # engine.fastpath sets it on CUDA for routed MoE layers)
+        self.route_kernel = False
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, pos: Tensor) -> Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, pos)
+        a = self.self_attn(self.input_layernorm(x), cos, sin, mask, pos)
+        gate = self.moe.gate
+        if self.route_kernel and x.numel() == x.shape[-1] and isinstance(gate, nn.Linear):
+            from mixdesk.kernels.router import route  # noqa: PLC0415 - triton only here
+
+            norm = self.post_attention_layernorm
+            h, normed, chosen, weights = route(x.reshape(-1), a.reshape(-1), norm.weight,
+                                               gate.weight, eps=norm.eps, top_k=self.moe.top_k)
+            y = self.moe.run_experts(normed.view(1, -1), chosen.view(1, -1), weights.view(1, -1))
+            return (h + y.view(-1)).view(x.shape)
+        h = x + a
         return h + self.moe(self.post_attention_layernorm(h))
 
 

@@ -106,3 +106,15 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor,
     mask = torch.arange(max_len, device=q.device) <= pos.reshape(1)  # [S]
     scores = scores.masked_fill(~mask, float("-inf"))
     return (scores.softmax(-1).to(v_cache.dtype) @ v_cache).view(batch, n_heads, head_dim)
+
+
+def route(x: Tensor, a: Tensor, norm_weight: Tensor, gate_weight: Tensor, *, eps: float,
+          top_k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Reference of `kernels.router.route`: the ops of `engine.model.Block` and `MoE` on one
+    token (residual add, RMSNorm, fp32 router, softmax, top-k, renormalised)."""
+    h = x.reshape(-1) + a.reshape(-1)
+    hf = h.float()
+    normed = norm_weight * (hf * torch.rsqrt(hf.pow(2).mean() + eps)).to(h.dtype)
+    probs = torch.softmax((normed.float()[None] * gate_weight.float()).sum(-1), -1)  # [E]
+    weights, ids = torch.topk(probs, top_k)
+    return h, normed, ids, weights / weights.sum()

@@ -11,8 +11,9 @@ source "$(dirname "$0")/gpu_env.sh"
 if [ -z "${SKIP_PYTEST:-}" ]; then
     timeout "${PYTEST_TIMEOUT:-240}" python3 -m pytest -m gpu -q -s -p no:cacheprovider \
         -o addopts="--strict-markers -ra" -W ignore \
-        tests/kernels/test_gemv.py tests/kernels/test_attention.py tests/engine/test_fastpath_gpu.py \
-        -k "${PYTEST_K:-dequantize or moe_decode_mixtral or attention or fastpath_gpu}" 2>&1 \
+        tests/kernels/test_gemv.py tests/kernels/test_attention.py tests/kernels/test_router.py \
+        tests/engine/test_fastpath_gpu.py \
+        -k "${PYTEST_K:-dequantize or moe_decode_mixtral or attention or route or fastpath_gpu}" 2>&1 \
         | tee "$OUT/pytest-gpu.log" | tail -40
 fi
 if [ -n "${ATTN_SWEEP:-}" ]; then  # the same for q, k, v and o (4-bit g64)

@@ -286,6 +286,7 @@ def test_q_k_v_are_one_launch_and_equal_the_torch_path(
     fastpath.pack_model(model)
     fastpath.finish_decode_path(model)
     for block in model.blocks():
+        assert block.route_kernel  # the residual add, norm and router: kernels.router
         attn = block.self_attn
         assert attn.q_parts == parts and attn.qkv_packed is not None
         assert attn.qkv_packed.n_mats == parts + 2

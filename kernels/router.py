@@ -1,0 +1,143 @@
+"""One token's way from attention into the experts, in one launch ("route").
+
+Between a decoder layer's attention and its experts the torch path runs a residual
+add, an RMSNorm, the router's logits, a softmax, the top-k and their renormalisation:
+at batch 1 each is a tiny kernel (seven in the compiled decode step, ~9 us a layer on
+an H100, most of it launch latency). `route` does all of it in one program:
+
+    h = x + a                                   (the residual, in x's dtype)
+    n = weight * (h * rsqrt(mean(h^2) + eps))   (RMSNorm: fp32, rounded before the scale)
+    p = softmax(gate @ n)                       (fp32 logits and softmax)
+    ids, w = top_k(p); w = w / sum(w)           (largest first, fp32)
+
+The expert ids and weights stay on the device for `kernels.gemv.moe_decode`, so the
+call goes into the step's CUDA graph. One program reads x and a twice (the norm needs
+the whole row before it can scale) and the [E, D] gate once.
+"""
+
+# Triton kernels take their arguments positionally.
+# ruff: noqa: PLR0917
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from mixdesk.kernels.gemv import check_device
+
+# Hidden-state elements per step of the program's loops: Mixtral's whole row (D = 4096) in
+# one step, 16 warps (103 registers a thread). On an H100, 1024 a step (four dependent rounds
+# of loads) took 7.6 us a layer.
+BLOCK_D = 4096
+
+
+@triton.jit
+def _normed(x_ptr, a_ptr, nw_ptr, h_ptr, n_ptr, d, m, rstd, STORE_H: tl.constexpr):
+    """h = x + a rounded to x's dtype (stored if STORE_H); with rstd, the normed row."""
+    x = tl.load(x_ptr + d, mask=m, other=0.0)
+    a = tl.load(a_ptr + d, mask=m, other=0.0)
+    h = (x.to(tl.float32) + a.to(tl.float32)).to(x.dtype)  # the residual, rounded as torch
+    if STORE_H:
+        tl.store(h_ptr + d, h, mask=m)
+    nw = tl.load(nw_ptr + d, mask=m, other=0.0)
+    normed = (h.to(tl.float32) * rstd).to(h.dtype)  # RMSNorm rounds before the scale
+    return h, (nw.to(tl.float32) * normed.to(tl.float32)).to(n_ptr.dtype.element_ty)
+
+
+@triton.jit
+def _route_kernel(x_ptr, a_ptr, nw_ptr, gw_ptr, h_ptr, n_ptr, ids_ptr, w_ptr, D, eps,
+                  E: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
+                  BD: tl.constexpr, ONE_STEP: tl.constexpr):
+    d0 = tl.arange(0, BD)
+    e = tl.arange(0, EP)
+    emask = e < E
+    if ONE_STEP:  # the whole row at once: every load is issued before the first reduction
+        m = d0 < D
+        g = tl.load(gw_ptr + e[:, None] * D + d0[None, :], mask=emask[:, None] & m[None, :],
+                    other=0.0)
+        x = tl.load(x_ptr + d0, mask=m, other=0.0)
+        a = tl.load(a_ptr + d0, mask=m, other=0.0)
+        hf = ((x.to(tl.float32) + a.to(tl.float32)).to(x.dtype)).to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(hf * hf, 0) / D + eps)
+        _, n = _normed(x_ptr, a_ptr, nw_ptr, h_ptr, n_ptr, d0, m, rstd, True)
+        tl.store(n_ptr + d0, n, mask=m)
+        logits = tl.sum(g.to(tl.float32) * n.to(tl.float32)[None, :], 1)
+    else:
+        sq = tl.zeros([BD], tl.float32)
+        for start in range(0, D, BD):  # pass 1: the sum of h's squares
+            d = start + d0
+            m = d < D
+            x = tl.load(x_ptr + d, mask=m, other=0.0)
+            a = tl.load(a_ptr + d, mask=m, other=0.0)
+            hf = ((x.to(tl.float32) + a.to(tl.float32)).to(x.dtype)).to(tl.float32)
+            sq += hf * hf
+        rstd = 1.0 / tl.sqrt(tl.sum(sq, 0) / D + eps)
+        logits = tl.zeros([EP], tl.float32)
+        for start in range(0, D, BD):  # pass 2: h, the normed row and the gate's dot products
+            d = start + d0
+            m = d < D
+            _, n = _normed(x_ptr, a_ptr, nw_ptr, h_ptr, n_ptr, d, m, rstd, True)
+            tl.store(n_ptr + d, n, mask=m)
+            g = tl.load(gw_ptr + e[:, None] * D + d[None, :], mask=emask[:, None] & m[None, :],
+                        other=0.0)
+            logits += tl.sum(g.to(tl.float32) * n.to(tl.float32)[None, :], 1)
+    logits = tl.where(emask, logits, float("-inf"))
+    p = tl.exp(logits - tl.max(logits, 0))
+    p = p / tl.sum(p, 0)
+    slot = tl.arange(0, KP)
+    ids = tl.zeros([KP], tl.int64)
+    weights = tl.zeros([KP], tl.float32)
+    for k in tl.static_range(TOPK):  # the largest left, the lowest index on a tie
+        best = tl.max(p, 0)
+        pick = tl.min(tl.where(p == best, e, EP), 0)
+        ids = tl.where(slot == k, pick.to(tl.int64), ids)
+        weights = tl.where(slot == k, best, weights)
+        p = tl.where(e == pick, float("-inf"), p)
+    tl.store(ids_ptr + slot, ids, mask=slot < TOPK)
+    tl.store(w_ptr + slot, weights / tl.sum(weights, 0), mask=slot < TOPK)  # renormalised
+
+
+@torch.compiler.disable  # opaque to torch.compile, like the GEMVs: the glue around it fuses
+def route(x: Tensor, a: Tensor, norm_weight: Tensor, gate_weight: Tensor, *, eps: float,
+          top_k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The residual add, RMSNorm and top-k routing of one token (module docstring).
+
+    Args:
+        x: [D] the layer's input (the residual), fp16, bf16 or fp32.
+        a: [D] the attention's output, in x's dtype.
+        norm_weight: [D] the post-attention RMSNorm's weight.
+        gate_weight: [E, D] the router's weight.
+        eps: the RMSNorm's epsilon.
+        top_k: experts to choose, <= E.
+
+    Returns:
+        (h [D] = x + a, normed h [D] (x's and norm_weight's dtypes promoted, as torch
+        does), ids int64 [top_k], weights fp32
+        [top_k] summing to 1), largest weight first.
+    """
+    check_device(x)
+    dim = x.numel()
+    n_experts = gate_weight.shape[0]
+    if a.numel() != dim or norm_weight.numel() != dim or gate_weight.shape != (n_experts, dim):
+        raise ValueError(f"shapes do not match: x {tuple(x.shape)}, a {tuple(a.shape)}, norm "
+                         f"{tuple(norm_weight.shape)}, gate {tuple(gate_weight.shape)}")
+    if a.dtype != x.dtype:
+        raise ValueError(f"dtypes differ: x {x.dtype}, a {a.dtype}")
+    if not 1 <= top_k <= n_experts:
+        raise ValueError(f"top_k {top_k} is not in 1..{n_experts}")
+    block = min(BLOCK_D, triton.next_power_of_2(dim))
+    h = torch.empty_like(x).reshape(-1)
+    normed = torch.empty(dim, dtype=torch.promote_types(norm_weight.dtype, x.dtype),
+                         device=x.device)
+    ids = torch.empty(top_k, dtype=torch.int64, device=x.device)
+    weights = torch.empty(top_k, dtype=torch.float32, device=x.device)
+    _route_kernel[(1,)](
+        x.contiguous(), a.contiguous(), norm_weight.contiguous(), gate_weight.contiguous(),
+        h, normed, ids, weights, dim, eps,
+        E=n_experts, EP=triton.next_power_of_2(n_experts), TOPK=top_k,
+        KP=triton.next_power_of_2(top_k),
+        BD=block, ONE_STEP=dim <= block, num_warps=max(1, min(16, block // 256)),
+    )
+    return h, normed, ids, weights

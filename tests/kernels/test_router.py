@@ -1,0 +1,71 @@
+"""`kernels.router.route` against its torch reference: in the interpreter on small and odd
+shapes (CPU, CI), and on the GPU at the Mixtral-8x7B shape (`pytest -m gpu`)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from mixdesk.kernels import reference
+from mixdesk.kernels.router import route
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+
+
+def inputs(dim: int, experts: int, dtype: torch.dtype
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fresh x, a, norm weight and gate weight every call; the seed is printed."""
+    seed = time.time_ns() % 2**31
+    print(f"seed {seed}")
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (scale * torch.randn(*shape, generator=gen)).to(DEVICE, dtype)
+
+    return draw(dim), draw(dim), 1 + draw(dim, scale=0.1), draw(experts, dim, scale=dim**-0.5)
+
+
+def check(dim: int, experts: int, top_k: int, dtype: torch.dtype) -> None:
+    x, a, norm_w, gate_w = inputs(dim, experts, dtype)
+    h, normed, ids, weights = route(x, a, norm_w, gate_w, eps=1e-5, top_k=top_k)
+    want_h, want_n, want_ids, want_w = reference.route(x, a, norm_w, gate_w, eps=1e-5, top_k=top_k)
+    assert torch.equal(h, want_h)  # one rounding of the same fp32 sum
+    assert normed.dtype == want_n.dtype
+    tol = 1e-6 if dtype == torch.float32 else 8e-3  # rsqrt and the sum's order: one ulp of n
+    assert torch.allclose(normed.float(), want_n.float(), rtol=tol, atol=tol / 8)
+    assert ids.dtype == torch.int64 and weights.dtype == torch.float32
+    assert torch.equal(ids, want_ids), (ids, want_ids)
+    assert torch.allclose(weights, want_w, rtol=1e-4, atol=1e-6)
+    assert abs(float(weights.sum()) - 1) < 1e-6
+
+
+@pytest.mark.skipif(CUDA, reason="the GPU run checks the Mixtral shape instead")
+@pytest.mark.parametrize(("dim", "experts", "top_k", "dtype"), [
+    (64, 8, 2, torch.float32),  # Mixtral's experts and top-k, a small row
+    (5000, 8, 2, torch.float32),  # two loop steps of 4096, a masked tail
+    (40, 3, 1, torch.float32),  # experts not a power of two, top-1
+    (96, 6, 3, torch.float16),
+])
+def test_route_interpreter(dim: int, experts: int, top_k: int, dtype: torch.dtype) -> None:
+    check(dim, experts, top_k, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_route_mixtral_shape(dtype: torch.dtype) -> None:
+    for _ in range(20):  # fresh inputs each time
+        check(4096, 8, 2, dtype)
+
+
+def test_route_refuses_what_does_not_match() -> None:
+    x, a, norm_w, gate_w = inputs(64, 8, torch.float32)
+    with pytest.raises(ValueError, match="shapes"):
+        route(x, a[:32], norm_w, gate_w, eps=1e-5, top_k=2)
+    with pytest.raises(ValueError, match="dtypes"):
+        route(x, a.double(), norm_w, gate_w, eps=1e-5, top_k=2)
+    with pytest.raises(ValueError, match="top_k"):
+        route(x, a, norm_w, gate_w, eps=1e-5, top_k=9)
