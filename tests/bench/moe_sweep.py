@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Callable
 
 import torch
 
 from mixdesk.engine.bench import MIXTRAL_SHAPES, Case, random_packed, sweep_configs, time_graph
-from mixdesk.kernels.gemv import default_config, moe_decode
+from mixdesk.kernels.gemv import TUNED_MOE, Config, default_config, moe_decode
 
 LAYERS = 4
 TILES_13 = [(1, 512, 4), (2, 512, 4), (2, 256, 4), (4, 256, 4), (2, 512, 8), (4, 512, 8),
@@ -34,6 +35,9 @@ def configs(pw, tiles, launches):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="moe_sweep.json")
+    parser.add_argument("--splits", action="store_true",
+                        help="only the K split of the shipped tiles (TUNED_MOE), one launch at "
+                             "a time: the programs' last wave can leave SMs idle")
     args = parser.parse_args()
     ffn, dim = MIXTRAL_SHAPES["w1/w3"]
     w13 = [random_packed(Case("w1/w3", ffn, dim, 2, 8, 0), mats=16) for _ in range(LAYERS)]
@@ -52,6 +56,11 @@ def main() -> None:
     dev = torch.device("cuda")
     d13, d2 = default_config(w13[0], 4, dev), default_config(w2[0], 2, dev)
     base = timed(d13, d2)
+    if args.splits:
+        s13 = default_config(w13[0], 4, dev, table=TUNED_MOE)
+        s2 = default_config(w2[0], 2, dev, table=TUNED_MOE)
+        split_sweep(timed, s13, s2, nbytes=nbytes, base=timed(s13, s2), out=args.out)
+        return
     exact13, exact2 = (dataclasses.replace(d13, lanes_per_shift=1),
                        dataclasses.replace(d2, lanes_per_shift=1))
     exact = timed(exact13, exact2)  # the default tiles, one shift a lane (before 2026-11-23)
@@ -74,6 +83,25 @@ def main() -> None:
               "w2_top": sorted(rows2, key=lambda r: r["us"])[:8]}
     print(json.dumps(result, indent=1))
     with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+
+
+def split_sweep(timed: Callable[[Config, Config], float], d13: Config, d2: Config, *,
+                nbytes: int, base: float, out: str) -> None:
+    """Time the shipped tiles at every K split from 1 to 4x the default, w13 then w2."""
+    rows13 = [{"split": s, "us": timed(dataclasses.replace(d13, split=s), d2) * 1e6}
+              for s in range(1, 4 * d13.split + 1)]
+    best13 = min(rows13, key=lambda r: r["us"])
+    c13 = dataclasses.replace(d13, split=best13["split"])
+    rows2 = [{"split": s, "us": timed(c13, dataclasses.replace(d2, split=s)) * 1e6}
+             for s in range(max(1, d2.split // 4), 3 * d2.split + 1, max(1, d2.split // 8))]
+    best2 = min(rows2, key=lambda r: r["us"])
+    result = {"bytes": nbytes, "default": {"w13": str(d13), "w2": str(d2), "us": base * 1e6},
+              "w13_splits": rows13, "w2_splits": rows2,
+              "best": {"w13_split": best13["split"], "w2_split": best2["split"],
+                       "us": best2["us"], "gbs": nbytes / (best2["us"] / 1e6) / 1e9}}
+    print(json.dumps(result, indent=1))
+    with open(out, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
 
 
