@@ -703,7 +703,9 @@ def bench_budgets(budgets: Sequence[float] = (13.6, 16, 20, 24, 32), layers: int
         rows.append(_measure_budget(model, p, pool, tokens, steps, compile_glue=compile_glue))
         log.info("%s", rows[-1])
         cap_process(None)
-        del pool
+        # the resident model's MoE layers hold its ~22 GB of experts: kept in `moes` past
+        # `del model`, the next budget ran out of memory under its cap (2026-11-23, 32 then 24)
+        del pool, moes
     del model
     torch.cuda.empty_cache()
     if hqq_offload:
