@@ -249,6 +249,8 @@ def finish_decode_path(model: nn.Module) -> None:
             m.decode_kernel = True
         elif isinstance(m, Block) and m.moe.gate is not None:  # add, norm and router: one launch
             m.route_kernel = True
+            if isinstance(m.self_attn.o_proj, QuantLinear):  # the router reads o's fp32 output
+                m.self_attn.o_proj.keep_fp32 = True
     assign_workspace(model)
 
 
@@ -281,6 +283,7 @@ def disable_kernels(model: nn.Module) -> None:
         if isinstance(m, QuantLinear):
             m.restore_torch_copy()
             m.row_parts = 1
+            m.keep_fp32 = False
     for m in model.modules():
         if isinstance(m, QuantLinear | MoE):
             m.packed = None

@@ -181,11 +181,12 @@ class MoE(nn.Module):
         weights = weights / weights.sum(dim=-1, keepdim=True)  # fp32
         return self.run_experts(x, chosen, weights).view(shape)
 
-    def run_experts(self, x: Tensor, chosen: Tensor, weights: Tensor) -> Tensor:
+    def run_experts(self, x: Tensor, chosen: Tensor, weights: Tensor, *,
+                    keep_fp32: bool = False) -> Tensor:
         """sum_a weights[:, a] * expert[chosen[:, a]](x) for x [N, D]; weights fp32, normalised.
 
         Returns:
-            [N, D] in x's dtype.
+            [N, D] in x's dtype; `moe_decode`'s fp32 output as it is with `keep_fp32`.
         """
         if self.offload is not None:  # experts come through the GPU cache, ids read on the host
             return self.offload(x, chosen, weights)
@@ -194,7 +195,7 @@ class MoE(nn.Module):
 
             out, h = self.decode_out or (None, None)
             y = moe_decode(x[0], *self.packed, chosen[0], weights[0], out=out, h=h)  # fp32 [D]
-            return y.to(x.dtype).view(1, -1)
+            return (y if keep_fp32 else y.to(x.dtype)).view(1, -1)
         weights = weights.to(x.dtype)
         out = torch.zeros_like(x)
         # group tokens by expert: each expert runs once on all the tokens it was picked for,
@@ -234,17 +235,34 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, pos: Tensor) -> Tensor:
         a = self.self_attn(self.input_layernorm(x), cos, sin, mask, pos)
-        gate = self.moe.gate
-        if self.route_kernel and x.numel() == x.shape[-1] and isinstance(gate, nn.Linear):
-            from mixdesk.kernels.router import route  # noqa: PLC0415 - triton only here
-
-            norm = self.post_attention_layernorm
-            h, normed, chosen, weights = route(x.reshape(-1), a.reshape(-1), norm.weight,
-                                               gate.weight, eps=norm.eps, top_k=self.moe.top_k)
+        if self.route_kernel and x.numel() == x.shape[-1]:
+            h, normed, chosen, weights = self._route(x, a)
             y = self.moe.run_experts(normed.view(1, -1), chosen.view(1, -1), weights.view(1, -1))
             return (h + y.view(-1)).view(x.shape)
         h = x + a
         return h + self.moe(self.post_attention_layernorm(h))
+
+    def decode(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, pos: Tensor, *,
+               normed: Tensor, next_norm: RMSNorm) -> tuple[Tensor, Tensor]:
+        """One token through the layer on the kernel path (`route_kernel` set), given its
+        input already normed; returns the output and `next_norm` of it, the residual add and
+        that norm one launch (`kernels.router.add_norm`) in place of three kernels."""
+        from mixdesk.kernels.router import add_norm  # noqa: PLC0415 - triton only here
+
+        a = self.self_attn(normed, cos, sin, mask, pos)  # o_proj's fp32 GEMV output
+        h, normed, chosen, weights = self._route(x, a)
+        y = self.moe.run_experts(normed.view(1, -1), chosen.view(1, -1), weights.view(1, -1),
+                                 keep_fp32=True)
+        out, out_normed = add_norm(h, y.reshape(-1), next_norm.weight, eps=next_norm.eps)
+        return out.view(x.shape), out_normed.view(x.shape)
+
+    def _route(self, x: Tensor, a: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        from mixdesk.kernels.router import route  # noqa: PLC0415 - triton only here
+
+        gate, norm = self.moe.gate, self.post_attention_layernorm
+        assert isinstance(gate, nn.Linear), "route_kernel is set on routed layers only"
+        return route(x.reshape(-1), a.reshape(-1), norm.weight, gate.weight, eps=norm.eps,
+                     top_k=self.moe.top_k)
 
 
 class Transformer(nn.Module):
@@ -297,6 +315,15 @@ class Transformer(nn.Module):
         if tokens.shape[1] > 1:  # prefill: sdpa over the U positions written so far, not S, keeps
             # fp32 logits bit-equal to transformers'; decode keeps the static shape (CUDA graph)
             mask = mask[:, :int(pos.max()) + 1]  # [T, U]
+        blocks = self.blocks()
+        if tokens.numel() == 1 and blocks and all(b.route_kernel for b in blocks):  # kernel path
+            normed = blocks[0].input_layernorm(x)
+            for i, block in enumerate(blocks):
+                last = i + 1 == len(blocks)
+                x, normed = block.decode(
+                    x, cos, sin, mask, pos, normed=normed,
+                    next_norm=self.norm if last else blocks[i + 1].input_layernorm)
+            return self.lm_head(normed)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, pos)
         return self.lm_head(self.norm(x))

@@ -472,6 +472,7 @@ class QuantLinear(nn.Module):
         self.packed: PackedWeight | None = None
         self.decode_out: Tensor | None = None
         self.row_parts = 1
+        self.keep_fp32 = False  # one token: return the GEMV's fp32 output (engine.fastpath)
         self._names: list[tuple[str, str]] = []  # (stored suffix, buffer name)
         for key, tensor in weight.tensors("w").items():
             suffix = key.removeprefix("w.")
@@ -530,7 +531,8 @@ class QuantLinear(nn.Module):
                 from mixdesk.kernels.layout import merge_rows  # noqa: PLC0415 - torch only
 
                 y = merge_rows(y, self.spec.group, self.spec.axis)
-            return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+            y = y if self.keep_fp32 else y.to(x.dtype)
+            return y.view(*x.shape[:-1], self.out_features)
         # many rows (prefill): dequantize once, then one matmul (cuBLAS on a GPU)
         if self._cached is not None and self._cached.dtype == x.dtype:
             weight = self._cached

@@ -112,9 +112,14 @@ def route(x: Tensor, a: Tensor, norm_weight: Tensor, gate_weight: Tensor, *, eps
           top_k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Reference of `kernels.router.route`: the ops of `engine.model.Block` and `MoE` on one
     token (residual add, RMSNorm, fp32 router, softmax, top-k, renormalised)."""
-    h = x.reshape(-1) + a.reshape(-1)
-    hf = h.float()
-    normed = norm_weight * (hf * torch.rsqrt(hf.pow(2).mean() + eps)).to(h.dtype)
+    h, normed = add_norm(x, a, norm_weight, eps=eps)
     probs = torch.softmax((normed.float()[None] * gate_weight.float()).sum(-1), -1)  # [E]
     weights, ids = torch.topk(probs, top_k)
     return h, normed, ids, weights / weights.sum()
+
+
+def add_norm(x: Tensor, a: Tensor, norm_weight: Tensor, *, eps: float) -> tuple[Tensor, Tensor]:
+    """Reference of `kernels.router.add_norm`: h = x + a (a rounded to x's dtype), RMSNorm(h)."""
+    h = x.reshape(-1) + a.reshape(-1).to(x.dtype)
+    hf = h.float()
+    return h, norm_weight * (hf * torch.rsqrt(hf.pow(2).mean() + eps)).to(h.dtype)

@@ -13,6 +13,9 @@ an H100, most of it launch latency). `route` does all of it in one program:
 The expert ids and weights stay on the device for `kernels.gemv.moe_decode`, so the
 call goes into the step's CUDA graph. One program reads x and a twice (the norm needs
 the whole row before it can scale) and the [E, D] gate once.
+
+`add_norm` is the same program without the router: the residual add after the experts
+with the next layer's input norm (three kernels on the torch path, ~4.6 us a layer).
 """
 
 # Triton kernels take their arguments positionally.
@@ -37,7 +40,7 @@ BLOCK_D = 4096
 def _normed(x_ptr, a_ptr, nw_ptr, h_ptr, n_ptr, d, m, rstd, STORE_H: tl.constexpr):
     """h = x + a rounded to x's dtype (stored if STORE_H); with rstd, the normed row."""
     x = tl.load(x_ptr + d, mask=m, other=0.0)
-    a = tl.load(a_ptr + d, mask=m, other=0.0)
+    a = tl.load(a_ptr + d, mask=m, other=0.0).to(x.dtype)  # an fp32 GEMV output, rounded
     h = (x.to(tl.float32) + a.to(tl.float32)).to(x.dtype)  # the residual, rounded as torch
     if STORE_H:
         tl.store(h_ptr + d, h, mask=m)
@@ -49,28 +52,30 @@ def _normed(x_ptr, a_ptr, nw_ptr, h_ptr, n_ptr, d, m, rstd, STORE_H: tl.constexp
 @triton.jit
 def _route_kernel(x_ptr, a_ptr, nw_ptr, gw_ptr, h_ptr, n_ptr, ids_ptr, w_ptr, D, eps,
                   E: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
-                  BD: tl.constexpr, ONE_STEP: tl.constexpr):
+                  BD: tl.constexpr, ONE_STEP: tl.constexpr, ROUTE: tl.constexpr):
     d0 = tl.arange(0, BD)
     e = tl.arange(0, EP)
     emask = e < E
     if ONE_STEP:  # the whole row at once: every load is issued before the first reduction
         m = d0 < D
-        g = tl.load(gw_ptr + e[:, None] * D + d0[None, :], mask=emask[:, None] & m[None, :],
-                    other=0.0)
+        if ROUTE:
+            g = tl.load(gw_ptr + e[:, None] * D + d0[None, :],
+                        mask=emask[:, None] & m[None, :], other=0.0)
         x = tl.load(x_ptr + d0, mask=m, other=0.0)
-        a = tl.load(a_ptr + d0, mask=m, other=0.0)
+        a = tl.load(a_ptr + d0, mask=m, other=0.0).to(x.dtype)
         hf = ((x.to(tl.float32) + a.to(tl.float32)).to(x.dtype)).to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(hf * hf, 0) / D + eps)
         _, n = _normed(x_ptr, a_ptr, nw_ptr, h_ptr, n_ptr, d0, m, rstd, True)
         tl.store(n_ptr + d0, n, mask=m)
-        logits = tl.sum(g.to(tl.float32) * n.to(tl.float32)[None, :], 1)
+        if ROUTE:
+            logits = tl.sum(g.to(tl.float32) * n.to(tl.float32)[None, :], 1)
     else:
         sq = tl.zeros([BD], tl.float32)
         for start in range(0, D, BD):  # pass 1: the sum of h's squares
             d = start + d0
             m = d < D
             x = tl.load(x_ptr + d, mask=m, other=0.0)
-            a = tl.load(a_ptr + d, mask=m, other=0.0)
+            a = tl.load(a_ptr + d, mask=m, other=0.0).to(x.dtype)
             hf = ((x.to(tl.float32) + a.to(tl.float32)).to(x.dtype)).to(tl.float32)
             sq += hf * hf
         rstd = 1.0 / tl.sqrt(tl.sum(sq, 0) / D + eps)
@@ -80,9 +85,18 @@ def _route_kernel(x_ptr, a_ptr, nw_ptr, gw_ptr, h_ptr, n_ptr, ids_ptr, w_ptr, D,
             m = d < D
             _, n = _normed(x_ptr, a_ptr, nw_ptr, h_ptr, n_ptr, d, m, rstd, True)
             tl.store(n_ptr + d, n, mask=m)
-            g = tl.load(gw_ptr + e[:, None] * D + d[None, :], mask=emask[:, None] & m[None, :],
-                        other=0.0)
-            logits += tl.sum(g.to(tl.float32) * n.to(tl.float32)[None, :], 1)
+            if ROUTE:
+                g = tl.load(gw_ptr + e[:, None] * D + d[None, :],
+                            mask=emask[:, None] & m[None, :], other=0.0)
+                logits += tl.sum(g.to(tl.float32) * n.to(tl.float32)[None, :], 1)
+    if ROUTE:
+        _top_k(logits, emask, e, ids_ptr, w_ptr, EP, TOPK, KP)
+
+
+@triton.jit
+def _top_k(logits, emask, e, ids_ptr, w_ptr, EP: tl.constexpr, TOPK: tl.constexpr,
+           KP: tl.constexpr):
+    """softmax over the experts, then the TOPK largest, renormalised, into ids and weights."""
     logits = tl.where(emask, logits, float("-inf"))
     p = tl.exp(logits - tl.max(logits, 0))
     p = p / tl.sum(p, 0)
@@ -106,7 +120,8 @@ def route(x: Tensor, a: Tensor, norm_weight: Tensor, gate_weight: Tensor, *, eps
 
     Args:
         x: [D] the layer's input (the residual), fp16, bf16 or fp32.
-        a: [D] the attention's output, in x's dtype.
+        a: [D] the attention's output, in x's dtype or fp32 (o_proj's GEMV output, rounded
+            to x's dtype before the add, as the torch path rounds it).
         norm_weight: [D] the post-attention RMSNorm's weight.
         gate_weight: [E, D] the router's weight.
         eps: the RMSNorm's epsilon.
@@ -114,30 +129,58 @@ def route(x: Tensor, a: Tensor, norm_weight: Tensor, gate_weight: Tensor, *, eps
 
     Returns:
         (h [D] = x + a, normed h [D] (x's and norm_weight's dtypes promoted, as torch
-        does), ids int64 [top_k], weights fp32
-        [top_k] summing to 1), largest weight first.
+        does), ids int64 [top_k], weights fp32 [top_k] summing to 1), largest weight first.
     """
-    check_device(x)
-    dim = x.numel()
     n_experts = gate_weight.shape[0]
-    if a.numel() != dim or norm_weight.numel() != dim or gate_weight.shape != (n_experts, dim):
-        raise ValueError(f"shapes do not match: x {tuple(x.shape)}, a {tuple(a.shape)}, norm "
-                         f"{tuple(norm_weight.shape)}, gate {tuple(gate_weight.shape)}")
-    if a.dtype != x.dtype:
-        raise ValueError(f"dtypes differ: x {x.dtype}, a {a.dtype}")
+    if gate_weight.shape != (n_experts, x.numel()):
+        raise ValueError(f"shapes do not match: x {tuple(x.shape)}, gate "
+                         f"{tuple(gate_weight.shape)}")
     if not 1 <= top_k <= n_experts:
         raise ValueError(f"top_k {top_k} is not in 1..{n_experts}")
-    block = min(BLOCK_D, triton.next_power_of_2(dim))
-    h = torch.empty_like(x).reshape(-1)
-    normed = torch.empty(dim, dtype=torch.promote_types(norm_weight.dtype, x.dtype),
-                         device=x.device)
     ids = torch.empty(top_k, dtype=torch.int64, device=x.device)
     weights = torch.empty(top_k, dtype=torch.float32, device=x.device)
-    _route_kernel[(1,)](
-        x.contiguous(), a.contiguous(), norm_weight.contiguous(), gate_weight.contiguous(),
-        h, normed, ids, weights, dim, eps,
-        E=n_experts, EP=triton.next_power_of_2(n_experts), TOPK=top_k,
-        KP=triton.next_power_of_2(top_k),
-        BD=block, ONE_STEP=dim <= block, num_warps=max(1, min(16, block // 256)),
-    )
+    h, normed = _launch(x, a, norm_weight, eps, gate_weight, ids, weights)
     return h, normed, ids, weights
+
+
+@torch.compiler.disable  # opaque to torch.compile, like the GEMVs: the glue around it fuses
+def add_norm(x: Tensor, a: Tensor, norm_weight: Tensor, *, eps: float) -> tuple[Tensor, Tensor]:
+    """h = x + a and RMSNorm(h), in one launch: a layer's residual add after its experts
+    with the next layer's input norm (or the final norm) on one token.
+
+    Args:
+        x: [D] the residual, fp16, bf16 or fp32.
+        a: [D] what to add, in x's dtype or fp32 (rounded to x's dtype first).
+        norm_weight: [D] the RMSNorm's weight.
+        eps: its epsilon.
+
+    Returns:
+        (h [D] in x's dtype, normed h [D], x's and norm_weight's dtypes promoted).
+    """
+    return _launch(x, a, norm_weight, eps, None, None, None)
+
+
+def _launch(x: Tensor, a: Tensor, norm_weight: Tensor, eps: float, gate_weight: Tensor | None,
+            ids: Tensor | None, weights: Tensor | None) -> tuple[Tensor, Tensor]:
+    check_device(x)
+    dim = x.numel()
+    if a.numel() != dim or norm_weight.numel() != dim:
+        raise ValueError(f"shapes do not match: x {tuple(x.shape)}, a {tuple(a.shape)}, norm "
+                         f"{tuple(norm_weight.shape)}")
+    if a.dtype not in {x.dtype, torch.float32}:
+        raise ValueError(f"a is {a.dtype}: it must be x's dtype ({x.dtype}) or fp32")
+    block = min(BLOCK_D, triton.next_power_of_2(dim))
+    h = torch.empty(dim, dtype=x.dtype, device=x.device)
+    normed = torch.empty(dim, dtype=torch.promote_types(norm_weight.dtype, x.dtype),
+                         device=x.device)
+    n_experts = 1 if gate_weight is None else gate_weight.shape[0]
+    top_k = 1 if ids is None else ids.numel()
+    gate = norm_weight if gate_weight is None else gate_weight.contiguous()  # unread: no router
+    _route_kernel[(1,)](
+        x.contiguous(), a.contiguous(), norm_weight.contiguous(), gate, h, normed,
+        h if ids is None else ids, h if weights is None else weights, dim, eps,
+        E=n_experts, EP=triton.next_power_of_2(n_experts), TOPK=top_k,
+        KP=triton.next_power_of_2(top_k), BD=block, ONE_STEP=dim <= block,
+        ROUTE=gate_weight is not None, num_warps=max(1, min(16, block // 256)),
+    )
+    return h, normed

@@ -21,6 +21,7 @@ from mixdesk.engine.model import MoE, Transformer
 from mixdesk.engine.qformat import quantize_model
 from mixdesk.engine.quantize import QuantLinear, QuantSpec, quantize_weight
 from mixdesk.kernels import gemv as kernels_gemv
+from mixdesk.kernels import router as kernels_router
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -287,6 +288,7 @@ def test_q_k_v_are_one_launch_and_equal_the_torch_path(
     fastpath.finish_decode_path(model)
     for block in model.blocks():
         assert block.route_kernel  # the residual add, norm and router: kernels.router
+        assert block.self_attn.o_proj.keep_fp32  # the router rounds o's fp32 output itself
         attn = block.self_attn
         assert attn.q_parts == parts and attn.qkv_packed is not None
         assert attn.qkv_packed.n_mats == parts + 2
@@ -295,11 +297,13 @@ def test_q_k_v_are_one_launch_and_equal_the_torch_path(
         views = [(attn.k_proj, parts), (attn.v_proj, parts + 1)]
         for module, first in [(attn.q_proj, 0)] * bool(parts) + views:
             assert module.packed.codes.data_ptr() == base[first].data_ptr()
-    real_gemv = kernels_gemv.gemv
+    real_gemv, real_add_norm = kernels_gemv.gemv, kernels_router.add_norm
     monkeypatch.setattr(kernels_gemv, "gemv",
                         lambda *a, **kw: launches.append(a[1].n_mats) or real_gemv(*a, **kw))
+    monkeypatch.setattr(kernels_router, "add_norm",  # after the experts: add + next norm
+                        lambda *a, **kw: launches.append(0) or real_add_norm(*a, **kw))
     got_prefill, got = run()
-    assert launches == launches_a_layer * args.n_layers * len(steps)
+    assert launches == [*launches_a_layer, 0] * args.n_layers * len(steps)
     assert rel_error(got_prefill, want_prefill) < 1e-5
     for g, w in zip(got, want, strict=True):
         assert rel_error(g, w) < 1e-5

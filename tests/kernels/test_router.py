@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mixdesk.kernels import reference
-from mixdesk.kernels.router import route
+from mixdesk.kernels.router import add_norm, route
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -28,8 +28,16 @@ def inputs(dim: int, experts: int, dtype: torch.dtype
     return draw(dim), draw(dim), 1 + draw(dim, scale=0.1), draw(experts, dim, scale=dim**-0.5)
 
 
-def check(dim: int, experts: int, top_k: int, dtype: torch.dtype) -> None:
+def check(dim: int, experts: int, top_k: int, dtype: torch.dtype, *,
+          a_fp32: bool = False) -> None:
     x, a, norm_w, gate_w = inputs(dim, experts, dtype)
+    if a_fp32:  # o_proj's GEMV output, rounded to x's dtype by the kernel as by the torch path
+        a = a.float() + torch.rand_like(a.float()) * 1e-3
+    x_next, n_next = add_norm(x, a, norm_w, eps=1e-5)
+    want_next, want_n_next = reference.add_norm(x, a, norm_w, eps=1e-5)
+    assert torch.equal(x_next, want_next)
+    tol = 1e-6 if dtype == torch.float32 else 8e-3
+    assert torch.allclose(n_next.float(), want_n_next.float(), rtol=tol, atol=tol / 8)
     h, normed, ids, weights = route(x, a, norm_w, gate_w, eps=1e-5, top_k=top_k)
     want_h, want_n, want_ids, want_w = reference.route(x, a, norm_w, gate_w, eps=1e-5, top_k=top_k)
     assert torch.equal(h, want_h)  # one rounding of the same fp32 sum
@@ -43,29 +51,33 @@ def check(dim: int, experts: int, top_k: int, dtype: torch.dtype) -> None:
 
 
 @pytest.mark.skipif(CUDA, reason="the GPU run checks the Mixtral shape instead")
-@pytest.mark.parametrize(("dim", "experts", "top_k", "dtype"), [
-    (64, 8, 2, torch.float32),  # Mixtral's experts and top-k, a small row
-    (5000, 8, 2, torch.float32),  # two loop steps of 4096, a masked tail
-    (40, 3, 1, torch.float32),  # experts not a power of two, top-1
-    (96, 6, 3, torch.float16),
+@pytest.mark.parametrize(("dim", "experts", "top_k", "dtype", "a_fp32"), [
+    (64, 8, 2, torch.float32, False),  # Mixtral's experts and top-k, a small row
+    (5000, 8, 2, torch.float32, False),  # two loop steps of 4096, a masked tail
+    (40, 3, 1, torch.float32, False),  # experts not a power of two, top-1
+    (96, 6, 3, torch.float16, False),
+    (96, 8, 2, torch.float16, True),  # a: an fp32 GEMV output
 ])
-def test_route_interpreter(dim: int, experts: int, top_k: int, dtype: torch.dtype) -> None:
-    check(dim, experts, top_k, dtype)
+def test_route_interpreter(dim: int, experts: int, top_k: int, dtype: torch.dtype,
+                           a_fp32: bool) -> None:
+    check(dim, experts, top_k, dtype, a_fp32=a_fp32)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_route_mixtral_shape(dtype: torch.dtype) -> None:
-    for _ in range(20):  # fresh inputs each time
-        check(4096, 8, 2, dtype)
+    for i in range(20):  # fresh inputs each time
+        check(4096, 8, 2, dtype, a_fp32=i % 2 == 1)
 
 
 def test_route_refuses_what_does_not_match() -> None:
     x, a, norm_w, gate_w = inputs(64, 8, torch.float32)
     with pytest.raises(ValueError, match="shapes"):
         route(x, a[:32], norm_w, gate_w, eps=1e-5, top_k=2)
-    with pytest.raises(ValueError, match="dtypes"):
+    with pytest.raises(ValueError, match="x's dtype"):
         route(x, a.double(), norm_w, gate_w, eps=1e-5, top_k=2)
+    with pytest.raises(ValueError, match="shapes"):
+        add_norm(x, a, norm_w[:8], eps=1e-5)
     with pytest.raises(ValueError, match="top_k"):
         route(x, a, norm_w, gate_w, eps=1e-5, top_k=9)
