@@ -128,6 +128,90 @@ def _combine_kernel(
     tl.store(out_ptr + b * o_sb + h * o_sh + d, y.to(out_ptr.dtype.element_ty), mask=dmask)
 
 
+@triton.jit
+def _rope_qkv_kernel(
+    qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
+    N, A, A_SUB, n_heads, k_sh, k_ss, v_sh, v_ss,
+    PARTS: tl.constexpr, AXIS0: tl.constexpr, HD: tl.constexpr, HDP: tl.constexpr,
+):
+    """Program h < H: query head h, its rows gathered from the split q (`layout.merge_rows`)
+    and rotated; program H + j: kv head j, k rotated, both written at cache row pos."""
+    h = tl.program_id(0)
+    d = tl.arange(0, HDP)
+    dmask = d < HD
+    HALF: tl.constexpr = HD // 2
+    partner = (d + HALF) % HD  # rotate_half: -x[d + half] below half, x[d - half] above
+    out_dtype = q_ptr.dtype.element_ty
+    c = tl.load(cos_ptr + d, mask=dmask, other=0.0).to(out_dtype).to(tl.float32)
+    s = tl.load(sin_ptr + d, mask=dmask, other=0.0).to(out_dtype).to(tl.float32)
+    if h < n_heads:
+        rows = h * HD + d  # q's own row order
+        other = h * HD + partner
+        if AXIS0:  # row m*A + i*A_SUB + a of W is row a + m*A_SUB of split matrix i
+            rows = (rows % A) // A_SUB * N + rows % A % A_SUB + rows // A * A_SUB
+            other = (other % A) // A_SUB * N + other % A % A_SUB + other // A * A_SUB
+        x = tl.load(qkv_ptr + rows, mask=dmask, other=0.0).to(out_dtype).to(tl.float32)
+        xo = tl.load(qkv_ptr + other, mask=dmask, other=0.0).to(out_dtype).to(tl.float32)
+        rot = tl.where(d < HALF, -xo, xo)
+        y = (x * c).to(out_dtype).to(tl.float32) + (rot * s).to(out_dtype).to(tl.float32)
+        tl.store(q_ptr + h * HD + d, y.to(out_dtype), mask=dmask)
+    else:
+        j = h - n_heads
+        pos = tl.load(pos_ptr)
+        k_row = qkv_ptr + PARTS * N + j * HD
+        x = tl.load(k_row + d, mask=dmask, other=0.0).to(out_dtype).to(tl.float32)
+        xo = tl.load(k_row + partner, mask=dmask, other=0.0).to(out_dtype).to(tl.float32)
+        rot = tl.where(d < HALF, -xo, xo)
+        y = (x * c).to(out_dtype).to(tl.float32) + (rot * s).to(out_dtype).to(tl.float32)
+        tl.store(k_ptr + j * k_sh + pos * k_ss + d, y.to(out_dtype), mask=dmask)
+        v = tl.load(qkv_ptr + (PARTS + 1) * N + j * HD + d, mask=dmask, other=0.0)
+        tl.store(v_ptr + j * v_sh + pos * v_ss + d, v.to(out_dtype), mask=dmask)
+
+
+@torch.compiler.disable  # opaque to torch.compile, like the GEMVs
+def rope_qkv(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *, cos: Tensor,
+             sin: Tensor, parts: int, group: int, axis: int) -> Tensor:
+    """One token's q, k and v from their stacked GEMV (`engine.fastpath.fuse_qkv`) into
+    attention's inputs, in one launch: q put back in row order (`layout.merge_rows`) and
+    rotated, k rotated and written with v at cache position pos, all rounded to the cache's
+    dtype as the torch path rounds them (three fused kernels there).
+
+    Args:
+        qkv: fp32 [parts + 2, N]: q as `parts` matrices of N rows, then k and v (N = K*Hd).
+        parts: how many matrices q was split into (>= 1).
+        group, axis: q's quantization group and axis (its split's row order).
+        cos, sin: [1, Hd] RoPE rows of the token's position (half-split layout).
+        pos: int [1] on the device, the token's position.
+        k_cache, v_cache: [1, K, S, Hd] static caches (batch 1), Hd contiguous.
+
+    Returns:
+        q [1, H, Hd] in the caches' dtype, rotated.
+    """
+    check_device(qkv)
+    n_rows = qkv.shape[1]
+    _, n_kv, _, head_dim = k_cache.shape
+    q_rows = parts * n_rows
+    if qkv.shape[0] != parts + 2 or qkv.dtype != torch.float32 or not qkv.is_contiguous():
+        raise ValueError(f"qkv must be a contiguous fp32 [{parts} + 2, N], got "
+                         f"{qkv.dtype} {tuple(qkv.shape)}")
+    if (k_cache.shape[0] != 1 or v_cache.shape != k_cache.shape or n_rows != n_kv * head_dim
+            or q_rows % head_dim or head_dim % 2 or k_cache.stride(3) != 1
+            or v_cache.stride(3) != 1 or cos.numel() != head_dim or sin.numel() != head_dim):
+        raise ValueError(f"shapes do not match: qkv {tuple(qkv.shape)}, caches "
+                         f"{tuple(k_cache.shape)} {tuple(v_cache.shape)}, cos {tuple(cos.shape)}")
+    n_heads = q_rows // head_dim
+    q = torch.empty((1, n_heads, head_dim), dtype=k_cache.dtype, device=qkv.device)
+    a_rows = q_rows // group  # q's group rows A, and each split matrix's
+    _rope_qkv_kernel[(n_heads + n_kv,)](
+        qkv, cos.contiguous(), sin.contiguous(), pos, q, k_cache, v_cache,
+        n_rows, a_rows, a_rows // parts, n_heads, k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(1), v_cache.stride(2),
+        PARTS=parts, AXIS0=axis == 0, HD=head_dim, HDP=triton.next_power_of_2(head_dim),
+        num_warps=1,
+    )
+    return q
+
+
 def chunk_for(max_len: int) -> int:
     """Positions per program for a cache of `max_len`: a power of two >= MIN_CHUNK, with at
     most MAX_CHUNKS chunks (S = 4096: 32 chunks of 128; S = 32768: 128 of 256)."""

@@ -14,6 +14,7 @@ from mixdesk.kernels.layout import (
     PackedWeight,
     group_grid,
     lanes_per_word,
+    merge_rows,
     meta_from_table,
     meta_groups,
 )
@@ -123,3 +124,23 @@ def add_norm(x: Tensor, a: Tensor, norm_weight: Tensor, *, eps: float) -> tuple[
     h = x.reshape(-1) + a.reshape(-1).to(x.dtype)
     hf = h.float()
     return h, norm_weight * (hf * torch.rsqrt(hf.pow(2).mean() + eps)).to(h.dtype)
+
+
+def rope_qkv(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *, cos: Tensor,
+             sin: Tensor, parts: int, group: int, axis: int) -> Tensor:
+    """Reference of `kernels.attention.rope_qkv`: the torch path's ops (`engine.model`'s
+    rotation in the caches' dtype, the cache writes)."""
+    dtype = k_cache.dtype
+    head_dim = k_cache.shape[3]
+    q = merge_rows(qkv[:parts], group, axis).to(dtype).view(1, -1, head_dim)  # [1, H, Hd]
+    k = qkv[parts].to(dtype).view(1, -1, head_dim)
+    half = head_dim // 2
+
+    def rotate(x: Tensor) -> Tensor:
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos.reshape(-1).to(dtype) + rotated * sin.reshape(-1).to(dtype)
+
+    at = int(pos.reshape(-1)[0])
+    k_cache[0, :, at] = rotate(k)[0]
+    v_cache[0, :, at] = qkv[parts + 1].to(dtype).view(-1, head_dim)
+    return rotate(q)

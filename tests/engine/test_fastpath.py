@@ -20,6 +20,7 @@ from mixdesk.engine.loader import load_model
 from mixdesk.engine.model import MoE, Transformer
 from mixdesk.engine.qformat import quantize_model
 from mixdesk.engine.quantize import QuantLinear, QuantSpec, quantize_weight
+from mixdesk.kernels import attention as kernels_attention
 from mixdesk.kernels import gemv as kernels_gemv
 from mixdesk.kernels import router as kernels_router
 
@@ -245,8 +246,9 @@ def test_decode_workspace_is_zeroed_once_a_step() -> None:
 
 
 @pytest.mark.parametrize(("axis", "dim", "parts", "launches_a_layer"), [
-    (0, 32, 2, [4, 1]),  # q [32, 32] as 2 matrices of k's [16, 32]: q, k, v, then o
-    (1, 96, 0, [2, 1, 1]),  # q's meta period 3, k's 5: k and v, then q, then o
+    # q [32, 32] as 2 matrices of k's [16, 32]: q, k, v; rope_qkv (-1); o; add_norm (0)
+    (0, 32, 2, [4, -1, 1, 0]),
+    (1, 96, 0, [2, 1, 1, 0]),  # q's meta period 3, k's 5: k and v, then q, then o
 ], ids=["axis0-q-split", "axis1-kv-only"])
 def test_q_k_v_are_one_launch_and_equal_the_torch_path(
         monkeypatch: pytest.MonkeyPatch, axis: int, dim: int, parts: int,
@@ -300,10 +302,13 @@ def test_q_k_v_are_one_launch_and_equal_the_torch_path(
     real_gemv, real_add_norm = kernels_gemv.gemv, kernels_router.add_norm
     monkeypatch.setattr(kernels_gemv, "gemv",
                         lambda *a, **kw: launches.append(a[1].n_mats) or real_gemv(*a, **kw))
+    real_rope = kernels_attention.rope_qkv
     monkeypatch.setattr(kernels_router, "add_norm",  # after the experts: add + next norm
                         lambda *a, **kw: launches.append(0) or real_add_norm(*a, **kw))
+    monkeypatch.setattr(kernels_attention, "rope_qkv",  # RoPE and the cache writes
+                        lambda *a, **kw: launches.append(-1) or real_rope(*a, **kw))
     got_prefill, got = run()
-    assert launches == [*launches_a_layer, 0] * args.n_layers * len(steps)
+    assert launches == launches_a_layer * args.n_layers * len(steps)
     assert rel_error(got_prefill, want_prefill) < 1e-5
     for g, w in zip(got, want, strict=True):
         assert rel_error(g, w) < 1e-5

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mixdesk.kernels import reference
-from mixdesk.kernels.attention import chunk_for, decode_attention
+from mixdesk.kernels.attention import chunk_for, decode_attention, rope_qkv
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -139,3 +139,36 @@ def test_decode_attention_in_a_cuda_graph() -> None:
         graph.replay()
         ref = reference.decode_attention(q, k, v, pos, HEAD_DIM**-0.5)
         assert rel_error(out, ref) <= 1e-3, at
+
+
+@pytest.mark.parametrize(("parts", "group", "axis", "dtype"), [
+    (4, 64, 0, torch.float16),  # Mixtral's q as 4 matrices of k's shape, in small
+    (2, 8, 0, torch.float32),
+    (3, 16, 1, torch.float16),
+])
+def test_rope_qkv_equals_the_torch_path(parts: int, group: int, axis: int,
+                                        dtype: torch.dtype) -> None:
+    """q, k and v of one token from their stacked GEMV output: q back in row order and
+    rotated, k rotated into the cache at pos and v copied there, as the torch path does."""
+    seed = time.time_ns() % 2**31
+    print(f"seed {seed}")
+    gen = torch.Generator().manual_seed(seed)
+    n_kv, head_dim, max_len = 2, 32 * parts // 2 if axis == 0 else 24, 12
+    n_rows = n_kv * head_dim  # k's rows; q has parts times as many
+    qkv = torch.randn(parts + 2, n_rows, generator=gen).to(DEVICE)
+    angles = torch.rand(head_dim // 2, generator=gen) * 6
+    cos, sin = (torch.cat([f(angles)] * 2)[None].to(DEVICE) for f in (torch.cos, torch.sin))
+    pos = torch.tensor([5], device=DEVICE)
+    caches = [torch.randn(1, n_kv, max_len, head_dim, generator=gen).to(DEVICE, dtype)
+              for _ in range(2)]
+    want_caches = [c.clone() for c in caches]
+    kw = {"cos": cos, "sin": sin, "parts": parts, "group": group, "axis": axis}
+    q = rope_qkv(qkv, pos, *caches, **kw)
+    want = reference.rope_qkv(qkv, pos, *want_caches, **kw)
+    assert q.dtype == dtype and q.shape == want.shape == (1, parts * n_rows // head_dim, head_dim)
+    tol = 0 if dtype == torch.float32 else 1e-3  # fp16: at most one rounding apart
+    assert torch.allclose(q.float(), want.float(), rtol=tol, atol=tol)
+    for got, ref in zip(caches, want_caches, strict=True):
+        assert torch.allclose(got.float(), ref.float(), rtol=tol, atol=tol)  # row 5 only moved
+    with pytest.raises(ValueError, match="qkv"):
+        rope_qkv(qkv[:-1], pos, *caches, **kw)
