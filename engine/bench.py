@@ -525,8 +525,8 @@ def step_bytes(model: Any, context_used: int, context_read: int) -> dict[str, in
 def time_decode_graph(model: Any, tokens: Tensor, positions: Tensor, steps: int, *,
                       compile_glue: bool) -> dict[str, Any]:
     """Decode `steps` tokens after the prompt through a fresh `fastpath.DecodeGraph`: per token
-    as engine.generate does it (replay, sample on the device, read the id), and replays alone
-    back to back (CUDA events)."""
+    as engine.generate does it (sample on the device, queue the next replay, read the id),
+    and replays alone back to back (CUDA events)."""
     from mixdesk.engine.fastpath import DecodeGraph  # noqa: PLC0415
 
     prompt = tokens.shape[1]
@@ -537,10 +537,10 @@ def time_decode_graph(model: Any, tokens: Tensor, positions: Tensor, steps: int,
     torch.cuda.synchronize()
     capture_s = time.perf_counter() - started
     started = time.perf_counter()
-    for i in range(steps):
+    for i in range(steps):  # the next step queued before the last id is read back
         nxt = logits.argmax(-1, keepdim=True)
-        int(nxt.item())
         logits = graph.step(model, nxt, prompt + 1 + i)
+        int(nxt.item())
     torch.cuda.synchronize()
     per_token = (time.perf_counter() - started) / steps
     assert graph.graph is not None and graph.captures == 1
