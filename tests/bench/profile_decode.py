@@ -14,6 +14,8 @@ from torch.profiler import ProfilerActivity, profile
 from mixdesk.engine.bench import synthetic_mixtral
 from mixdesk.engine.fastpath import DecodeGraph
 
+# kernels/attention.py and kernels/router.py: the step's small kernels of our own
+OUR_SMALL_KERNELS = {"_partial_kernel", "_combine_kernel", "_rope_qkv_kernel", "_route_kernel"}
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -41,6 +43,7 @@ def main() -> None:
     for e in events:
         name = e.name
         key = ("gemv/moe (Triton)" if "_gemv_" in name else
+               "attention, rope, router (Triton)" if name in OUR_SMALL_KERNELS else
                "memset" if "memset" in name.lower() or "fill" in name.lower() else
                "gemm (cuBLAS)" if "gemm" in name.lower() or "nvjet" in name else
                "compiled glue (inductor)" if name.startswith("triton_") else
