@@ -17,6 +17,7 @@ from mixdesk.engine.fastpath import DecodeGraph
 # kernels/attention.py and kernels/router.py: the step's small kernels of our own
 OUR_SMALL_KERNELS = {"_partial_kernel", "_combine_kernel", "_rope_qkv_kernel", "_route_kernel"}
 
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--layers", type=int, default=8)
