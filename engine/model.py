@@ -262,8 +262,8 @@ class Block(nn.Module):
         from mixdesk.kernels.router import add_norm  # noqa: PLC0415 - triton only here
 
         a = self.self_attn(normed, cos, sin, mask, pos)  # o_proj's fp32 GEMV output
-        h, normed, chosen, weights = self._route(x, a)
-        y = self.moe.run_experts(normed.view(1, -1), chosen.view(1, -1), weights.view(1, -1),
+        h, moe_in, chosen, weights = self._route(x, a)
+        y = self.moe.run_experts(moe_in.view(1, -1), chosen.view(1, -1), weights.view(1, -1),
                                  keep_fp32=True)
         out, out_normed = add_norm(h, y.reshape(-1), next_norm.weight, eps=next_norm.eps)
         return out.view(x.shape), out_normed.view(x.shape)
