@@ -37,24 +37,16 @@ BLOCK_D = 4096
 
 
 @triton.jit
-def _residual(x_ptr, a_ptr, d, m):
-    """h = x + a in fp32, a rounded to x's dtype first and h after (as the torch path)."""
+def _normed(x_ptr, a_ptr, nw_ptr, h_ptr, n_ptr, d, m, rstd, STORE_H: tl.constexpr):
+    """h = x + a rounded to x's dtype (stored if STORE_H); with rstd, the normed row."""
     x = tl.load(x_ptr + d, mask=m, other=0.0)
     a = tl.load(a_ptr + d, mask=m, other=0.0).to(x.dtype)  # an fp32 GEMV output, rounded
-    return ((x.to(tl.float32) + a.to(tl.float32)).to(x.dtype)).to(tl.float32)
-
-
-@triton.jit
-def _normed(x_ptr, a_ptr, nw_ptr, h_ptr, n_ptr, d, m, rstd):
-    """Stores h = x + a and the normed row n = weight * (h * rstd) at d; returns n."""
-    hf = _residual(x_ptr, a_ptr, d, m)
-    dtype = x_ptr.dtype.element_ty
-    tl.store(h_ptr + d, hf.to(dtype), mask=m)
+    h = (x.to(tl.float32) + a.to(tl.float32)).to(x.dtype)  # the residual, rounded as torch
+    if STORE_H:
+        tl.store(h_ptr + d, h, mask=m)
     nw = tl.load(nw_ptr + d, mask=m, other=0.0)
-    normed = (hf * rstd).to(dtype)  # RMSNorm rounds before the scale
-    n = (nw.to(tl.float32) * normed.to(tl.float32)).to(n_ptr.dtype.element_ty)
-    tl.store(n_ptr + d, n, mask=m)
-    return n
+    normed = (h.to(tl.float32) * rstd).to(h.dtype)  # RMSNorm rounds before the scale
+    return h, (nw.to(tl.float32) * normed.to(tl.float32)).to(n_ptr.dtype.element_ty)
 
 
 @triton.jit
@@ -69,9 +61,12 @@ def _route_kernel(x_ptr, a_ptr, nw_ptr, gw_ptr, h_ptr, n_ptr, ids_ptr, w_ptr, D,
         if ROUTE:
             g = tl.load(gw_ptr + e[:, None] * D + d0[None, :],
                         mask=emask[:, None] & m[None, :], other=0.0)
-        hf = _residual(x_ptr, a_ptr, d0, m)
+        x = tl.load(x_ptr + d0, mask=m, other=0.0)
+        a = tl.load(a_ptr + d0, mask=m, other=0.0).to(x.dtype)
+        hf = ((x.to(tl.float32) + a.to(tl.float32)).to(x.dtype)).to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(hf * hf, 0) / D + eps)
-        n = _normed(x_ptr, a_ptr, nw_ptr, h_ptr, n_ptr, d0, m, rstd)
+        _, n = _normed(x_ptr, a_ptr, nw_ptr, h_ptr, n_ptr, d0, m, rstd, True)
+        tl.store(n_ptr + d0, n, mask=m)
         if ROUTE:
             logits = tl.sum(g.to(tl.float32) * n.to(tl.float32)[None, :], 1)
     else:
@@ -79,14 +74,17 @@ def _route_kernel(x_ptr, a_ptr, nw_ptr, gw_ptr, h_ptr, n_ptr, ids_ptr, w_ptr, D,
         for start in range(0, D, BD):  # pass 1: the sum of h's squares
             d = start + d0
             m = d < D
-            hf = _residual(x_ptr, a_ptr, d, m)
+            x = tl.load(x_ptr + d, mask=m, other=0.0)
+            a = tl.load(a_ptr + d, mask=m, other=0.0).to(x.dtype)
+            hf = ((x.to(tl.float32) + a.to(tl.float32)).to(x.dtype)).to(tl.float32)
             sq += hf * hf
         rstd = 1.0 / tl.sqrt(tl.sum(sq, 0) / D + eps)
         logits = tl.zeros([EP], tl.float32)
         for start in range(0, D, BD):  # pass 2: h, the normed row and the gate's dot products
             d = start + d0
             m = d < D
-            n = _normed(x_ptr, a_ptr, nw_ptr, h_ptr, n_ptr, d, m, rstd)
+            _, n = _normed(x_ptr, a_ptr, nw_ptr, h_ptr, n_ptr, d, m, rstd, True)
+            tl.store(n_ptr + d, n, mask=m)
             if ROUTE:
                 g = tl.load(gw_ptr + e[:, None] * D + d[None, :],
                             mask=emask[:, None] & m[None, :], other=0.0)
