@@ -180,16 +180,9 @@ class MoE(nn.Module):
             return self.experts[0](x)
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # [N, D]
-        if self.packed is not None and self.offload is None and x.shape[0] == 1 \
-                and isinstance(self.gate, nn.Linear):
-            # one token on the kernel path: in the compiled decode step the router is one
-            # fused fp32 reduction and the top-k a few fused maxes, where a matmul (cuBLAS
-            # plus its split-K reduce) and torch.topk (a sort and a gather) took ~10 us a layer
-            logits = (x.float()[:, None] * self.gate.weight.float()).sum(-1)  # [1, E], fp32
-            weights, chosen = top_k_by_max(F.softmax(logits, dim=-1), self.top_k)  # [1, A]
-        else:
-            probs = F.softmax(self.gate(x), dim=-1, dtype=torch.float32)  # [N, E]
-            weights, chosen = torch.topk(probs, self.top_k, dim=-1)  # [N, A]
+        # one token on the kernel path routes in `kernels.router.route` (Block), not here
+        probs = F.softmax(self.gate(x), dim=-1, dtype=torch.float32)  # [N, E]
+        weights, chosen = torch.topk(probs, self.top_k, dim=-1)  # [N, A]
         weights = weights / weights.sum(dim=-1, keepdim=True)  # fp32
         return self.run_experts(x, chosen, weights).view(shape)
 
@@ -217,21 +210,6 @@ class MoE(nn.Module):
             slot, rows = torch.where(chosen.T == e)
             out.index_add_(0, rows, self.experts[e](x[rows]) * weights[rows, slot, None])
         return out
-
-
-def top_k_by_max(probs: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """torch.topk over the last dim for a small k, as k max reductions (fusable by inductor).
-
-    Returns:
-        (values [N, k], indices [N, k]), largest first.
-    """
-    values, indices = [], []
-    for _ in range(k):
-        v, i = probs.max(dim=-1, keepdim=True)  # [N, 1]
-        values.append(v)
-        indices.append(i)
-        probs = probs.scatter(-1, i, float("-inf"))
-    return torch.cat(values, -1), torch.cat(indices, -1)
 
 
 class Block(nn.Module):
