@@ -96,12 +96,12 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, pos: Tensor) -> Tensor:
         B, T, _ = x.shape  # noqa: N806
-        if T == 1 and self.qkv_packed is not None:  # kernel path: q, k and v in one launch
+        if B * T == 1 and self.qkv_packed is not None:  # kernel path: q, k and v in one launch
             from mixdesk.kernels.gemv import gemv  # noqa: PLC0415 - triton only here
 
             qkv = gemv(x.reshape(-1), self.qkv_packed, self.qkv_out)  # fp32 [Q + 2, K*Hd]
             n = self.q_parts
-            if n and self.decode_kernel and self.kv_cache is not None and B == 1:
+            if n and self.decode_kernel and self.kv_cache is not None:
                 # RoPE, q's row order and the cache writes in one launch, then attention
                 from mixdesk.kernels.attention import (  # noqa: PLC0415 - triton only here
                     decode_attention,
