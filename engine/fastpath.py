@@ -206,9 +206,9 @@ def assign_workspace(model: nn.Module) -> int:
     for block in model.blocks():
         attn = block.self_attn
         separate = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj]
-        if attn.qkv_packed is not None:  # q (split), k and v: one launch, one slice
+        if attn.qkv_packed is not None:  # k, v and q (when split): one launch, one slice
             outs.append((attn, [(attn.qkv_packed.n_mats, attn.qkv_packed.shape[0])]))
-            separate = separate[3:] if attn.q_parts else [separate[0], separate[3]]
+            separate = [attn.o_proj] if attn.q_parts else [attn.q_proj, attn.o_proj]
         for lin in separate:
             if isinstance(lin, QuantLinear) and lin.packed is not None:
                 outs.append((lin, [(lin.out_features,)]))
