@@ -528,6 +528,7 @@ def time_decode_graph(model: Any, tokens: Tensor, positions: Tensor, steps: int,
     as engine.generate does it (sample on the device, queue the next replay, read the id),
     and replays alone back to back (CUDA events)."""
     from mixdesk.engine.fastpath import DecodeGraph  # noqa: PLC0415
+    from mixdesk.engine.generate import TokenReadback  # noqa: PLC0415
 
     prompt = tokens.shape[1]
     graph = DecodeGraph(torch.device("cuda"), compile_glue=compile_glue)
@@ -537,10 +538,12 @@ def time_decode_graph(model: Any, tokens: Tensor, positions: Tensor, steps: int,
     torch.cuda.synchronize()
     capture_s = time.perf_counter() - started
     started = time.perf_counter()
+    readback = TokenReadback(torch.device("cuda"))
     for i in range(steps):  # the next step queued before the last id is read back
         nxt = logits.argmax(-1, keepdim=True)
+        readback.start(nxt)
         logits = graph.step(model, nxt, prompt + 1 + i)
-        int(nxt.item())
+        readback.result()
     torch.cuda.synchronize()
     per_token = (time.perf_counter() - started) / steps
     assert graph.graph is not None and graph.captures == 1

@@ -139,6 +139,33 @@ def sample(logits: Tensor, params: SamplingParams, history: Tensor,
     return (probs / noise).argmax(-1, keepdim=True)
 
 
+class TokenReadback:
+    """One id read back to the host behind only the work queued before it.
+
+    `start` copies the id into pinned host memory on the stream and records an event;
+    `result` waits for that event. So a decode step queued between the two runs while the
+    host waits: `.item()` at that point would wait for that step too, and the GPU would
+    idle while the host sampled and queued the step after it. On the CPU the copy is plain.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.host = torch.zeros(1, dtype=torch.long, pin_memory=self.cuda)
+        self.copied = torch.cuda.Event() if self.cuda else None
+
+    def start(self, token: Tensor) -> None:
+        """Queue the copy of `token` (one id on the device)."""
+        self.host.copy_(token.reshape(1), non_blocking=self.cuda)
+        if self.copied is not None:
+            self.copied.record()
+
+    def result(self) -> int:
+        """The id of the last `start`, once its copy landed."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        return int(self.host[0])
+
+
 class _AnswerText:
     """The answer's text as it grows, cut at the first stop string.
 
@@ -271,6 +298,7 @@ def _decode_loop(lm: LoadedModel, prompt_ids: list[int], params: SamplingParams,
     graph = decode_graph(lm.model) if device.type == "cuda" else None  # engine.fastpath
     reason: FinishReason = "length"
     queued: torch.Tensor | None = None  # logits of the next step, already on the GPU's queue
+    readback = TokenReadback(device)
     while len(ids) < budget:
         if cancel is not None and cancel.is_set():
             reason = "cancelled"
@@ -282,13 +310,14 @@ def _decode_loop(lm: LoadedModel, prompt_ids: list[int], params: SamplingParams,
             logits = lm.model(history[-1:][None], pos)[0, -1]
         next_id = sample(logits, params, history, generator)
         history = torch.cat([history, next_id])
-        queued = None
-        if graph is not None and len(ids) + 1 < budget:
-            # the next step (one CUDA-graph replay, no host sync) goes on the queue before
-            # this token is read back, so the GPU never waits for the host between steps
-            # (H100, synthetic Mixtral: 0.13 ms a token). After an end it is one step unused.
-            queued = graph.step(lm.model, next_id, n_prompt + len(ids))
-        token = int(next_id.item())
+        readback.start(next_id)
+        # the next step (one CUDA-graph replay, no host sync) goes on the queue before this
+        # token is read back, and the read waits for the copy queued before it, not for that
+        # step: the GPU does not wait for the host between steps. After an end it is one
+        # step unused.
+        queued = (graph.step(lm.model, next_id, n_prompt + len(ids))
+                  if graph is not None and len(ids) + 1 < budget else None)
+        token = readback.result()
         if not ids:
             first_at = time.perf_counter()
             yield stats()

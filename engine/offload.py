@@ -469,13 +469,13 @@ def _prefill(x: Tensor, chosen: Tensor, weights: Tensor, *, slot_of: Callable[[i
     """Many tokens: each chosen expert once, from its slot (`slot_of(e)` puts it there),
     dequantized into a cuBLAS matmul over the tokens that picked it; `read(slot)` once
     its slot has been read (queued)."""
+    from mixdesk.engine.model import group_by_expert  # noqa: PLC0415 - model imports offload's users
     from mixdesk.kernels.gemv import dequantize  # noqa: PLC0415 - triton only here
 
     w13, w2 = pool
     out = torch.zeros_like(x)
     w = weights.to(x.dtype)
-    for e in chosen.unique().tolist():
-        rows, k = torch.where(chosen == e)
+    for e, rows, k in group_by_expert(chosen):
         slot = slot_of(e)
         w13_e = dequantize(select(w13, 2 * slot, 2 * slot + 2), dtype=x.dtype)
         w2_e = dequantize(select(w2, slot), dtype=x.dtype)

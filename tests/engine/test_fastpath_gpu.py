@@ -258,5 +258,19 @@ def test_generate_replays_one_graph_per_token(kernel_src: Path, tmp_path: Path,
     assert graph.replays > len(done.token_ids)
 
 
+def test_token_readback_does_not_wait_for_work_queued_after_it() -> None:
+    """generate reads a token back while the next decode step runs: the read waits for the
+    copy queued before that step, not for the step (`.item()` would)."""
+    from mixdesk.engine.generate import TokenReadback  # noqa: PLC0415
+
+    readback = TokenReadback(torch.device("cuda"))
+    for token in (3, 31999):
+        readback.start(torch.tensor([token], device="cuda"))
+        torch.cuda._sleep(500_000_000)  # ~0.3 s of GPU time queued behind the copy
+        assert readback.result() == token
+        assert not torch.cuda.current_stream().query()  # the sleep is still running
+        torch.cuda.synchronize()
+
+
 def rel_error(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y.double() - ref.double()).norm() / ref.double().norm())

@@ -13,6 +13,7 @@ from mixdesk.engine.errors import InvalidRequestError
 from mixdesk.engine.events import Done, Failed, SamplingParams, Stats, Token
 from mixdesk.engine.generate import (
     StreamingDetokenizer,
+    TokenReadback,
     encode_prompt,
     generate,
     sample,
@@ -204,3 +205,10 @@ def test_a_conversation_the_template_refuses_is_an_invalid_request(tiny: LoadedM
     messages = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
     with pytest.raises(InvalidRequestError, match="must alternate"):
         encode_prompt(tokenizer, messages, chat=True)
+
+
+def test_token_readback_on_the_cpu_returns_each_id() -> None:
+    readback = TokenReadback(torch.device("cpu"))
+    for token in (5, 0, 31999):
+        readback.start(torch.tensor([token]))
+        assert readback.result() == token

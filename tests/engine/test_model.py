@@ -194,3 +194,24 @@ def _check_half_precision(folder: Path, device: str, dtype: torch.dtype) -> None
     assert per_position.median().item() < tolerance, per_position
     assert (want.argmax(-1) == got.argmax(-1)).float().mean().item() >= 0.7
 
+
+
+@pytest.mark.parametrize(("tokens", "top_k", "experts"), [(1, 2, 8), (37, 2, 8), (5, 3, 4),
+                                                          (64, 1, 16)])
+def test_group_by_expert_gives_torch_wheres_groups(tokens: int, top_k: int, experts: int
+                                                   ) -> None:
+    """One sort and one read of the counts give each expert's tokens and slots in the order
+    `torch.where(chosen.T == e)` does (transformers' row order), experts never picked absent."""
+    from mixdesk.engine.model import group_by_expert  # noqa: PLC0415
+
+    scores = torch.rand(tokens, experts)
+    scores[:, experts - 1] = -1  # the last expert is never picked
+    chosen = torch.topk(scores, top_k, dim=-1).indices  # distinct ids per token, as a router
+    groups = group_by_expert(chosen)
+    assert [e for e, _, _ in groups] == chosen.unique().tolist()
+    assert experts - 1 not in [e for e, _, _ in groups]
+    for e, rows, slots in groups:
+        want_slots, want_rows = torch.where(chosen.T == e)
+        assert torch.equal(rows, want_rows) and torch.equal(slots, want_slots)
+        assert (chosen[rows, slots] == e).all()
+    assert sum(len(rows) for _, rows, _ in groups) == tokens * top_k
