@@ -10,6 +10,8 @@ swap a module for its low-bit twin without the model knowing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -18,7 +20,7 @@ from torch import Tensor, nn
 
 from mixdesk.engine.config import ModelArgs
 from mixdesk.kernels import reference
-from mixdesk.kernels.layout import PackedWeight, merge_rows
+from mixdesk.kernels.layout import PackedWeight, merge_rows, select
 
 if TYPE_CHECKING:
     from mixdesk.engine.offload import MoEOffload
@@ -201,43 +203,87 @@ class MoE(nn.Module):
             out, h = self.decode_out or (None, None)
             y = moe_decode(x[0], *self.packed, chosen[0], weights[0], out=out, h=h)  # fp32 [D]
             return (y if keep_fp32 else y.to(x.dtype)).view(1, -1)
-        weights = weights.to(x.dtype)
-        out = torch.zeros_like(x)
-        for e, rows, slot in group_by_expert(chosen):
-            out.index_add_(0, rows, self.experts[e](x[rows]) * weights[rows, slot, None])
-        return out
+        groups = group_by_expert(chosen)
+        xs = x[groups.rows]  # [N*A, D], each expert's tokens together
+        ys = torch.empty_like(xs)
+        if self.packed is not None:  # CUDA: dequantize from the stacks, one matmul for w1|w3
+            run_packed_experts(xs, groups, *self.packed, ys)
+        else:
+            for e, a, b in groups.spans:
+                ys[a:b] = self.experts[e](xs[a:b])
+        ys *= weights.to(x.dtype)[groups.rows, groups.slots, None]
+        return torch.zeros_like(x).index_add_(0, groups.rows, ys)
 
 
-def group_by_expert(chosen: Tensor) -> list[tuple[int, Tensor, Tensor]]:
+@dataclass
+class ExpertGroups:
+    """Every (token, top-k slot) pick of a batch, grouped by expert (`group_by_expert`).
+
+    Attributes:
+        rows: int [N*A], the token of each pick; expert e's picks are rows[a:b] for its span.
+        slots: int [N*A], the top-k slot of each pick.
+        spans: (expert, a, b) of each expert picked at least once, ascending.
+    """
+
+    rows: Tensor
+    slots: Tensor
+    spans: list[tuple[int, int, int]]
+
+
+def group_by_expert(chosen: Tensor) -> ExpertGroups:
     """The tokens each expert was picked for, with one host sync for the whole batch.
 
     Each expert then runs once on all its tokens, in transformers' row order (top-k slot,
     then token): a matmul rounds each row differently with its place in the batch (up to
     4e-4 on a smol-moe layer, random input). The order comes from one stable sort on the
-    device and the counts are read once; `torch.where(chosen.T == e)` per expert read a
-    count on the host per expert (8 syncs a layer, each idling the GPU until the host
-    queued the next work).
+    device and the counts are read once; `torch.where(chosen.T == e)` read a count on the
+    host per expert (8 syncs a layer, each idling the GPU until the host queued more).
+    Adding the picks back in this order (`index_add_`) sums each token's experts in
+    ascending order, as a loop over the experts does.
 
     Args:
         chosen: int [N, A], each token's top-k expert ids.
-
-    Returns:
-        (expert, rows, slots) for each expert picked at least once, ascending: the tokens
-        that picked it and in which of their top-k slots, as `torch.where(chosen.T == e)`
-        orders them.
     """
     n = chosen.shape[0]
     flat = chosen.T.reshape(-1)  # slot a of token t at a * n + t
     order = torch.sort(flat, stable=True).indices  # by expert, then (slot, token)
     counts = torch.bincount(flat).tolist()  # the one host sync
-    groups = []
+    spans = []
     start = 0
     for e, count in enumerate(counts):
         if count:
-            picks = order[start:start + count]
-            groups.append((e, picks % n, picks // n))
+            spans.append((e, start, start + count))
         start += count
-    return groups
+    return ExpertGroups(order % n, order // n, spans)
+
+
+def run_packed_experts(xs: Tensor, groups: ExpertGroups, w13: PackedWeight, w2: PackedWeight,
+                       out: Tensor, *, slot_of: Callable[[int], int] | None = None,
+                       read: Callable[[int], None] | None = None) -> None:
+    """out[a:b] = w2(silu(w1 xs[a:b]) * w3 xs[a:b]) for each expert's span, from packed stacks.
+
+    Each expert's w1 and w3 are dequantized in one launch (`kernels.gemv.dequantize`) and
+    multiplied in one matmul, then its w2: two Triton launches and two cuBLAS calls an expert.
+
+    Args:
+        xs: [N*A, D] the picks' inputs, grouped as `groups`.
+        w13, w2: the stacks (w1 and w3 of expert e at 2e and 2e + 1; w2 at e).
+        out: [N*A, D] in xs's dtype, written.
+        slot_of: where expert e is in the stacks (engine.offload puts it there); e if None.
+        read: called with the slot once its matmuls are queued (engine.offload).
+    """
+    from mixdesk.kernels.gemv import dequantize  # noqa: PLC0415 - triton only here
+
+    ffn = w13.shape[0]
+    for e, a, b in groups.spans:
+        slot = e if slot_of is None else slot_of(e)
+        w13_e = dequantize(select(w13, 2 * slot, 2 * slot + 2), dtype=xs.dtype)  # [2, F, D]
+        w2_e = dequantize(select(w2, slot), dtype=xs.dtype)  # [D, F]
+        h = xs[a:b] @ w13_e.view(2 * ffn, -1).T  # [n, 2F]: w1 x, then w3 x
+        torch.mm(F.silu(h[:, :ffn]) * h[:, ffn:], w2_e.T, out=out[a:b])
+        if read is not None:
+            read(slot)
+        del w13_e, w2_e, h  # else the next expert's dequantize allocates beside them
 
 
 class Block(nn.Module):

@@ -36,10 +36,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixdesk.kernels.layout import PackedWeight, select
+from mixdesk.kernels.layout import PackedWeight
 
 log = logging.getLogger("mixdesk.engine.offload")
 
@@ -467,25 +466,16 @@ def _prefill(x: Tensor, chosen: Tensor, weights: Tensor, *, slot_of: Callable[[i
              pool: tuple[PackedWeight, PackedWeight],
              read: Callable[[int], None] | None = None) -> Tensor:
     """Many tokens: each chosen expert once, from its slot (`slot_of(e)` puts it there),
-    dequantized into a cuBLAS matmul over the tokens that picked it; `read(slot)` once
-    its slot has been read (queued)."""
-    from mixdesk.engine.model import group_by_expert  # noqa: PLC0415 - model imports offload's users
-    from mixdesk.kernels.gemv import dequantize  # noqa: PLC0415 - triton only here
+    dequantized into cuBLAS matmuls over the tokens that picked it
+    (`engine.model.run_packed_experts`); `read(slot)` once its slot has been read (queued)."""
+    from mixdesk.engine.model import group_by_expert, run_packed_experts  # noqa: PLC0415
 
-    w13, w2 = pool
-    out = torch.zeros_like(x)
-    w = weights.to(x.dtype)
-    for e, rows, k in group_by_expert(chosen):
-        slot = slot_of(e)
-        w13_e = dequantize(select(w13, 2 * slot, 2 * slot + 2), dtype=x.dtype)
-        w2_e = dequantize(select(w2, slot), dtype=x.dtype)
-        if read is not None:
-            read(slot)
-        xe = x[rows]
-        h = F.silu(xe @ w13_e[0].T) * (xe @ w13_e[1].T)  # [n, F]
-        out.index_add_(0, rows, (h @ w2_e.T) * w[rows, k, None])
-        del w13_e, w2_e, h  # else the next expert's dequantize allocates beside them
-    return out
+    groups = group_by_expert(chosen)
+    xs = x[groups.rows]
+    ys = torch.empty_like(xs)
+    run_packed_experts(xs, groups, *pool, ys, slot_of=slot_of, read=read)
+    ys *= weights.to(x.dtype)[groups.rows, groups.slots, None]
+    return torch.zeros_like(x).index_add_(0, groups.rows, ys)
 
 
 def _routed_moes(model: nn.Module) -> list[Any]:

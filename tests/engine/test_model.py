@@ -208,10 +208,11 @@ def test_group_by_expert_gives_torch_wheres_groups(tokens: int, top_k: int, expe
     scores[:, experts - 1] = -1  # the last expert is never picked
     chosen = torch.topk(scores, top_k, dim=-1).indices  # distinct ids per token, as a router
     groups = group_by_expert(chosen)
-    assert [e for e, _, _ in groups] == chosen.unique().tolist()
-    assert experts - 1 not in [e for e, _, _ in groups]
-    for e, rows, slots in groups:
+    assert [e for e, _, _ in groups.spans] == chosen.unique().tolist()
+    assert experts - 1 not in [e for e, _, _ in groups.spans]
+    assert groups.spans[-1][2] == len(groups.rows) == len(groups.slots) == tokens * top_k
+    for e, a, b in groups.spans:
         want_slots, want_rows = torch.where(chosen.T == e)
-        assert torch.equal(rows, want_rows) and torch.equal(slots, want_slots)
-        assert (chosen[rows, slots] == e).all()
-    assert sum(len(rows) for _, rows, _ in groups) == tokens * top_k
+        assert torch.equal(groups.rows[a:b], want_rows)
+        assert torch.equal(groups.slots[a:b], want_slots)
+        assert (chosen[groups.rows[a:b], groups.slots[a:b]] == e).all()
