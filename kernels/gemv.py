@@ -445,8 +445,12 @@ TUNED: dict[tuple[int, int, int, int, int], tuple[int, int, int, bool]] = {
     (2, 8, 0, 4096, 14336): (16, 128, 8, False),
     # q/o and k/v: re-swept 2026-11-23 as a decode step runs them (q, k, v, o a layer, in a
     # graph; tests/bench/attn_sweep.py, tests/bench/results/h100-attn-sweep.json): 35.8 -> 29.4 us
-    (4, 64, 0, 4096, 4096): (4, 128, 4, False),
-    (4, 64, 0, 1024, 4096): (4, 128, 4, False),
+    # q/k/v as one launch of 6 [1024, 4096] matrices (q split in 4, engine.fastpath.fuse_qkv),
+    # then o: swept 2026-11-23 as a decode step runs them (tests/bench/attn_sweep.py,
+    # tests/bench/results/h100-s6-attn-sweep.json): 24.2 -> 21.4 us a layer, both at 2
+    # programs per SM (TUNED_PER_SM)
+    (4, 64, 0, 4096, 4096): (1, 512, 4, True),
+    (4, 64, 0, 1024, 4096): (4, 256, 4, False),
     (2, 8, 1, 14336, 4096): (16, 128, 4, False),
     (2, 8, 1, 4096, 14336): (64, 32, 4, True),
     (4, 64, 1, 4096, 4096): (16, 128, 4, True),
@@ -454,6 +458,13 @@ TUNED: dict[tuple[int, int, int, int, int], tuple[int, int, int, bool]] = {
     (2, 16, 0, 14336, 4096): (1, 512, 4, True),
     (3, 64, 0, 14336, 4096): (4, 256, 4, False),
     (4, 64, 0, 14336, 4096): (4, 256, 4, True),
+}
+
+
+# Programs per SM the K split aims at (split_for), where the sweep found other than 4 best.
+TUNED_PER_SM: dict[tuple[int, int, int, int, int], int] = {
+    (4, 64, 0, 4096, 4096): 2,
+    (4, 64, 0, 1024, 4096): 2,
 }
 
 
@@ -500,8 +511,9 @@ def default_config(pw: PackedWeight, launches: int, device: torch.device, *,
     lps = LANES_PER_SHIFT.get(pw.bits, 1) if pw.axis == 0 else 1
     if tuned is not None:
         rows, cols, warps, prefetch = tuned
-        return Config(rows, cols, split_for(pw, rows, cols, launches, device), warps, prefetch,
-                      lps)
+        split = split_for(pw, rows, cols, launches, device,
+                          programs_per_sm=TUNED_PER_SM.get(key, 4))
+        return Config(rows, cols, split, warps, prefetch, lps)
     _, b_cols = pw.grid
     _, rows_per_residue = _residue_rows(pw)
     lanes = min(pw.group, lanes_per_word(pw.bits))
