@@ -47,6 +47,7 @@ from mixdesk.kernels.layout import (
     select,
     split_rows,
     stack,
+    with_period,
 )
 
 log = logging.getLogger("mixdesk.engine.fastpath")
@@ -130,7 +131,10 @@ def fuse_qkv(attn: Attention) -> bool:
     is 4 matrices of 1024 rows beside k and v, `layout.split_rows`).
 
     q_proj, k_proj and v_proj keep views into the stack (`layout.select`) for prefill, so
-    each weight is held once. q stays its own launch when it does not split to k's shape;
+    each weight is held once. Where the meta-meta periods differ and one divides the other
+    (axis 1 of Mixtral: q's 32, k's and v's 8), the smaller ones' tables are laid out for
+    the larger (`layout.with_period`). q stays its own launch when it does not split to k's
+    shape or the periods do not divide;
     nothing changes (False) unless k and v are packed with one spec and shape.
     """
     q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
@@ -148,9 +152,12 @@ def fuse_qkv(attn: Attention) -> bool:
             pass
     tries.append((0, [k.packed, v.packed]))
     for parts, members in tries:
+        top = max(m.period for m in members)
+        if all(top % m.period == 0 for m in members):  # axis 1 of Mixtral: q's 32, k's 8
+            members[:] = [m if m.period == top else with_period(m, top) for m in members]
         try:
             qkv = stack(members)
-        except ValueError:  # another spec, shape or meta period (axis 1: q's is 32, k's 8)
+        except ValueError:  # another spec or shape, or periods that do not divide
             continue
         break
     else:

@@ -239,6 +239,24 @@ def stack(weights: list[PackedWeight]) -> PackedWeight:
                         torch.cat([w.table for w in weights]), first.period)
 
 
+def with_period(pw: PackedWeight, period: int) -> PackedWeight:
+    """`pw` with its meta-meta table laid out for `period`, a multiple of its own (a copy of
+    the table; codes and meta are shared): rows a and a + period read the same table columns
+    as they did, so it stacks with matrices of that period (k and v beside q at axis 1 of
+    Mixtral: periods 8 and 32). Column j still holds meta group j % C, as `pack` lays it.
+
+    Raises:
+        ValueError: `period` is not a multiple of `pw.period`.
+    """
+    if period < pw.period or period % pw.period:
+        raise ValueError(f"period {period} is not a multiple of {pw.period}")
+    a_rows, b_cols = pw.grid
+    c_meta = meta_groups(a_rows * b_cols)
+    cols = torch.arange(min(period, a_rows) * b_cols, device=pw.table.device) % c_meta
+    return PackedWeight(pw.bits, pw.group, pw.axis, pw.shape, pw.codes, pw.meta,
+                        pw.table[:, :, cols].contiguous(), period)
+
+
 def select(pw: PackedWeight, start: int, stop: int | None = None) -> PackedWeight:
     """Matrices start..stop-1 of a stack as a PackedWeight of views (no copy).
 

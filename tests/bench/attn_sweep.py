@@ -1,11 +1,12 @@
 """Sweep the tiles and K split of the attention projections' GEMVs as a decode step runs them.
 
-At the Mixtral shape (4-bit g64 axis 0) a layer is two launches: q (split into 4 matrices of
+At the Mixtral shape (4-bit g64, either axis) a layer is two launches: q (split into 4 matrices of
 k's shape, `layout.split_rows`), k and v stacked as one GEMV of 6 [1024, 4096] matrices
-(`engine.fastpath.fuse_qkv`), then o (4096x4096). Timed in a CUDA graph over 4 layers (past
+(`engine.fastpath.fuse_qkv`; at axis 1 k's and v's meta tables laid out for q's period,
+`layout.with_period`), then o (4096x4096). Timed in a CUDA graph over 4 layers (past
 L2). Prints the best tiles against `default_config`'s, in GB/s of the bytes they hold.
 
-    python tests/bench/attn_sweep.py --out $OUT/attn_sweep.json
+    python tests/bench/attn_sweep.py [--axis 1] --out $OUT/attn_sweep.json
 """
 
 from __future__ import annotations
@@ -17,32 +18,37 @@ import torch
 
 from mixdesk.engine.bench import MIXTRAL_SHAPES, Case, random_packed, sweep_configs, time_graph
 from mixdesk.kernels.gemv import Config, default_config, gemv
-from mixdesk.kernels.layout import select, split_rows, stack
+from mixdesk.kernels.layout import select, split_rows, stack, with_period
 
 LAYERS = 4
 TILES = [(1, 512, 4), (2, 256, 4), (2, 512, 4), (4, 128, 4), (4, 256, 4), (8, 64, 4),
          (8, 128, 4), (16, 64, 4), (16, 128, 4), (4, 128, 8), (8, 256, 8)]
+# axis 1: B = 64 groups of 64 along K, so at most 64 columns a tile
+TILES_AXIS1 = [(16, 64, 4), (32, 32, 4), (8, 64, 4), (32, 64, 4), (64, 32, 4), (16, 32, 4),
+               (64, 64, 8), (128, 16, 4), (32, 64, 8)]
 PER_SM = (2, 4, 8, 16)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="attn_sweep.json")
+    parser.add_argument("--axis", type=int, default=0)
     args = parser.parse_args()
+    tiles = TILES if args.axis == 0 else TILES_AXIS1
     dim = MIXTRAL_SHAPES["q/o"][1]
-    qo = Case("q/o", *MIXTRAL_SHAPES["q/o"], 4, 64, 0)
-    kv = Case("k/v", *MIXTRAL_SHAPES["k/v"], 4, 64, 0)
+    qo = Case("q/o", *MIXTRAL_SHAPES["q/o"], 4, 64, args.axis)
+    kv = Case("k/v", *MIXTRAL_SHAPES["k/v"], 4, 64, args.axis)
     parts = qo.n // kv.n
     qkv, o = [], []
     for _ in range(LAYERS):
         q = split_rows(random_packed(qo), parts)
-        qkv.append(stack([*(select(q, i) for i in range(parts)), random_packed(kv),
-                          random_packed(kv)]))
+        k, v = (with_period(random_packed(kv), q.period) for _ in range(2))
+        qkv.append(stack([*(select(q, i) for i in range(parts)), k, v]))
         o.append(random_packed(qo))
     x = torch.randn(dim, device="cuda", dtype=torch.float16)
     out_qkv = torch.zeros(parts + 2, kv.n, device="cuda")
     out_o = torch.zeros(qo.n, device="cuda")
-    nbytes = qkv[0].nbytes() + o[0].nbytes()  # one layer
+    nbytes = qkv[0].n_mats * qkv[0].nbytes() + o[0].nbytes()  # one layer (nbytes: a matrix)
 
     def timed(c_qkv: Config, c_o: Config) -> float:
         def step() -> None:
@@ -54,14 +60,14 @@ def main() -> None:
     dev = torch.device("cuda")
     d_qkv, d_o = default_config(qkv[0], qkv[0].n_mats, dev), default_config(o[0], 1, dev)
     us = timed(d_qkv, d_o) * 1e6
-    result: dict[str, object] = {"bytes_a_layer": nbytes, "default": {
+    result: dict[str, object] = {"axis": args.axis, "bytes_a_layer": nbytes, "default": {
         "qkv": str(d_qkv), "o": str(d_o), "us": us, "gbs": nbytes / us / 1e3}}
     rows = []
-    for c in sweep_configs(qkv[0], TILES, qkv[0].n_mats, per_sm=PER_SM):
+    for c in sweep_configs(qkv[0], tiles, qkv[0].n_mats, per_sm=PER_SM):
         rows.append({"qkv": str(c), "us": timed(c, d_o) * 1e6, "config": c})
     best_qkv = min(rows, key=lambda r: r["us"])
     rows_o = []
-    for c in sweep_configs(o[0], TILES, 1, per_sm=PER_SM):
+    for c in sweep_configs(o[0], tiles, 1, per_sm=PER_SM):
         rows_o.append({"o": str(c), "us": timed(best_qkv["config"], c) * 1e6})
     best_o = min(rows_o, key=lambda r: r["us"])
     for r in rows:

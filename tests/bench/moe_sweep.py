@@ -5,7 +5,7 @@
 differ. Times each candidate pair in a CUDA graph over 4 layers (past L2), and prints
 the best against the default, in GB/s of the bytes the two experts hold.
 
-    python tests/bench/moe_sweep.py --out $OUT/moe_sweep.json
+    python tests/bench/moe_sweep.py [--axis 1] --out $OUT/moe_sweep.json
 """
 
 from __future__ import annotations
@@ -24,12 +24,18 @@ LAYERS = 4
 TILES_13 = [(1, 512, 4), (2, 512, 4), (2, 256, 4), (4, 256, 4), (2, 512, 8), (4, 512, 8),
             (8, 128, 4), (1, 1024, 8)]
 TILES_2 = [(16, 128, 8), (8, 128, 4), (16, 128, 4), (32, 64, 4), (8, 256, 8), (4, 512, 8)]
+# axis 1: rows are output rows, columns groups of 8 along K (B = 512 for w1/w3, 1792 for w2)
+TILES_13_AXIS1 = [(16, 128, 4), (8, 128, 4), (32, 64, 4), (16, 64, 4), (64, 32, 4),
+                  (8, 256, 4), (16, 256, 8), (32, 128, 8)]
+TILES_2_AXIS1 = [(64, 32, 4), (32, 64, 4), (16, 128, 4), (32, 32, 4), (16, 64, 4), (8, 128, 4),
+                 (64, 64, 8)]
 PER_SM = (4, 8)  # (2, 16) never won in the first sweep (h100-moe-sweep.json)
-LANES_PER_SHIFT = (1, 2, 4)  # kernels/gemv.py _lane: 1 is the exact decode
+LANES_PER_SHIFT = (1, 2, 4)  # kernels/gemv.py _lane: 1 is the exact decode; axis 0 only
 
 
 def configs(pw, tiles, launches):
-    return sweep_configs(pw, tiles, launches, per_sm=PER_SM, lanes=LANES_PER_SHIFT)
+    lanes = LANES_PER_SHIFT if pw.axis == 0 else (1,)
+    return sweep_configs(pw, tiles, launches, per_sm=PER_SM, lanes=lanes)
 
 
 def main() -> None:
@@ -38,10 +44,14 @@ def main() -> None:
     parser.add_argument("--splits", action="store_true",
                         help="only the K split of the shipped tiles (TUNED_MOE), one launch at "
                              "a time: the programs' last wave can leave SMs idle")
+    parser.add_argument("--axis", type=int, default=0)
     args = parser.parse_args()
     ffn, dim = MIXTRAL_SHAPES["w1/w3"]
-    w13 = [random_packed(Case("w1/w3", ffn, dim, 2, 8, 0), mats=16) for _ in range(LAYERS)]
-    w2 = [random_packed(Case("w2", dim, ffn, 2, 8, 0), mats=8) for _ in range(LAYERS)]
+    w13 = [random_packed(Case("w1/w3", ffn, dim, 2, 8, args.axis), mats=16)
+           for _ in range(LAYERS)]
+    w2 = [random_packed(Case("w2", dim, ffn, 2, 8, args.axis), mats=8) for _ in range(LAYERS)]
+    tiles_13, tiles_2 = (TILES_13, TILES_2) if args.axis == 0 else (TILES_13_AXIS1,
+                                                                    TILES_2_AXIS1)
     x = torch.randn(dim, device="cuda", dtype=torch.float16)
     rw = torch.softmax(torch.randn(2, device="cuda"), 0)
     ids = [torch.randperm(8, device="cuda")[:2].to(torch.int32) for _ in range(LAYERS)]
@@ -54,7 +64,8 @@ def main() -> None:
         return time_graph(step, LAYERS)
 
     dev = torch.device("cuda")
-    d13, d2 = default_config(w13[0], 4, dev), default_config(w2[0], 2, dev)
+    d13 = default_config(w13[0], 4, dev, table=TUNED_MOE)
+    d2 = default_config(w2[0], 2, dev, table=TUNED_MOE)
     base = timed(d13, d2)
     if args.splits:
         s13 = default_config(w13[0], 4, dev, table=TUNED_MOE)
@@ -66,16 +77,17 @@ def main() -> None:
     exact = timed(exact13, exact2)  # the default tiles, one shift a lane (before 2026-11-23)
     rows = []
     best2 = d2
-    for c13 in configs(w13[0], TILES_13, 4):
+    for c13 in configs(w13[0], tiles_13, 4):
         rows.append({"w13": str(c13), "us": timed(c13, best2) * 1e6})
     best13 = min(rows, key=lambda r: r["us"])
-    c13_best = next(c for c in configs(w13[0], TILES_13, 4) if str(c) == best13["w13"])
+    c13_best = next(c for c in configs(w13[0], tiles_13, 4) if str(c) == best13["w13"])
     rows2 = []
-    for c2 in configs(w2[0], TILES_2, 2):
+    for c2 in configs(w2[0], tiles_2, 2):
         rows2.append({"w2": str(c2), "us": timed(c13_best, c2) * 1e6})
     best2_row = min(rows2, key=lambda r: r["us"])
-    result = {"bytes": nbytes, "default": {"w13": str(d13), "w2": str(d2), "us": base * 1e6,
-                                           "gbs": nbytes / base / 1e9},
+    result = {"axis": args.axis, "bytes": nbytes,
+              "default": {"w13": str(d13), "w2": str(d2), "us": base * 1e6,
+                          "gbs": nbytes / base / 1e9},
               "default_one_shift_a_lane": {"us": exact * 1e6, "gbs": nbytes / exact / 1e9},
               "best_w13": best13, "best_pair": {**best2_row, "w13": best13["w13"],
                                                 "gbs": nbytes / (best2_row["us"] / 1e6) / 1e9},

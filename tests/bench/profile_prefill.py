@@ -22,13 +22,17 @@ from mixdesk.engine import model as engine_model
 from mixdesk.engine.bench import synthetic_mixtral
 
 
-def where_per_expert(chosen: Tensor) -> list[tuple[int, Tensor, Tensor]]:
-    """The grouping before group_by_expert: `unique` and a `torch.where` per expert."""
-    groups = []
+def where_per_expert(chosen: Tensor) -> engine_model.ExpertGroups:
+    """The grouping before group_by_expert: `unique` and a `torch.where` per expert (a host
+    read of its count each), the same groups."""
+    rows, slots, spans, start = [], [], [], 0
     for e in chosen.unique().tolist():
-        slot, rows = torch.where(chosen.T == e)
-        groups.append((e, rows, slot))
-    return groups
+        slot, row = torch.where(chosen.T == e)
+        rows.append(row)
+        slots.append(slot)
+        spans.append((e, start, start + len(row)))
+        start += len(row)
+    return engine_model.ExpertGroups(torch.cat(rows), torch.cat(slots), spans)
 
 
 def main() -> None:

@@ -248,8 +248,10 @@ def test_decode_workspace_is_zeroed_once_a_step() -> None:
 @pytest.mark.parametrize(("axis", "dim", "parts", "launches_a_layer"), [
     # q [32, 32] as 2 matrices of k's [16, 32]: q, k, v; rope_qkv (-1); o; add_norm (0)
     (0, 32, 2, [4, -1, 1, 0]),
+    # q's meta period 4, k's 2: k's and v's tables laid out for 4 (layout.with_period)
+    (1, 56, 2, [4, -1, 1, 0]),
     (1, 96, 0, [2, 1, 1, 0]),  # q's meta period 3, k's 5: k and v, then q, then o
-], ids=["axis0-q-split", "axis1-kv-only"])
+], ids=["axis0-q-split", "axis1-q-split-periods-lifted", "axis1-kv-only"])
 def test_q_k_v_are_one_launch_and_equal_the_torch_path(
         monkeypatch: pytest.MonkeyPatch, axis: int, dim: int, parts: int,
         launches_a_layer: list[int]) -> None:
@@ -257,7 +259,7 @@ def test_q_k_v_are_one_launch_and_equal_the_torch_path(
     (`fuse_qkv`): a decode step launches one GEMV for q, k and v and one for o per layer, and
     gives the torch path's logits; prefill dequantizes q from the split stack; the q, k and v
     modules read views of the stack; `disable_kernels` rebuilds q's stored tensors exactly.
-    Where q's meta-meta period differs from k's, k and v alone share a launch."""
+    Where q's meta-meta period and k's do not divide, k and v alone share a launch."""
     seed = time.time_ns() % 2**31
     print(f"seed {seed}")
     gen = torch.Generator().manual_seed(seed)

@@ -16,6 +16,7 @@ from mixdesk.kernels.layout import (
     select,
     split_rows,
     stack,
+    with_period,
 )
 
 CUDA = torch.cuda.is_available()
@@ -240,3 +241,29 @@ def test_split_rows_in_one_launch_with_other_matrices(bits: int, group: int, axi
     assert rel_error(y[parts + 1], reference.gemv(x, v)) < 1e-5
     dense = merge_rows(dequantize(split, dtype=torch.float32), group, axis)
     assert torch.allclose(dense, reference.dequantize(q), rtol=1e-6, atol=1e-7)
+
+
+def test_with_period_stacks_q_with_k_and_v_of_a_smaller_period() -> None:
+    """Axis 1 of Mixtral in small: q's meta-meta period (4 here; 32 there) is a multiple of
+    k's and v's (2; 8 there). Their tables laid out for q's period (`layout.with_period`)
+    stack with q's split in one launch and give the same products; a period that is not a
+    multiple is refused."""
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)  # fresh inputs each run
+    q, k, v = (pack(*random_logical(s, bits=2, group=8, generator=gen), bits=2, group=8,
+                    axis=1).to(DEVICE) for s in ((56, 56), (28, 56), (28, 56)))
+    assert (q.period, k.period) == (4, 2)
+    with pytest.raises(ValueError, match="stacked matrices must share"):
+        stack([*(select(split_rows(q, 2), i) for i in range(2)), k, v])
+    k4, v4 = with_period(k, 4), with_period(v, 4)
+    assert k4.period == 4 and k4.codes.data_ptr() == k.codes.data_ptr()  # only the table copied
+    assert torch.equal(reference.dequantize(k4), reference.dequantize(k))
+    split = split_rows(q, 2)
+    x = torch.randn(56, generator=gen).to(DEVICE, torch.float16)
+    y = gemv(x, stack([select(split, 0), select(split, 1), k4, v4]))
+    assert rel_error(merge_rows(y[:2], 8, 1), reference.gemv(x, q)) < 1e-5
+    assert rel_error(y[2], reference.gemv(x, k)) < 1e-5
+    assert rel_error(y[3], reference.gemv(x, v)) < 1e-5
+    assert torch.allclose(dequantize(k4, dtype=torch.float32), reference.dequantize(k),
+                          rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="not a multiple"):
+        with_period(q, 6)
