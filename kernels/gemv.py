@@ -437,20 +437,21 @@ def _residue_rows(pw: PackedWeight) -> tuple[int, int]:
 
 
 # Tile shapes measured best on an H100 (tests/bench/gpu_check.sh --sweep; docs/PERFORMANCE.md),
-# by (bits, group, axis, N, K): (rows, cols, warps, prefetch). The K split is recomputed for
-# the number of matrices a launch covers.
+# by (bits, group, axis, N, K): (rows, cols, warps, prefetch[, programs per SM]). The K split
+# is recomputed for the number of matrices a launch covers, aiming at that many programs per
+# SM (4 when not given; `split_for`).
 # Measured 2026-11-22, run 3 in docs/PERFORMANCE.md (tests/bench/results/h100-run3.json).
-TUNED: dict[tuple[int, int, int, int, int], tuple[int, int, int, bool]] = {
+Tile = tuple[int, int, int, bool] | tuple[int, int, int, bool, int]
+TUNED: dict[tuple[int, int, int, int, int], Tile] = {
     (2, 8, 0, 14336, 4096): (2, 512, 4, False),
     (2, 8, 0, 4096, 14336): (16, 128, 8, False),
     # q/o and k/v: re-swept 2026-11-23 as a decode step runs them (q, k, v, o a layer, in a
     # graph; tests/bench/attn_sweep.py, tests/bench/results/h100-attn-sweep.json): 35.8 -> 29.4 us
     # q/k/v as one launch of 6 [1024, 4096] matrices (q split in 4, engine.fastpath.fuse_qkv),
     # then o: swept 2026-11-23 as a decode step runs them (tests/bench/attn_sweep.py,
-    # tests/bench/results/h100-s6-attn-sweep.json): 24.2 -> 21.4 us a layer, both at 2
-    # programs per SM (TUNED_PER_SM)
-    (4, 64, 0, 4096, 4096): (1, 512, 4, True),
-    (4, 64, 0, 1024, 4096): (4, 256, 4, False),
+    # tests/bench/results/h100-s6-attn-sweep.json): 24.2 -> 21.4 us a layer
+    (4, 64, 0, 4096, 4096): (1, 512, 4, True, 2),
+    (4, 64, 0, 1024, 4096): (4, 256, 4, False, 2),
     (2, 8, 1, 14336, 4096): (16, 128, 4, False),
     (2, 8, 1, 4096, 14336): (64, 32, 4, True),
     (4, 64, 1, 4096, 4096): (16, 128, 4, True),
@@ -461,20 +462,17 @@ TUNED: dict[tuple[int, int, int, int, int], tuple[int, int, int, bool]] = {
 }
 
 
-# Programs per SM the K split aims at (split_for), where the sweep found other than 4 best.
-TUNED_PER_SM: dict[tuple[int, int, int, int, int], int] = {
-    (4, 64, 0, 4096, 4096): 2,
-    (4, 64, 0, 1024, 4096): 2,
-}
-
-
 # Inside `moe_decode` a launch covers top_k experts (w1/w3: 2 matrices each), so the best tile
 # differs from the one-matrix sweep above: measured 2026-11-22 on an H100
 # (tests/bench/moe_sweep.py, tests/bench/results/h100-moe-sweep.json), top-2 at the Mixtral
-# shape: 145.7 us with TUNED's tiles, 117.1 us with these (1247 -> 1552 GB/s).
-TUNED_MOE: dict[tuple[int, int, int, int, int], tuple[int, int, int, bool]] = {
+# shape: 145.7 us with TUNED's tiles, 117.1 us with these (1247 -> 1552 GB/s). Axis 1, swept
+# 2026-11-23 (moe_sweep.py --axis 1, tests/bench/results/h100-s6-moe-sweep-axis1.json): 167.0 us
+# with TUNED's tiles, 109.0 us with these (1088 -> 1667 GB/s).
+TUNED_MOE: dict[tuple[int, int, int, int, int], Tile] = {
     (2, 8, 0, 14336, 4096): (8, 128, 4, True),
     (2, 8, 0, 4096, 14336): (32, 64, 4, True),
+    (2, 8, 1, 14336, 4096): (64, 32, 4, True, 8),
+    (2, 8, 1, 4096, 14336): (16, 128, 4, False),
 }
 
 
@@ -501,8 +499,7 @@ LANES_PER_SHIFT = {2: 4}  # 4-bit: no gain measured (q/k/v/o 35.8 us a layer wit
 
 
 def default_config(pw: PackedWeight, launches: int, device: torch.device, *,
-                   table: dict[tuple[int, int, int, int, int], tuple[int, int, int, bool]]
-                   | None = None) -> Config:
+                   table: dict[tuple[int, int, int, int, int], Tile] | None = None) -> Config:
     """The measured tile for this shape if there is one (in `table`, then in TUNED), else one
     that keeps ~8 words and <= ~140 accumulators per thread; K is split so that the programs
     fill the GPU."""
@@ -510,10 +507,9 @@ def default_config(pw: PackedWeight, launches: int, device: torch.device, *,
     tuned = (table or {}).get(key) or TUNED.get(key)
     lps = LANES_PER_SHIFT.get(pw.bits, 1) if pw.axis == 0 else 1
     if tuned is not None:
-        rows, cols, warps, prefetch = tuned
-        split = split_for(pw, rows, cols, launches, device,
-                          programs_per_sm=TUNED_PER_SM.get(key, 4))
-        return Config(rows, cols, split, warps, prefetch, lps)
+        rows, cols, warps, prefetch, *per_sm = tuned
+        split = split_for(pw, rows, cols, launches, device, programs_per_sm=(per_sm or [4])[0])
+        return Config(rows, cols, split, warps, bool(prefetch), lps)
     _, b_cols = pw.grid
     _, rows_per_residue = _residue_rows(pw)
     lanes = min(pw.group, lanes_per_word(pw.bits))
