@@ -454,7 +454,9 @@ TUNED: dict[tuple[int, int, int, int, int], Tile] = {
     (4, 64, 0, 1024, 4096): (4, 256, 4, False, 2),
     (2, 8, 1, 14336, 4096): (16, 128, 4, False),
     (2, 8, 1, 4096, 14336): (64, 32, 4, True),
-    (4, 64, 1, 4096, 4096): (16, 128, 4, True),
+    # o at axis 1 beside the stacked q/k/v launch (attn_sweep.py --axis 1,
+    # tests/bench/results/h100-s6-attn-sweep-axis1.json): 37.7 -> 35.8 us a layer
+    (4, 64, 1, 4096, 4096): (32, 32, 4, True),
     (4, 64, 1, 1024, 4096): (32, 32, 4, False),
     (2, 16, 0, 14336, 4096): (1, 512, 4, True),
     (3, 64, 0, 14336, 4096): (4, 256, 4, False),
