@@ -10,6 +10,13 @@ timeout "${PYTEST_TIMEOUT:-150}" python3 -m pytest -q -s -p no:cacheprovider \
     -o addopts="--strict-markers -ra" -W ignore \
     tests/engine/test_offload.py tests/kernels/test_gemv.py -k "fill_slots or stream or pinned" \
     2>&1 | tee "$OUT/pytest-budget.log" | tail -15
-timeout "${BENCH_TIMEOUT:-420}" python3 -m mixdesk.engine.offload --out "$OUT/budgets.json" \
-    --layers "${LAYERS:-32}" --budgets "${BUDGETS:-13.6,16,20,24,32}" --steps "${STEPS:-32}" \
-    2>&1 | tee "$OUT/budgets.log" | grep -v "^ " | tail -40
+# one process a budget, as the app runs one model a process: in one process the allocator's
+# state carried from budget to budget (2026-11-23: 32, 24, then 20 ran out of memory under
+# its cap with 307 MiB reserved and unused; 16 went 19 MB over); hqq's path with 13.6 GB
+for budget in ${BUDGETS//,/ }; do
+    extra=--no-hqq
+    [ "$budget" = "13.6" ] && extra=
+    timeout "${BENCH_TIMEOUT:-420}" python3 -m mixdesk.engine.offload \
+        --out "$OUT/budgets-$budget.json" --layers "${LAYERS:-32}" --budgets "$budget" \
+        --steps "${STEPS:-32}" $extra 2>&1 | tee -a "$OUT/budgets.log" | grep "^budget_gb\|^hqq"
+done
