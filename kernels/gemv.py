@@ -266,7 +266,10 @@ def _gemv_axis1_kernel(
     INLINE: tl.constexpr, MOE: tl.constexpr, MATS: tl.constexpr, ACT: tl.constexpr,
     BA: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
     LPS: tl.constexpr,  # noqa: ARG001 - the axis-0 kernel's argument; axis 1 decodes one shift a lane
+    XT: tl.constexpr = False,
 ):
+    """XT: x comes lane-major, lane m of group column b at m * B + b (`_launch` transposes it
+    for groups of several words), so a lane's x is one coalesced load, not a gather at G apart."""
     LANES: tl.constexpr = V if G > V else G
     pid = tl.program_id(0)
     sid = pid % SPLIT
@@ -317,7 +320,7 @@ def _gemv_axis1_kernel(
             for j in tl.static_range(V):
                 if j < LANES:
                     if r * V + j < G:
-                        xidx = b * G + (r * V + j)
+                        xidx = (r * V + j) * B + b if XT else b * G + (r * V + j)
                         xj = tl.load(x_base + xidx, mask=bmask, other=0.0)
                         if ACT:
                             xj = _act(xj, tl.load(x2_base + xidx, mask=bmask, other=0.0), rw,
@@ -536,6 +539,9 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
     grid = (residues * nrb * planes * split, launches)
     kernel = _gemv_axis0_kernel if pw.axis == 0 else _gemv_axis1_kernel
     meta = pw.codes if pw.meta is None else pw.meta  # unread when inline
+    extra = {}
+    if pw.axis == 1 and pw.words > 1 and not (moe or act):  # x lane-major (XT): one small copy
+        x, extra = x.view(b_cols, pw.group).t().contiguous(), {"XT": True}
     kernel[grid](
         x, x2, rw, ids, pw.codes, meta, pw.table, out,
         a_rows, b_cols, pw.period, nrb, split_len, pw.table.shape[2], x_slot, out_mat, ONE,
@@ -543,7 +549,7 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
         INLINE=pw.meta is None, MOE=moe, MATS=mats, ACT=act,
         BA=cfg.block_rows, BB=cfg.block_cols, SPLIT=split, PREFETCH=cfg.prefetch,
         LPS=max(1, min(cfg.lanes_per_shift, 8 // pw.bits)) if pw.axis == 0 else 1,
-        num_warps=cfg.num_warps,
+        num_warps=cfg.num_warps, **extra,
     )
 
 
