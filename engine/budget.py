@@ -388,14 +388,16 @@ def activation_bytes(args: ModelArgs, tokens: int, context: int) -> int:
 
     Hidden state and residuals, then the larger of the attention phase (q/k/v with
     RoPE, and k/v repeated to every head over the whole static cache for SDPA) and
-    the MoE phase (w1, w3 and their product at most for every token), then the
-    logits of every position.
+    the MoE phase (the picks' inputs and outputs, [T*top_k, D] each, beside one expert's
+    w1|w3 output [n, 2F], its silu and its product, n <= T: `engine.model.run_experts`),
+    then the logits of every position.
     """
     t, d, hd = tokens, args.dim, args.head_dim
     hidden = 4 * t * d * DTYPE_BYTES  # x, residual, normed, block output
     attention = (2 * (args.n_heads + 2 * args.n_kv_heads) * t * hd  # projections + RoPE
                  + 2 * args.n_heads * context * hd) * DTYPE_BYTES  # repeat_interleave(k, v)
-    moe = 3 * t * args.ffn_dim * DTYPE_BYTES + t * args.n_experts * 4 * 2  # + router fp32
+    moe = ((4 * t * args.ffn_dim + 2 * t * args.top_k * d) * DTYPE_BYTES
+           + t * args.n_experts * 4 * 2)  # + router fp32
     logits = t * args.vocab_size * DTYPE_BYTES + args.vocab_size * 4  # + fp32 last row
     return hidden + max(attention, moe) + logits
 

@@ -156,8 +156,8 @@ class TokenReadback:
     def start(self, token: Tensor) -> None:
         """Queue the copy of `token` (one id on the device)."""
         self.host.copy_(token.reshape(1), non_blocking=self.cuda)
-        if self.copied is not None:
-            self.copied.record()
+        if self.copied is not None:  # on the stream the copy went to (cuda:1 is not current)
+            self.copied.record(torch.cuda.current_stream(token.device))
 
     def result(self) -> int:
         """The id of the last `start`, once its copy landed."""

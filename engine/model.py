@@ -203,16 +203,20 @@ class MoE(nn.Module):
             out, h = self.decode_out or (None, None)
             y = moe_decode(x[0], *self.packed, chosen[0], weights[0], out=out, h=h)  # fp32 [D]
             return (y if keep_fp32 else y.to(x.dtype)).view(1, -1)
-        groups = group_by_expert(chosen)
-        xs = x[groups.rows]  # [N*A, D], each expert's tokens together
-        ys = torch.empty_like(xs)
+        groups = group_by_expert(chosen, len(self.experts))
+        weights = weights.to(x.dtype)
+        out = torch.zeros_like(x)
         if self.packed is not None:  # CUDA: dequantize from the stacks, one matmul for w1|w3
+            xs = x[groups.rows]  # [N*A, D], each expert's tokens together
+            ys = torch.empty_like(xs)
             run_packed_experts(xs, groups, *self.packed, ys)
-        else:
-            for e, a, b in groups.spans:
-                ys[a:b] = self.experts[e](xs[a:b])
-        ys *= weights.to(x.dtype)[groups.rows, groups.slots, None]
-        return torch.zeros_like(x).index_add_(0, groups.rows, ys)
+            ys *= weights[groups.rows, groups.slots, None]
+            return add_back(out, groups, ys)
+        for e, a, b in groups.spans:  # as transformers' loop, to the bit
+            rows = groups.rows[a:b]
+            out.index_add_(0, rows, self.experts[e](x[rows]) * weights[rows, groups.slots[a:b],
+                                                                          None])
+        return out
 
 
 @dataclass
@@ -230,24 +234,25 @@ class ExpertGroups:
     spans: list[tuple[int, int, int]]
 
 
-def group_by_expert(chosen: Tensor) -> ExpertGroups:
+def group_by_expert(chosen: Tensor, n_experts: int) -> ExpertGroups:
     """The tokens each expert was picked for, with one host sync for the whole batch.
 
     Each expert then runs once on all its tokens, in transformers' row order (top-k slot,
     then token): a matmul rounds each row differently with its place in the batch (up to
     4e-4 on a smol-moe layer, random input). The order comes from one stable sort on the
-    device and the counts are read once; `torch.where(chosen.T == e)` read a count on the
-    host per expert (8 syncs a layer, each idling the GPU until the host queued more).
-    Adding the picks back in this order (`index_add_`) sums each token's experts in
-    ascending order, as a loop over the experts does.
+    device and the counts are read once (`torch.where(chosen.T == e)` read a count on the
+    host per expert: 8 syncs a layer, each idling the GPU until the host queued more;
+    `torch.bincount` syncs twice more on CUDA).
 
     Args:
-        chosen: int [N, A], each token's top-k expert ids.
+        chosen: int [N, A], each token's top-k expert ids, each < n_experts.
+        n_experts: how many experts there are.
     """
     n = chosen.shape[0]
     flat = chosen.T.reshape(-1)  # slot a of token t at a * n + t
     order = torch.sort(flat, stable=True).indices  # by expert, then (slot, token)
-    counts = torch.bincount(flat).tolist()  # the one host sync
+    counts = torch.zeros(n_experts, dtype=torch.long, device=flat.device).index_add_(
+        0, flat, torch.ones_like(flat)).tolist()  # the one host sync
     spans = []
     start = 0
     for e, count in enumerate(counts):
@@ -255,6 +260,15 @@ def group_by_expert(chosen: Tensor) -> ExpertGroups:
             spans.append((e, start, start + count))
         start += count
     return ExpertGroups(order % n, order // n, spans)
+
+
+def add_back(out: Tensor, groups: ExpertGroups, ys: Tensor) -> Tensor:
+    """out[token] += ys[pick] for every pick, one expert at a time: a token's experts are
+    added in ascending order, as a loop over the experts adds them, and no launch adds to a
+    row twice (one `index_add_` of all picks would race on CUDA for top-k > 2)."""
+    for _, a, b in groups.spans:
+        out.index_add_(0, groups.rows[a:b], ys[a:b])
+    return out
 
 
 def run_packed_experts(xs: Tensor, groups: ExpertGroups, w13: PackedWeight, w2: PackedWeight,

@@ -293,7 +293,8 @@ class OffloadedMoE(MoEOffload):
 
     def _prefill(self, x: Tensor, chosen: Tensor, weights: Tensor) -> Tensor:
         cache = self.cache
-        return _prefill(x, chosen, weights, slot_of=lambda e: cache.fetch(self.layer, [e])[0],
+        return _prefill(x, chosen, weights, cache.n_experts,
+                        slot_of=lambda e: cache.fetch(self.layer, [e])[0],
                         pool=(cache.w13, cache.w2), read=lambda slot: cache.mark_used([slot]))
 
 
@@ -458,24 +459,30 @@ class StreamedMoE(MoEOffload):
             pos = pool.slots_for(self.layer, chosen[0])
             y = moe_decode(x[0], pool.w13, pool.w2, pos, weights[0])  # fp32 [D]
             return y.to(x.dtype)[None]
-        return _prefill(x, chosen, weights, slot_of=lambda e: pool.stage(self.layer, e),
+        return _prefill(x, chosen, weights, pool.n_experts,
+                        slot_of=lambda e: pool.stage(self.layer, e),
                         pool=(pool.w13, pool.w2))
 
 
-def _prefill(x: Tensor, chosen: Tensor, weights: Tensor, *, slot_of: Callable[[int], int],
+def _prefill(x: Tensor, chosen: Tensor, weights: Tensor, n_experts: int, *,
+             slot_of: Callable[[int], int],
              pool: tuple[PackedWeight, PackedWeight],
              read: Callable[[int], None] | None = None) -> Tensor:
     """Many tokens: each chosen expert once, from its slot (`slot_of(e)` puts it there),
     dequantized into cuBLAS matmuls over the tokens that picked it
     (`engine.model.run_packed_experts`); `read(slot)` once its slot has been read (queued)."""
-    from mixdesk.engine.model import group_by_expert, run_packed_experts  # noqa: PLC0415
+    from mixdesk.engine.model import (  # noqa: PLC0415 - model imports offload's users
+        add_back,
+        group_by_expert,
+        run_packed_experts,
+    )
 
-    groups = group_by_expert(chosen)
+    groups = group_by_expert(chosen, n_experts)
     xs = x[groups.rows]
     ys = torch.empty_like(xs)
     run_packed_experts(xs, groups, *pool, ys, slot_of=slot_of, read=read)
     ys *= weights.to(x.dtype)[groups.rows, groups.slots, None]
-    return torch.zeros_like(x).index_add_(0, groups.rows, ys)
+    return add_back(torch.zeros_like(x), groups, ys)
 
 
 def _routed_moes(model: nn.Module) -> list[Any]:

@@ -448,8 +448,6 @@ Tile = tuple[int, int, int, bool] | tuple[int, int, int, bool, int]
 TUNED: dict[tuple[int, int, int, int, int], Tile] = {
     (2, 8, 0, 14336, 4096): (2, 512, 4, False),
     (2, 8, 0, 4096, 14336): (16, 128, 8, False),
-    # q/o and k/v: re-swept 2026-11-23 as a decode step runs them (q, k, v, o a layer, in a
-    # graph; tests/bench/attn_sweep.py, tests/bench/results/h100-attn-sweep.json): 35.8 -> 29.4 us
     # q/k/v as one launch of 6 [1024, 4096] matrices (q split in 4, engine.fastpath.fuse_qkv),
     # then o: swept 2026-11-23 as a decode step runs them (tests/bench/attn_sweep.py,
     # tests/bench/results/h100-s6-attn-sweep.json): 24.2 -> 21.4 us a layer
@@ -458,9 +456,12 @@ TUNED: dict[tuple[int, int, int, int, int], Tile] = {
     (2, 8, 1, 14336, 4096): (16, 128, 4, False),
     (2, 8, 1, 4096, 14336): (64, 32, 4, True),
     # o at axis 1 beside the stacked q/k/v launch (attn_sweep.py --axis 1,
-    # tests/bench/results/h100-s6-attn-sweep-axis1.json): 37.7 -> 35.8 us a layer
+    # tests/bench/results/h100-s6-attn-sweep-axis1.json): 37.7 -> 35.8 us a layer, best again
+    # with x lane-major
     (4, 64, 1, 4096, 4096): (32, 32, 4, True),
-    (4, 64, 1, 1024, 4096): (32, 32, 4, False),
+    # q/k/v stacked at axis 1, x lane-major (XT): attn_sweep.py --axis 1,
+    # tests/bench/results/h100-s6-attn-sweep-axis1-xt.json: with o, 27.4 -> 24.0 us a layer
+    (4, 64, 1, 1024, 4096): (8, 64, 4, True),
     (2, 16, 0, 14336, 4096): (1, 512, 4, True),
     (3, 64, 0, 14336, 4096): (4, 256, 4, False),
     (4, 64, 0, 14336, 4096): (4, 256, 4, True),

@@ -241,9 +241,10 @@ def stack(weights: list[PackedWeight]) -> PackedWeight:
 
 def with_period(pw: PackedWeight, period: int) -> PackedWeight:
     """`pw` with its meta-meta table laid out for `period`, a multiple of its own (a copy of
-    the table; codes and meta are shared): rows a and a + period read the same table columns
-    as they did, so it stacks with matrices of that period (k and v beside q at axis 1 of
-    Mixtral: periods 8 and 32). Column j still holds meta group j % C, as `pack` lays it.
+    the table; codes and meta are shared): table row r' repeats row r' % P, so rows a and
+    a + period read the columns they did. It then stacks with matrices of that period (k and
+    v beside q at axis 1 of Mixtral: periods 8 and 32). Right for `split_rows`'s matrices too,
+    whose table is the whole matrix's.
 
     Raises:
         ValueError: `period` is not a multiple of `pw.period`.
@@ -251,8 +252,9 @@ def with_period(pw: PackedWeight, period: int) -> PackedWeight:
     if period < pw.period or period % pw.period:
         raise ValueError(f"period {period} is not a multiple of {pw.period}")
     a_rows, b_cols = pw.grid
-    c_meta = meta_groups(a_rows * b_cols)
-    cols = torch.arange(min(period, a_rows) * b_cols, device=pw.table.device) % c_meta
+    held = pw.table.shape[2] // b_cols  # residue rows the table has: min(P, A)
+    rows = torch.arange(min(period, a_rows), device=pw.table.device) % held
+    cols = (rows[:, None] * b_cols + torch.arange(b_cols, device=pw.table.device)).reshape(-1)
     return PackedWeight(pw.bits, pw.group, pw.axis, pw.shape, pw.codes, pw.meta,
                         pw.table[:, :, cols].contiguous(), period)
 

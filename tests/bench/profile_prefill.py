@@ -22,7 +22,7 @@ from mixdesk.engine import model as engine_model
 from mixdesk.engine.bench import synthetic_mixtral
 
 
-def where_per_expert(chosen: Tensor) -> engine_model.ExpertGroups:
+def where_per_expert(chosen: Tensor, n_experts: int) -> engine_model.ExpertGroups:  # noqa: ARG001
     """The grouping before group_by_expert: `unique` and a `torch.where` per expert (a host
     read of its count each), the same groups."""
     rows, slots, spans, start = [], [], [], 0

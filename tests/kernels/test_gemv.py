@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from mixdesk.kernels import reference
-from mixdesk.kernels.gemv import Config, dequantize, fill_slots, gemv, moe_decode
+from mixdesk.kernels.gemv import (
+    Config,
+    default_config,
+    dequantize,
+    fill_slots,
+    gemv,
+    moe_decode,
+    split_for,
+)
 from mixdesk.kernels.layout import (
     PackedWeight,
     merge_rows,
@@ -256,7 +264,6 @@ def test_with_period_stacks_q_with_k_and_v_of_a_smaller_period() -> None:
         stack([*(select(split_rows(q, 2), i) for i in range(2)), k, v])
     k4, v4 = with_period(k, 4), with_period(v, 4)
     assert k4.period == 4 and k4.codes.data_ptr() == k.codes.data_ptr()  # only the table copied
-    assert torch.equal(reference.dequantize(k4), reference.dequantize(k))
     split = split_rows(q, 2)
     x = torch.randn(56, generator=gen).to(DEVICE, torch.float16)
     y = gemv(x, stack([select(split, 0), select(split, 1), k4, v4]))
@@ -267,3 +274,31 @@ def test_with_period_stacks_q_with_k_and_v_of_a_smaller_period() -> None:
                           rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="not a multiple"):
         with_period(q, 6)
+
+
+def test_with_period_lifts_split_rows_pieces() -> None:
+    """Where k's period is the larger (q's 1, k's 3 here), q's split pieces are the ones laid
+    out again: their table is the whole q's, which `with_period` repeats by residue."""
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    q, k = (pack(*random_logical(s, bits=2, group=128, generator=gen), bits=2, group=128,
+                 axis=1).to(DEVICE) for s in ((128, 640), (64, 640)))
+    assert (q.period, k.period) == (1, 3)
+    split = split_rows(q, 2)
+    lifted = [with_period(select(split, i), 3) for i in range(2)]
+    x = torch.randn(640, generator=gen).to(DEVICE, torch.float16)
+    y = gemv(x, stack([*lifted, k]))
+    assert rel_error(merge_rows(y[:2], 128, 1), reference.gemv(x, q)) < 1e-5
+    assert rel_error(y[2], reference.gemv(x, k)) < 1e-5
+
+
+def test_a_tuned_tile_names_its_programs_per_sm() -> None:
+    """A tuned tile's fifth element is the programs per SM its K split aims at; 4 without."""
+    pw = pack(*random_logical((64, 512), bits=4, group=64), bits=4, group=64, axis=0)
+    key = (4, 64, 0, 64, 512)
+    cpu = torch.device("cpu")
+    for tile, per_sm in (((1, 16, 4, True, 16), 16), ((1, 16, 4, True), 4)):
+        cfg = default_config(pw, 1, cpu, table={key: tile})
+        assert (cfg.block_rows, cfg.block_cols, cfg.prefetch) == (1, 16, True)
+        assert cfg.split == split_for(pw, 1, 16, 1, cpu, programs_per_sm=per_sm)
+    assert default_config(pw, 1, cpu, table={key: (1, 16, 4, True, 16)}).split > \
+        default_config(pw, 1, cpu, table={key: (1, 16, 4, True)}).split
