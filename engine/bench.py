@@ -489,6 +489,14 @@ def synthetic_mixtral(layers: int = 32, context: int = 4096, axis: int = 0,
     return model.eval()
 
 
+def synthetic_prompt(layers: int, prompt: int, axis: int = 0) -> tuple[Any, Tensor, Tensor]:
+    """`synthetic_mixtral(layers)` at context 4096 and a random `prompt`-token prompt with its
+    positions, on the GPU: what the prefill probes time."""
+    model = synthetic_mixtral(layers, 4096, axis)
+    tokens = torch.randint(0, model.args.vocab_size, (1, prompt), device="cuda")
+    return model, tokens, torch.arange(prompt, device="cuda")
+
+
 def _weight_bytes(module: Any) -> int:
     """Bytes a decode step reads for one linear layer: its packed copy, else its stored form."""
     from mixdesk.engine.quantize import QuantLinear  # noqa: PLC0415

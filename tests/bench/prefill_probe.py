@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from mixdesk.engine.bench import synthetic_mixtral
+from mixdesk.engine.bench import synthetic_prompt
 from mixdesk.kernels.layout import join_rows
 
 
@@ -22,9 +22,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--prompt", type=int, default=1024)
     args = parser.parse_args()
-    model = synthetic_mixtral(args.layers, 4096, 0)
-    tokens = torch.randint(0, 32000, (1, args.prompt), device="cuda")
-    positions = torch.arange(args.prompt, device="cuda")
+    model, tokens, positions = synthetic_prompt(args.layers, args.prompt)
 
     def timed() -> float:
         times = []

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.profiler import ProfilerActivity, profile
 
 from mixdesk.engine import model as engine_model
-from mixdesk.engine.bench import synthetic_mixtral
+from mixdesk.engine.bench import synthetic_prompt
 
 
 def where_per_expert(chosen: Tensor, n_experts: int) -> engine_model.ExpertGroups:  # noqa: ARG001
@@ -41,9 +41,7 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=9)
     args = parser.parse_args()
-    model = synthetic_mixtral(args.layers, 4096, 0)
-    tokens = torch.randint(0, 32000, (1, args.prompt), device="cuda")
-    positions = torch.arange(args.prompt, device="cuda")
+    model, tokens, positions = synthetic_prompt(args.layers, args.prompt)
     new = engine_model.group_by_expert
 
     def prefill() -> float:
