@@ -203,15 +203,11 @@ class MoE(nn.Module):
             out, h = self.decode_out or (None, None)
             y = moe_decode(x[0], *self.packed, chosen[0], weights[0], out=out, h=h)  # fp32 [D]
             return (y if keep_fp32 else y.to(x.dtype)).view(1, -1)
+        if self.packed is not None:  # CUDA: dequantize from the stacks, one matmul for w1|w3
+            return packed_experts(x, chosen, weights, len(self.experts), self.packed)
         groups = group_by_expert(chosen, len(self.experts))
         weights = weights.to(x.dtype)
         out = torch.zeros_like(x)
-        if self.packed is not None:  # CUDA: dequantize from the stacks, one matmul for w1|w3
-            xs = x[groups.rows]  # [N*A, D], each expert's tokens together
-            ys = torch.empty_like(xs)
-            run_packed_experts(xs, groups, *self.packed, ys)
-            ys *= weights[groups.rows, groups.slots, None]
-            return add_back(out, groups, ys)
         for e, a, b in groups.spans:  # as transformers' loop, to the bit
             rows = groups.rows[a:b]
             out.index_add_(0, rows, self.experts[e](x[rows]) * weights[rows, groups.slots[a:b],
@@ -269,6 +265,29 @@ def add_back(out: Tensor, groups: ExpertGroups, ys: Tensor) -> Tensor:
     for _, a, b in groups.spans:
         out.index_add_(0, groups.rows[a:b], ys[a:b])
     return out
+
+
+def packed_experts(x: Tensor, chosen: Tensor, weights: Tensor, n_experts: int,
+                   pool: tuple[PackedWeight, PackedWeight], *,
+                   slot_of: Callable[[int], int] | None = None,
+                   read: Callable[[int], None] | None = None) -> Tensor:
+    """Many tokens through the chosen experts of packed stacks (`MoE.packed`, or the slot
+    pools of `engine.offload`): the picks gathered once by expert, `run_packed_experts`,
+    the routing weights applied and the picks added back (`add_back`).
+
+    Args:
+        x: [N, D]; chosen, weights: [N, A] (weights fp32, normalised).
+        pool: (w13, w2) stacks; slot_of, read: as `run_packed_experts`.
+
+    Returns:
+        [N, D] in x's dtype.
+    """
+    groups = group_by_expert(chosen, n_experts)
+    xs = x[groups.rows]  # [N*A, D], each expert's tokens together
+    ys = torch.empty_like(xs)
+    run_packed_experts(xs, groups, *pool, ys, slot_of=slot_of, read=read)
+    ys *= weights.to(x.dtype)[groups.rows, groups.slots, None]
+    return add_back(torch.zeros_like(x), groups, ys)
 
 
 def run_packed_experts(xs: Tensor, groups: ExpertGroups, w13: PackedWeight, w2: PackedWeight,

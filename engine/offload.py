@@ -470,19 +470,10 @@ def _prefill(x: Tensor, chosen: Tensor, weights: Tensor, n_experts: int, *,
              read: Callable[[int], None] | None = None) -> Tensor:
     """Many tokens: each chosen expert once, from its slot (`slot_of(e)` puts it there),
     dequantized into cuBLAS matmuls over the tokens that picked it
-    (`engine.model.run_packed_experts`); `read(slot)` once its slot has been read (queued)."""
-    from mixdesk.engine.model import (  # noqa: PLC0415 - model imports offload's users
-        add_back,
-        group_by_expert,
-        run_packed_experts,
-    )
+    (`engine.model.packed_experts`); `read(slot)` once its slot has been read (queued)."""
+    from mixdesk.engine.model import packed_experts  # noqa: PLC0415 - model imports offload's users
 
-    groups = group_by_expert(chosen, n_experts)
-    xs = x[groups.rows]
-    ys = torch.empty_like(xs)
-    run_packed_experts(xs, groups, *pool, ys, slot_of=slot_of, read=read)
-    ys *= weights.to(x.dtype)[groups.rows, groups.slots, None]
-    return add_back(torch.zeros_like(x), groups, ys)
+    return packed_experts(x, chosen, weights, n_experts, pool, slot_of=slot_of, read=read)
 
 
 def _routed_moes(model: nn.Module) -> list[Any]:
