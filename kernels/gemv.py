@@ -125,10 +125,25 @@ def _program_mat(ids_ptr, rw_ptr, MOE: tl.constexpr, MATS: tl.constexpr):
 
 
 @triton.jit
+def _quarters(t, BA: tl.constexpr, BB: tl.constexpr):
+    """Columns 4c, 4c+1, 4c+2, 4c+3 of a [BA, BB] tile as four [BA, BB // 4] tiles (each
+    thread's 4 contiguous columns: no data moves)."""
+    lo, hi = tl.split(tl.reshape(t, [BA, BB // 4, 2, 2]))
+    t0, t1 = tl.split(lo)
+    t2, t3 = tl.split(hi)
+    return t0, t1, t2, t3
+
+
+@triton.jit
 def _acc_lane(acc, w, sxb, one, J: tl.constexpr, LANES: tl.constexpr, BITS: tl.constexpr,
               LPS: tl.constexpr):
+    """acc [BA, BB // 4] += lane J of the tile's 4 column quarters w times their sxb: one FMA
+    a word, a quarter of the accumulators a [BA, BB] sum would hold."""
     if J < LANES:
-        acc += _lane(w, J, BITS, one, LANES, LPS) * sxb
+        acc += _lane(w[0], J, BITS, one, LANES, LPS) * sxb[0]
+        acc += _lane(w[1], J, BITS, one, LANES, LPS) * sxb[1]
+        acc += _lane(w[2], J, BITS, one, LANES, LPS) * sxb[2]
+        acc += _lane(w[3], J, BITS, one, LANES, LPS) * sxb[3]
     return acc
 
 
@@ -177,24 +192,24 @@ def _gemv_axis0_kernel(
 
     a = rho + P * (rb * BA + tl.arange(0, BA))  # [BA] group rows
     amask = a < A
-    acc0 = tl.zeros([BA, BB], tl.float32)
-    acc1 = tl.zeros([BA, BB], tl.float32)
-    acc2 = tl.zeros([BA, BB], tl.float32)
-    acc3 = tl.zeros([BA, BB], tl.float32)
-    acc4 = tl.zeros([BA, BB], tl.float32)
-    acc5 = tl.zeros([BA, BB], tl.float32)
-    acc6 = tl.zeros([BA, BB], tl.float32)
-    acc7 = tl.zeros([BA, BB], tl.float32)
-    acc8 = tl.zeros([BA, BB], tl.float32)
-    acc9 = tl.zeros([BA, BB], tl.float32)
-    acc10 = tl.zeros([BA, BB], tl.float32)
-    acc11 = tl.zeros([BA, BB], tl.float32)
-    acc12 = tl.zeros([BA, BB], tl.float32)
-    acc13 = tl.zeros([BA, BB], tl.float32)
-    acc14 = tl.zeros([BA, BB], tl.float32)
-    acc15 = tl.zeros([BA, BB], tl.float32)
-    accz = tl.zeros([BA, BB], tl.float32)
-    accs = tl.zeros([BA, BB], tl.float32)  # sum of sxb, for lanes below the top of a shift
+    acc0 = tl.zeros([BA, BB // 4], tl.float32)
+    acc1 = tl.zeros([BA, BB // 4], tl.float32)
+    acc2 = tl.zeros([BA, BB // 4], tl.float32)
+    acc3 = tl.zeros([BA, BB // 4], tl.float32)
+    acc4 = tl.zeros([BA, BB // 4], tl.float32)
+    acc5 = tl.zeros([BA, BB // 4], tl.float32)
+    acc6 = tl.zeros([BA, BB // 4], tl.float32)
+    acc7 = tl.zeros([BA, BB // 4], tl.float32)
+    acc8 = tl.zeros([BA, BB // 4], tl.float32)
+    acc9 = tl.zeros([BA, BB // 4], tl.float32)
+    acc10 = tl.zeros([BA, BB // 4], tl.float32)
+    acc11 = tl.zeros([BA, BB // 4], tl.float32)
+    acc12 = tl.zeros([BA, BB // 4], tl.float32)
+    acc13 = tl.zeros([BA, BB // 4], tl.float32)
+    acc14 = tl.zeros([BA, BB // 4], tl.float32)
+    acc15 = tl.zeros([BA, BB // 4], tl.float32)
+    accz = tl.zeros([BA, BB // 4], tl.float32)
+    accs = tl.zeros([BA, BB // 4], tl.float32)  # sum of sxb, for lanes below the top of a shift
     MPOS: tl.constexpr = 16 * INLINE  # where scale_q sits: the word's top half, or meta
     b_start = sid * SPLIT_LEN
     b_end = tl.minimum(b_start + SPLIT_LEN, B)
@@ -213,26 +228,29 @@ def _gemv_axis0_kernel(
         xb = _act(xv, x2v, rw, ACT)
         m = m.to(tl.int32)
         # sxb = 2**BITS * scale * x, one FMA a group; zz = 1 + zero / 2**BITS
-        sxb = _byte(m, MPOS, one) * (ss * xb)[None, :] + (so * xb)[None, :]
-        accz += (_byte(m, MPOS + 8, one) * zs[None, :] + zo[None, :]) * sxb
-        if LPS > 1:
-            accs += sxb
-        acc0 = _acc_lane(acc0, w, sxb, one, 0, LANES, BITS, LPS)
-        acc1 = _acc_lane(acc1, w, sxb, one, 1, LANES, BITS, LPS)
-        acc2 = _acc_lane(acc2, w, sxb, one, 2, LANES, BITS, LPS)
-        acc3 = _acc_lane(acc3, w, sxb, one, 3, LANES, BITS, LPS)
-        acc4 = _acc_lane(acc4, w, sxb, one, 4, LANES, BITS, LPS)
-        acc5 = _acc_lane(acc5, w, sxb, one, 5, LANES, BITS, LPS)
-        acc6 = _acc_lane(acc6, w, sxb, one, 6, LANES, BITS, LPS)
-        acc7 = _acc_lane(acc7, w, sxb, one, 7, LANES, BITS, LPS)
-        acc8 = _acc_lane(acc8, w, sxb, one, 8, LANES, BITS, LPS)
-        acc9 = _acc_lane(acc9, w, sxb, one, 9, LANES, BITS, LPS)
-        acc10 = _acc_lane(acc10, w, sxb, one, 10, LANES, BITS, LPS)
-        acc11 = _acc_lane(acc11, w, sxb, one, 11, LANES, BITS, LPS)
-        acc12 = _acc_lane(acc12, w, sxb, one, 12, LANES, BITS, LPS)
-        acc13 = _acc_lane(acc13, w, sxb, one, 13, LANES, BITS, LPS)
-        acc14 = _acc_lane(acc14, w, sxb, one, 14, LANES, BITS, LPS)
-        acc15 = _acc_lane(acc15, w, sxb, one, 15, LANES, BITS, LPS)
+        sxb = _quarters(_byte(m, MPOS, one) * (ss * xb)[None, :] + (so * xb)[None, :], BA, BB)
+        zz = _quarters(_byte(m, MPOS + 8, one) * zs[None, :] + zo[None, :], BA, BB)
+        for i in tl.static_range(4):  # the accumulators hold one column in 4
+            accz += zz[i] * sxb[i]
+            if LPS > 1:
+                accs += sxb[i]
+        wq = _quarters(w, BA, BB)
+        acc0 = _acc_lane(acc0, wq, sxb, one, 0, LANES, BITS, LPS)
+        acc1 = _acc_lane(acc1, wq, sxb, one, 1, LANES, BITS, LPS)
+        acc2 = _acc_lane(acc2, wq, sxb, one, 2, LANES, BITS, LPS)
+        acc3 = _acc_lane(acc3, wq, sxb, one, 3, LANES, BITS, LPS)
+        acc4 = _acc_lane(acc4, wq, sxb, one, 4, LANES, BITS, LPS)
+        acc5 = _acc_lane(acc5, wq, sxb, one, 5, LANES, BITS, LPS)
+        acc6 = _acc_lane(acc6, wq, sxb, one, 6, LANES, BITS, LPS)
+        acc7 = _acc_lane(acc7, wq, sxb, one, 7, LANES, BITS, LPS)
+        acc8 = _acc_lane(acc8, wq, sxb, one, 8, LANES, BITS, LPS)
+        acc9 = _acc_lane(acc9, wq, sxb, one, 9, LANES, BITS, LPS)
+        acc10 = _acc_lane(acc10, wq, sxb, one, 10, LANES, BITS, LPS)
+        acc11 = _acc_lane(acc11, wq, sxb, one, 11, LANES, BITS, LPS)
+        acc12 = _acc_lane(acc12, wq, sxb, one, 12, LANES, BITS, LPS)
+        acc13 = _acc_lane(acc13, wq, sxb, one, 13, LANES, BITS, LPS)
+        acc14 = _acc_lane(acc14, wq, sxb, one, 14, LANES, BITS, LPS)
+        acc15 = _acc_lane(acc15, wq, sxb, one, 15, LANES, BITS, LPS)
         if PREFETCH:
             w, m, ss, so, zs, zo, xv, x2v = w_n, m_n, ss_n, so_n, zs_n, zo_n, xv_n, x2v_n
         else:
@@ -475,8 +493,10 @@ TUNED: dict[tuple[int, int, int, int, int], Tile] = {
 # 2026-11-23 (moe_sweep.py --axis 1, tests/bench/results/h100-s6-moe-sweep-axis1.json): 167.0 us
 # with TUNED's tiles, 109.0 us with these (1088 -> 1667 GB/s).
 TUNED_MOE: dict[tuple[int, int, int, int, int], Tile] = {
-    (2, 8, 0, 14336, 4096): (8, 128, 4, True),
-    (2, 8, 0, 4096, 14336): (32, 64, 4, True),
+    # axis 0 again with a quarter of the accumulators (`_quarters`; moe_sweep.py --lanes 4,
+    # tests/bench/results/h100-s7-moe-sweep.json): 106.4 -> 88.1 us (1707 -> 2062 GB/s)
+    (2, 8, 0, 14336, 4096): (8, 128, 4, True, 16),
+    (2, 8, 0, 4096, 14336): (32, 64, 4, False),
     (2, 8, 1, 14336, 4096): (64, 32, 4, True, 8),
     (2, 8, 1, 4096, 14336): (16, 128, 4, False),
 }
@@ -521,7 +541,7 @@ def default_config(pw: PackedWeight, launches: int, device: torch.device, *,
     lanes = min(pw.group, lanes_per_word(pw.bits))
     tile = 512 if (pw.axis == 0 and lanes > 8) else 1024
     cap_cols = 512 if pw.axis == 0 else 128
-    block_cols = _pow2_at_most(b_cols, cap_cols)
+    block_cols = max(_pow2_at_most(b_cols, cap_cols), 4 if pw.axis == 0 else 1)
     block_rows = _pow2_at_most(rows_per_residue, max(1, tile // block_cols))
     return Config(block_rows, block_cols,
                   split_for(pw, block_rows, block_cols, launches, device), lanes_per_shift=lps)
@@ -531,6 +551,8 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
             launches: int, moe: bool, mats: int, act: bool, x_slot: int, out_mat: int,
             config: Config | None, x_lane_major: bool = False) -> None:
     cfg = config or default_config(pw, launches, x.device)
+    if pw.axis == 0 and cfg.block_cols % 4:
+        raise ValueError(f"axis 0 takes block_cols in multiples of 4, got {cfg.block_cols}")
     a_rows, b_cols = pw.grid
     residues, rows = _residue_rows(pw)
     nrb = math.ceil(rows / cfg.block_rows)

@@ -7,7 +7,7 @@
 # first (tests/bench/moe_sweep.py), ATTN_SWEEP=1 the q/k/v and o launches'; PREFILL_PROFILE=1
 # times and profiles a 1024-token prefill (tests/bench/profile_prefill.py); PROFILE_LAYERS=N
 # profiles the compiled step last. PYTEST_FILES and PYTEST_K pick the GPU tests; SWEEP_AXIS=1
-# sweeps the axis-1 tiles.
+# sweeps the axis-1 tiles, SWEEP_LANES the lanes per shift the MoE sweep tries (axis 0).
 # On the lent machine, from the repo root, with the hqq wheels carried in .whl/:
 #   bash tests/bench/gpu_graph_check.sh [bench args...]     (results under $OUT)
 source "$(dirname "$0")/gpu_env.sh"
@@ -24,7 +24,8 @@ if [ -n "${ATTN_SWEEP:-}" ]; then  # the same for q, k, v and o (4-bit g64)
         2>&1 | tail -40 | tee "$OUT/attn_sweep.log"
 fi
 if [ -n "${MOE_SWEEP:-}" ]; then  # tiles, K split, prefetch and lanes per shift of moe_decode
-    timeout "${SWEEP_TIMEOUT:-240}" python3 tests/bench/moe_sweep.py --axis "${SWEEP_AXIS:-0}" --out "$OUT/moe_sweep.json" \
+    timeout "${SWEEP_TIMEOUT:-240}" python3 tests/bench/moe_sweep.py --axis "${SWEEP_AXIS:-0}" \
+        --lanes "${SWEEP_LANES:-1,2,4}" --out "$OUT/moe_sweep.json" \
         2>&1 | tail -60 | tee "$OUT/moe_sweep.log"
 fi
 timeout "${BENCH_TIMEOUT:-330}" python3 -m mixdesk.engine.bench --out "$OUT/bench.json" \

@@ -21,21 +21,24 @@ from mixdesk.engine.bench import MIXTRAL_SHAPES, Case, random_packed, sweep_conf
 from mixdesk.kernels.gemv import TUNED_MOE, Config, default_config, moe_decode
 
 LAYERS = 4
-TILES_13 = [(1, 512, 4), (2, 512, 4), (2, 256, 4), (4, 256, 4), (2, 512, 8), (4, 512, 8),
-            (8, 128, 4), (1, 1024, 8)]
-TILES_2 = [(16, 128, 8), (8, 128, 4), (16, 128, 4), (32, 64, 4), (8, 256, 8), (4, 512, 8)]
+# Since the accumulators hold one column in 4 (kernels/gemv.py `_quarters`, 2026-11-23), a
+# thread's registers allow larger tiles: w1/w3 at (8, 128) went from 167 to 80 registers.
+TILES_13 = [(8, 128, 4), (2, 512, 4), (4, 512, 4), (8, 256, 4), (16, 128, 4), (4, 256, 4),
+            (8, 512, 8), (16, 256, 8)]
+TILES_2 = [(32, 64, 4), (16, 128, 4), (32, 128, 4), (64, 64, 4), (16, 256, 4), (64, 64, 8),
+           (32, 128, 8)]
 # axis 1: rows are output rows, columns groups of 8 along K (B = 512 for w1/w3, 1792 for w2)
 TILES_13_AXIS1 = [(16, 128, 4), (8, 128, 4), (32, 64, 4), (16, 64, 4), (64, 32, 4),
                   (8, 256, 4), (16, 256, 8), (32, 128, 8)]
 TILES_2_AXIS1 = [(64, 32, 4), (32, 64, 4), (16, 128, 4), (32, 32, 4), (16, 64, 4), (8, 128, 4),
                  (64, 64, 8)]
-PER_SM = (4, 8)  # (2, 16) never won in the first sweep (h100-moe-sweep.json)
+PER_SM = (4, 8, 16)
 LANES_PER_SHIFT = (1, 2, 4)  # kernels/gemv.py _lane: 1 is the exact decode; axis 0 only
 
 
-def configs(pw, tiles, launches):
-    lanes = LANES_PER_SHIFT if pw.axis == 0 else (1,)
-    return sweep_configs(pw, tiles, launches, per_sm=PER_SM, lanes=lanes)
+def configs(pw, tiles, launches, lanes=LANES_PER_SHIFT):
+    return sweep_configs(pw, tiles, launches, per_sm=PER_SM,
+                         lanes=lanes if pw.axis == 0 else (1,))
 
 
 def main() -> None:
@@ -45,7 +48,9 @@ def main() -> None:
                         help="only the K split of the shipped tiles (TUNED_MOE), one launch at "
                              "a time: the programs' last wave can leave SMs idle")
     parser.add_argument("--axis", type=int, default=0)
+    parser.add_argument("--lanes", default="1,2,4", help="axis 0: lanes per shift to try")
     args = parser.parse_args()
+    lanes = tuple(int(n) for n in args.lanes.split(","))
     ffn, dim = MIXTRAL_SHAPES["w1/w3"]
     w13 = [random_packed(Case("w1/w3", ffn, dim, 2, 8, args.axis), mats=16)
            for _ in range(LAYERS)]
@@ -77,12 +82,12 @@ def main() -> None:
     exact = timed(exact13, exact2)  # the default tiles, one shift a lane (before 2026-11-23)
     rows = []
     best2 = d2
-    for c13 in configs(w13[0], tiles_13, 4):
+    for c13 in configs(w13[0], tiles_13, 4, lanes):
         rows.append({"w13": str(c13), "us": timed(c13, best2) * 1e6})
     best13 = min(rows, key=lambda r: r["us"])
-    c13_best = next(c for c in configs(w13[0], tiles_13, 4) if str(c) == best13["w13"])
+    c13_best = next(c for c in configs(w13[0], tiles_13, 4, lanes) if str(c) == best13["w13"])
     rows2 = []
-    for c2 in configs(w2[0], tiles_2, 2):
+    for c2 in configs(w2[0], tiles_2, 2, lanes):
         rows2.append({"w2": str(c2), "us": timed(c13_best, c2) * 1e6})
     best2_row = min(rows2, key=lambda r: r["us"])
     result = {"axis": args.axis, "bytes": nbytes,
