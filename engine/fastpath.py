@@ -254,25 +254,11 @@ def finish_decode_path(model: nn.Module) -> None:
             if m.qkv_packed is None:
                 fuse_qkv(m)
             m.decode_kernel = True
-            _read_lane_major(m)
         elif isinstance(m, Block) and m.moe.gate is not None:  # add, norm and router: one launch
             m.route_kernel = True
             if isinstance(m.self_attn.o_proj, QuantLinear):  # the router reads o's fp32 output
                 m.self_attn.o_proj.keep_fp32 = True
     assign_workspace(model)
-
-
-def _read_lane_major(attn: Attention) -> None:
-    """Where the one-token GEMVs of q/k/v and of o read x lane-major (axis 1, groups of several
-    words: `kernels.gemv.reads_lane_major`), their producers write it so (the previous layer's
-    `add_norm`, `decode_attention`) instead of the GEMV copying x into that order each launch."""
-    from mixdesk.kernels.gemv import reads_lane_major  # noqa: PLC0415 - triton only here
-
-    qkv, o = attn.qkv_packed, attn.o_proj
-    attn.x_lane_group = (qkv.group if qkv is not None and attn.q_parts and reads_lane_major(qkv)
-                         else 0)
-    attn.o_lane_group = (o.packed.group if isinstance(o, QuantLinear) and o.packed is not None
-                         and o.row_parts == 1 and reads_lane_major(o.packed) else 0)
 
 
 def enable_kernels(model: nn.Module, device: torch.device | str) -> str:
@@ -312,7 +298,7 @@ def disable_kernels(model: nn.Module) -> None:
         elif isinstance(m, Attention):
             m.decode_kernel = False
             m.qkv_packed = m.qkv_out = None
-            m.q_parts = m.x_lane_group = m.o_lane_group = 0
+            m.q_parts = 0
         elif isinstance(m, Block):
             m.route_kernel = False
     if isinstance(model, Transformer):

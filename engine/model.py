@@ -95,27 +95,15 @@ class Attention(nn.Module):
         # one token through `kernels.attention.decode_attention` (engine.fastpath sets it on
         # CUDA): it reads cache positions 0..pos, not the whole static cache
         self.decode_kernel = False
-        # > 0: on that path the q/k/v GEMV takes x lane-major for this group, and o's input
-        # is written so (`kernels.layout.lane_major`; axis 1, several-word groups)
-        self.x_lane_group = 0
-        self.o_lane_group = 0
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, pos: Tensor, *,
-                x_lane_major: bool = False) -> Tensor:
-        """x_lane_major: one token's x comes as `kernels.layout.lane_major` lays it out for
-        `x_lane_group` (`Block.decode`, from the previous layer's `add_norm`)."""
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, pos: Tensor) -> Tensor:
         B, T, _ = x.shape  # noqa: N806
         if B * T == 1 and self.qkv_packed is not None:  # kernel path: q, k and v in one launch
             from mixdesk.kernels.gemv import gemv  # noqa: PLC0415 - triton only here
 
+            qkv = gemv(x.reshape(-1), self.qkv_packed, self.qkv_out)  # fp32 [Q + 2, K*Hd]
             n = self.q_parts
-            rope_path = bool(n and self.decode_kernel and self.kv_cache is not None)
-            if x_lane_major and not (rope_path and self.x_lane_group):
-                raise ValueError("a lane-major x is for the one-token kernel path only")
-            qkv = gemv(x.reshape(-1), self.qkv_packed, self.qkv_out,
-                       x_lane_major=x_lane_major)  # fp32 [Q + 2, K*Hd]
-            if rope_path:
-                assert self.kv_cache is not None
+            if n and self.decode_kernel and self.kv_cache is not None:
                 # RoPE, q's row order and the cache writes in one launch, then attention
                 from mixdesk.kernels.attention import (  # noqa: PLC0415 - triton only here
                     decode_attention,
@@ -125,10 +113,7 @@ class Attention(nn.Module):
                 pw, cache = self.qkv_packed, self.kv_cache
                 q1 = rope_qkv(qkv, pos, cache.k, cache.v, cos=cos, sin=sin, parts=n,
                               group=pw.group, axis=pw.axis)  # [1, H, Hd]
-                y = decode_attention(q1, cache.k, cache.v, pos, self.head_dim**-0.5,
-                                     lane_group=self.o_lane_group)
-                if self.o_lane_group:  # o_proj is a packed QuantLinear (engine.fastpath)
-                    return self.o_proj(y.reshape(B, T, -1), x_lane_major=True)
+                y = decode_attention(q1, cache.k, cache.v, pos, self.head_dim**-0.5)
                 return self.o_proj(y.reshape(B, T, -1))
             if n:
                 pw = self.qkv_packed
@@ -355,22 +340,17 @@ class Block(nn.Module):
         return h + self.moe(self.post_attention_layernorm(h))
 
     def decode(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, pos: Tensor, *,
-               normed: Tensor, next_norm: RMSNorm, next_lane_group: int = 0
-               ) -> tuple[Tensor, Tensor]:
+               normed: Tensor, next_norm: RMSNorm) -> tuple[Tensor, Tensor]:
         """One token through the layer on the kernel path (`route_kernel` set), given its
-        input already normed (lane-major when its attention's `x_lane_group` is set); returns
-        the output and `next_norm` of it, the residual add and that norm one launch
-        (`kernels.router.add_norm`) in place of three kernels, lane-major for
-        `next_lane_group` (the next layer's `x_lane_group`)."""
+        input already normed; returns the output and `next_norm` of it, the residual add and
+        that norm one launch (`kernels.router.add_norm`) in place of three kernels."""
         from mixdesk.kernels.router import add_norm  # noqa: PLC0415 - triton only here
 
-        a = self.self_attn(normed, cos, sin, mask, pos,  # o_proj's fp32 GEMV output
-                           x_lane_major=self.self_attn.x_lane_group > 0)
+        a = self.self_attn(normed, cos, sin, mask, pos)  # o_proj's fp32 GEMV output
         h, moe_in, chosen, weights = self._route(x, a)
         y = self.moe.run_experts(moe_in.view(1, -1), chosen.view(1, -1), weights.view(1, -1),
                                  keep_fp32=True)
-        out, out_normed = add_norm(h, y.reshape(-1), next_norm.weight, eps=next_norm.eps,
-                                   lane_group=next_lane_group)
+        out, out_normed = add_norm(h, y.reshape(-1), next_norm.weight, eps=next_norm.eps)
         return out.view(x.shape), out_normed.view(x.shape)
 
     def _route(self, x: Tensor, a: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -434,16 +414,12 @@ class Transformer(nn.Module):
             mask = mask[:, :int(pos.max()) + 1]  # [T, U]
         blocks = self.blocks()
         if tokens.numel() == 1 and blocks and all(b.route_kernel for b in blocks):  # kernel path
-            lanes = [b.self_attn.x_lane_group for b in blocks] + [0]  # lm_head reads it plain
             normed = blocks[0].input_layernorm(x)
-            if lanes[0]:  # what the first q/k/v GEMV reads (torch ops: the compiled glue)
-                normed = normed.reshape(-1, lanes[0]).t().reshape(normed.shape)
             for i, block in enumerate(blocks):
                 last = i + 1 == len(blocks)
                 x, normed = block.decode(
                     x, cos, sin, mask, pos, normed=normed,
-                    next_norm=self.norm if last else blocks[i + 1].input_layernorm,
-                    next_lane_group=lanes[i + 1])
+                    next_norm=self.norm if last else blocks[i + 1].input_layernorm)
             return self.lm_head(normed)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, pos)

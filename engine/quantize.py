@@ -522,22 +522,17 @@ class QuantLinear(nn.Module):
             return dense
         return self.quantized().dequantize(dtype)
 
-    def forward(self, x: Tensor, *, x_lane_major: bool = False) -> Tensor:
-        """x_lane_major: one token's x as `kernels.layout.lane_major` lays it out for this
-        weight's group (`kernels.gemv.gemv`); the kernel path only."""
+    def forward(self, x: Tensor) -> Tensor:
         if self.packed is not None and x.numel() == self.in_features:  # one token: decode
             from mixdesk.kernels.gemv import gemv  # noqa: PLC0415 - triton only on this path
 
-            y = gemv(x.reshape(-1), self.packed, self.decode_out,  # fp32 [N] or [parts, N/parts]
-                     x_lane_major=x_lane_major)
+            y = gemv(x.reshape(-1), self.packed, self.decode_out)  # fp32 [N] or [parts, N/parts]
             if self.row_parts > 1:
                 from mixdesk.kernels.layout import merge_rows  # noqa: PLC0415 - torch only
 
                 y = merge_rows(y, self.spec.group, self.spec.axis)
             y = y if self.keep_fp32 else y.to(x.dtype)
             return y.view(*x.shape[:-1], self.out_features)
-        if x_lane_major:
-            raise ValueError("a lane-major x is for one token on the kernel path")
         # many rows (prefill): dequantize once, then one matmul (cuBLAS on a GPU)
         if self._cached is not None and self._cached.dtype == x.dtype:
             weight = self._cached

@@ -96,9 +96,8 @@ def _partial_kernel(
 @triton.jit
 def _combine_kernel(
     m_ptr, l_ptr, acc_ptr, pos_ptr, out_ptr,
-    S, n_heads, n_chunks, o_sb,
+    S, n_heads, n_chunks, o_sb, o_sh,
     HD: tl.constexpr, HDP: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr,
-    LANE_G: tl.constexpr = 0,
 ):
     bh = tl.program_id(0).to(tl.int64)
     end = tl.minimum(tl.load(pos_ptr).to(tl.int32) + 1, S)
@@ -126,10 +125,7 @@ def _combine_kernel(
     y = tl.sum(num, 0) / tl.sum(den, 0)  # [HDP]
     b = bh // n_heads
     h = bh % n_heads
-    col = h * HD + d  # the row [H*Hd] o_proj reads, lane-major (layout.lane_major) if LANE_G
-    if LANE_G > 0:
-        col = (col % LANE_G) * (n_heads * HD // LANE_G) + col // LANE_G
-    tl.store(out_ptr + b * o_sb + col, y.to(out_ptr.dtype.element_ty), mask=dmask)
+    tl.store(out_ptr + b * o_sb + h * o_sh + d, y.to(out_ptr.dtype.element_ty), mask=dmask)
 
 
 @triton.jit
@@ -224,7 +220,7 @@ def chunk_for(max_len: int) -> int:
 
 @torch.compiler.disable  # opaque to torch.compile, like the GEMVs: the glue around it fuses
 def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, scale: float,
-                     *, chunk: int | None = None, lane_group: int = 0) -> Tensor:
+                     *, chunk: int | None = None) -> Tensor:
     """softmax(q k^T * scale) v for one token over cache positions 0..pos, grouped-query.
 
     Reads only the chunks of the cache up to pos, and pos on the device (no host sync),
@@ -239,8 +235,6 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, s
             positions 0..pos, which must already be written.
         scale: score scale, usually Hd ** -0.5.
         chunk: positions per program, a power of two >= 16; `chunk_for(S)` if None.
-        lane_group: > 0: each batch row [H*Hd] is written lane-major for that group
-            (`layout.lane_major`), as o_proj's axis-1 GEMV of several-word groups reads it.
 
     Returns:
         [B, H, Hd] in q's dtype.
@@ -256,9 +250,6 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, s
         raise ValueError(f"dtypes differ: q {q.dtype}, k {k_cache.dtype}, v {v_cache.dtype}")
     if k_cache.stride(3) != 1 or v_cache.stride(3) != 1 or pos.numel() != 1:
         raise ValueError("the caches need a contiguous last dim and pos one element")
-    if lane_group < 0 or (lane_group and (n_heads * head_dim) % lane_group):
-        raise ValueError(f"lane_group {lane_group} does not divide a row of {n_heads} heads "
-                         f"of {head_dim}")
     chunk = chunk or chunk_for(max_len)
     if chunk < 16 or chunk & (chunk - 1):
         raise ValueError(f"chunk {chunk} is not a power of two >= 16")
@@ -282,7 +273,7 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, s
         num_warps=4,
     )
     _combine_kernel[(batch * n_heads,)](
-        m, lse, acc, pos, out, max_len, n_heads, n_chunks, out.stride(0),  # out: contiguous
-        HD=head_dim, HDP=head_pad, CHUNK=chunk, BC=COMBINE_BLOCK, LANE_G=lane_group, num_warps=4,
+        m, lse, acc, pos, out, max_len, n_heads, n_chunks, out.stride(0), out.stride(1),
+        HD=head_dim, HDP=head_pad, CHUNK=chunk, BC=COMBINE_BLOCK, num_warps=4,
     )
     return out

@@ -549,7 +549,7 @@ def default_config(pw: PackedWeight, launches: int, device: torch.device, *,
 
 def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, out: Tensor, *,
             launches: int, moe: bool, mats: int, act: bool, x_slot: int, out_mat: int,
-            config: Config | None, x_lane_major: bool = False) -> None:
+            config: Config | None) -> None:
     cfg = config or default_config(pw, launches, x.device)
     if pw.axis == 0 and cfg.block_cols % 4:
         raise ValueError(f"axis 0 takes block_cols in multiples of 4, got {cfg.block_cols}")
@@ -563,10 +563,8 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
     kernel = _gemv_axis0_kernel if pw.axis == 0 else _gemv_axis1_kernel
     meta = pw.codes if pw.meta is None else pw.meta  # unread when inline
     extra = {}
-    if reads_lane_major(pw) and not (moe or act):  # x lane-major (XT)
-        if not x_lane_major:  # one small copy
-            x = x.view(b_cols, pw.group).t().contiguous()
-        extra = {"XT": True}
+    if pw.axis == 1 and pw.words > 1 and not (moe or act):  # x lane-major (XT): one small copy
+        x, extra = x.view(b_cols, pw.group).t().contiguous(), {"XT": True}
     kernel[grid](
         x, x2, rw, ids, pw.codes, meta, pw.table, out,
         a_rows, b_cols, pw.period, nrb, split_len, pw.table.shape[2], x_slot, out_mat, ONE,
@@ -595,12 +593,11 @@ def _interpreted_types() -> tuple[type, ...]:
 
 @torch.compiler.disable  # opaque to torch.compile: the glue around it fuses, this stays one launch
 def gemv(x: Tensor, pw: PackedWeight, out: Tensor | None = None, *,
-         config: Config | None = None, x_lane_major: bool = False) -> Tensor:
+         config: Config | None = None) -> Tensor:
     """y = W @ x in fp32, for every matrix of `pw` in one launch (they share x).
 
     Args:
-        x: [K], fp16, bf16 or fp32, contiguous; with `x_lane_major`, as `layout.lane_major`
-            lays it out (axis 1, groups of several words only: otherwise ValueError).
+        x: [K], fp16, bf16 or fp32, contiguous.
         pw: the packed weight (`layout.pack`), or a stack of M (`layout.stack`, e.g. k and v).
         out: fp32 [N], or [M, N] for a stack, to add into (zero it first for a plain
             product); new zeros if None.
@@ -619,17 +616,9 @@ def gemv(x: Tensor, pw: PackedWeight, out: Tensor | None = None, *,
         out = torch.zeros(shape, dtype=torch.float32, device=x.device)
     elif out.numel() != mats * n_rows or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous fp32 {shape}")
-    if x_lane_major and not reads_lane_major(pw):
-        raise ValueError("a lane-major x is for axis 1 with groups of several words")
     _launch(x.contiguous(), x, x, x, pw, out, launches=mats, moe=False, mats=1, act=False,
-            x_slot=0, out_mat=n_rows, config=config, x_lane_major=x_lane_major)
+            x_slot=0, out_mat=n_rows, config=config)
     return out
-
-
-def reads_lane_major(pw: PackedWeight) -> bool:
-    """The one-token GEMV of `pw` reads x lane-major (`layout.lane_major`): axis 1 with groups
-    of several words. `gemv` transposes a plain x itself (a small copy a launch)."""
-    return pw.axis == 1 and pw.words > 1
 
 
 @torch.compiler.disable  # opaque to torch.compile: the glue around it fuses, this stays one launch

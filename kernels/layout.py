@@ -316,14 +316,6 @@ def merge_rows(y: Tensor, group: int, axis: int) -> Tensor:
         parts * n_sub, *rest)
 
 
-def lane_major(x: Tensor, group: int) -> Tensor:
-    """x [K] as the axis-1 GEMV reads it for groups of several words (`gemv(...,
-    x_lane_major=True)`): element b*group + m at m*(K/group) + b, so each lane's x is one
-    coalesced load. `kernels.router.add_norm` and `kernels.attention.decode_attention` can
-    write their output this way (`lane_group`)."""
-    return x.reshape(-1, group).t().contiguous().reshape(-1)
-
-
 def random_logical(shape: tuple[int, int], *, bits: int, group: int,
                    device: torch.device | str = "cpu", generator: torch.Generator | None = None
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -50,19 +50,9 @@ def _normed(x_ptr, a_ptr, nw_ptr, h_ptr, n_ptr, d, m, rstd, STORE_H: tl.constexp
 
 
 @triton.jit
-def _dest(d, D, LANE_G: tl.constexpr):
-    """Where element d of a [D] row goes: d itself, or lane-major for groups of LANE_G
-    (`layout.lane_major`: d = b*G + m at m*(D/G) + b)."""
-    if LANE_G > 0:
-        return (d % LANE_G) * (D // LANE_G) + d // LANE_G
-    return d
-
-
-@triton.jit
 def _route_kernel(x_ptr, a_ptr, nw_ptr, gw_ptr, h_ptr, n_ptr, ids_ptr, w_ptr, D, eps,
                   E: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
-                  BD: tl.constexpr, ONE_STEP: tl.constexpr, ROUTE: tl.constexpr,
-                  LANE_G: tl.constexpr = 0):
+                  BD: tl.constexpr, ONE_STEP: tl.constexpr, ROUTE: tl.constexpr):
     d0 = tl.arange(0, BD)
     e = tl.arange(0, EP)
     emask = e < E
@@ -76,7 +66,7 @@ def _route_kernel(x_ptr, a_ptr, nw_ptr, gw_ptr, h_ptr, n_ptr, ids_ptr, w_ptr, D,
         hf = ((x.to(tl.float32) + a.to(tl.float32)).to(x.dtype)).to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(hf * hf, 0) / D + eps)
         _, n = _normed(x_ptr, a_ptr, nw_ptr, h_ptr, n_ptr, d0, m, rstd, True)
-        tl.store(n_ptr + _dest(d0, D, LANE_G), n, mask=m)
+        tl.store(n_ptr + d0, n, mask=m)
         if ROUTE:
             logits = tl.sum(g.to(tl.float32) * n.to(tl.float32)[None, :], 1)
     else:
@@ -94,7 +84,7 @@ def _route_kernel(x_ptr, a_ptr, nw_ptr, gw_ptr, h_ptr, n_ptr, ids_ptr, w_ptr, D,
             d = start + d0
             m = d < D
             _, n = _normed(x_ptr, a_ptr, nw_ptr, h_ptr, n_ptr, d, m, rstd, True)
-            tl.store(n_ptr + _dest(d, D, LANE_G), n, mask=m)
+            tl.store(n_ptr + d, n, mask=m)
             if ROUTE:
                 g = tl.load(gw_ptr + e[:, None] * D + d[None, :],
                             mask=emask[:, None] & m[None, :], other=0.0)
@@ -154,8 +144,7 @@ def route(x: Tensor, a: Tensor, norm_weight: Tensor, gate_weight: Tensor, *, eps
 
 
 @torch.compiler.disable  # opaque to torch.compile, like the GEMVs: the glue around it fuses
-def add_norm(x: Tensor, a: Tensor, norm_weight: Tensor, *, eps: float,
-             lane_group: int = 0) -> tuple[Tensor, Tensor]:
+def add_norm(x: Tensor, a: Tensor, norm_weight: Tensor, *, eps: float) -> tuple[Tensor, Tensor]:
     """h = x + a and RMSNorm(h), in one launch: a layer's residual add after its experts
     with the next layer's input norm (or the final norm) on one token.
 
@@ -164,22 +153,17 @@ def add_norm(x: Tensor, a: Tensor, norm_weight: Tensor, *, eps: float,
         a: [D] what to add, in x's dtype or fp32 (rounded to x's dtype first).
         norm_weight: [D] the RMSNorm's weight.
         eps: its epsilon.
-        lane_group: > 0: the normed row is written lane-major for that group
-            (`layout.lane_major`), as an axis-1 GEMV of several-word groups reads it.
 
     Returns:
         (h [D] in x's dtype, normed h [D], x's and norm_weight's dtypes promoted).
     """
-    return _launch(x, a, norm_weight, eps, None, None, None, lane_group)
+    return _launch(x, a, norm_weight, eps, None, None, None)
 
 
 def _launch(x: Tensor, a: Tensor, norm_weight: Tensor, eps: float, gate_weight: Tensor | None,
-            ids: Tensor | None, weights: Tensor | None, lane_group: int = 0
-            ) -> tuple[Tensor, Tensor]:
+            ids: Tensor | None, weights: Tensor | None) -> tuple[Tensor, Tensor]:
     check_device(x)
     dim = x.numel()
-    if lane_group < 0 or (lane_group and dim % lane_group):
-        raise ValueError(f"lane_group {lane_group} does not divide the row ({dim})")
     if a.numel() != dim or norm_weight.numel() != dim:
         raise ValueError(f"shapes do not match: x {tuple(x.shape)}, a {tuple(a.shape)}, norm "
                          f"{tuple(norm_weight.shape)}")
@@ -197,7 +181,6 @@ def _launch(x: Tensor, a: Tensor, norm_weight: Tensor, eps: float, gate_weight: 
         h if ids is None else ids, h if weights is None else weights, dim, eps,
         E=n_experts, EP=triton.next_power_of_2(n_experts), TOPK=top_k,
         KP=triton.next_power_of_2(top_k), BD=block, ONE_STEP=dim <= block,
-        ROUTE=gate_weight is not None, LANE_G=lane_group,
-        num_warps=max(1, min(16, block // 256)),
+        ROUTE=gate_weight is not None, num_warps=max(1, min(16, block // 256)),
     )
     return h, normed

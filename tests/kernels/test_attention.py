@@ -172,17 +172,3 @@ def test_rope_qkv_equals_the_torch_path(parts: int, group: int, axis: int,
         assert torch.allclose(got.float(), ref.float(), rtol=tol, atol=tol)  # row 5 only moved
     with pytest.raises(ValueError, match="qkv"):
         rope_qkv(qkv[:-1], pos, *caches, **kw)
-
-
-@pytest.mark.skipif(CUDA, reason="the interpreter checks the layout; the GPU runs it in the step")
-def test_decode_attention_writes_lane_major_for_o_proj() -> None:
-    """lane_group: the same output, each row [H*Hd] as `layout.lane_major` lays it out."""
-    from mixdesk.kernels.layout import lane_major  # noqa: PLC0415
-
-    q, k, v = random_inputs((1, 4, 2, 16, 40), torch.float16)
-    pos = torch.tensor([int(torch.randint(0, 40, ()))], device=DEVICE)
-    y = decode_attention(q, k, v, pos, 0.25, chunk=16)
-    y_lanes = decode_attention(q, k, v, pos, 0.25, chunk=16, lane_group=16)
-    assert torch.equal(y_lanes.reshape(-1), lane_major(y.reshape(-1), 16))
-    with pytest.raises(ValueError, match="does not divide"):
-        decode_attention(q, k, v, pos, 0.25, lane_group=24)

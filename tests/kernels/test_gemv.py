@@ -302,21 +302,3 @@ def test_a_tuned_tile_names_its_programs_per_sm() -> None:
         assert cfg.split == split_for(pw, 1, 16, 1, cpu, programs_per_sm=per_sm)
     assert default_config(pw, 1, cpu, table={key: (1, 16, 4, True, 16)}).split > \
         default_config(pw, 1, cpu, table={key: (1, 16, 4, True)}).split
-
-
-def test_gemv_reads_a_lane_major_x() -> None:
-    """`gemv(lane_major(x), W, x_lane_major=True)` is `gemv(x, W)` for axis 1 with groups of
-    several words (what add_norm and decode_attention write for it); elsewhere refused."""
-    from mixdesk.kernels.layout import lane_major  # noqa: PLC0415
-
-    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
-    pw = pack(*random_logical((24, 96), bits=4, group=16, generator=gen), bits=4, group=16,
-              axis=1).to(DEVICE)
-    x = torch.randn(96, generator=gen).to(DEVICE, torch.float16)
-    assert torch.allclose(gemv(lane_major(x, 16), pw, x_lane_major=True), gemv(x, pw),
-                          rtol=1e-6, atol=1e-6)
-    assert rel_error(gemv(lane_major(x, 16), pw, x_lane_major=True), reference.gemv(x, pw)) < 1e-5
-    one_word = pack(*random_logical((24, 96), bits=2, group=8, generator=gen), bits=2, group=8,
-                    axis=1).to(DEVICE)
-    with pytest.raises(ValueError, match="lane-major"):
-        gemv(x, one_word, x_lane_major=True)

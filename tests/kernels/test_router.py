@@ -81,20 +81,3 @@ def test_route_refuses_what_does_not_match() -> None:
         add_norm(x, a, norm_w[:8], eps=1e-5)
     with pytest.raises(ValueError, match="top_k"):
         route(x, a, norm_w, gate_w, eps=1e-5, top_k=9)
-
-
-@pytest.mark.skipif(CUDA, reason="the interpreter checks the layout; the GPU runs it in the step")
-@pytest.mark.parametrize(("dim", "group"), [(96, 16), (4096 * 2 + 64, 64)])  # one step; a loop
-def test_add_norm_writes_the_normed_row_lane_major(dim: int, group: int) -> None:
-    """lane_group: the same normed row, written as `layout.lane_major` lays it out (what an
-    axis-1 GEMV of several-word groups reads); h unchanged; a group that does not divide the
-    row is refused."""
-    from mixdesk.kernels.layout import lane_major  # noqa: PLC0415
-
-    x, a, norm_w, _ = inputs(dim, 2, torch.float16)
-    h, normed = add_norm(x, a, norm_w, eps=1e-5)
-    h_lanes, normed_lanes = add_norm(x, a, norm_w, eps=1e-5, lane_group=group)
-    assert torch.equal(h_lanes, h)
-    assert torch.equal(normed_lanes, lane_major(normed, group))
-    with pytest.raises(ValueError, match="does not divide"):
-        add_norm(x, a, norm_w, eps=1e-5, lane_group=7)
