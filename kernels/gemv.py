@@ -469,8 +469,10 @@ TUNED: dict[tuple[int, int, int, int, int], Tile] = {
     # q/k/v as one launch of 6 [1024, 4096] matrices (q split in 4, engine.fastpath.fuse_qkv),
     # then o: swept 2026-11-23 as a decode step runs them (tests/bench/attn_sweep.py,
     # tests/bench/results/h100-s6-attn-sweep.json): 24.2 -> 21.4 us a layer
-    (4, 64, 0, 4096, 4096): (1, 512, 4, True, 2),
-    (4, 64, 0, 1024, 4096): (4, 256, 4, False, 2),
+    # Re-swept 2026-11-23 with a quarter of the accumulators (`_quarters`;
+    # tests/bench/results/h100-s7-attn-sweep.json): 22.7 -> 19.6 us a layer
+    (4, 64, 0, 4096, 4096): (8, 128, 4, True),
+    (4, 64, 0, 1024, 4096): (4, 256, 4, True, 2),
     (2, 8, 1, 14336, 4096): (16, 128, 4, False),
     (2, 8, 1, 4096, 14336): (64, 32, 4, True),
     # o at axis 1 beside the stacked q/k/v launch (attn_sweep.py --axis 1,

@@ -28,6 +28,11 @@ CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 
 
+# The kernels' 2-bit axis-0 decode is within ~3e-5 of fp64 (tests/kernels/test_gemv.py,
+# TWO_BIT_AXIS0); the torch path it is compared with here is fp32.
+KERNEL_TOL = 5e-5
+
+
 def rel_error(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y.double() - ref.double()).norm() / ref.double().norm())
 
@@ -60,7 +65,7 @@ def test_quant_linear_kernel_path_equals_torch_path(shape: tuple[int, int], bits
     assert not module.has_torch_copy
     y = module(x)
     assert y.shape == ref.shape and y.dtype == ref.dtype
-    assert rel_error(y, ref) < 1e-5
+    assert rel_error(y, ref) < KERNEL_TOL
     assert rel_error(module(prefill), ref_prefill) < 1e-6  # Triton dequantize, then matmul
     module.restore_torch_copy()  # exactly the tensors it had
     got = module.quantized().tensors("w")
@@ -118,9 +123,9 @@ def test_moe_decode_kernel_path_equals_torch_path(spec: QuantSpec) -> None:
             module = getattr(expert, name)
             assert module.packed is not None
             assert module.packed.codes.data_ptr() == stack_.codes[mat].data_ptr()
-    assert rel_error(moe(x), ref) < 1e-5
+    assert rel_error(moe(x), ref) < KERNEL_TOL
     # prefill groups tokens by expert, each expert dequantized from its view
-    assert rel_error(moe(prefill), ref_prefill) < 1e-5
+    assert rel_error(moe(prefill), ref_prefill) < KERNEL_TOL
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
@@ -238,7 +243,7 @@ def test_decode_workspace_is_zeroed_once_a_step() -> None:
     assert size == 4 * 2 * (32 + 16 + 16 + 32 + 32 + 2 * 2 * 48)  # q k v o, moe out and h
     assert all(b.moe.decode_out is not None for b in model.blocks())
     for got, ref in zip(run(), want, strict=True):
-        assert rel_error(got, ref) < 1e-5
+        assert rel_error(got, ref) < KERNEL_TOL
     fastpath.disable_kernels(model)
     assert model.decode_workspace is None
     assert all(b.moe.decode_out is None and b.self_attn.q_proj.decode_out is None
@@ -311,9 +316,9 @@ def test_q_k_v_are_one_launch_and_equal_the_torch_path(
                         lambda *a, **kw: launches.append(-1) or real_rope(*a, **kw))
     got_prefill, got = run()
     assert launches == launches_a_layer * args.n_layers * len(steps)
-    assert rel_error(got_prefill, want_prefill) < 1e-5
+    assert rel_error(got_prefill, want_prefill) < KERNEL_TOL
     for g, w in zip(got, want, strict=True):
-        assert rel_error(g, w) < 1e-5
+        assert rel_error(g, w) < KERNEL_TOL
     fastpath.disable_kernels(model)
     for block, tensors in zip(model.blocks(), stored, strict=True):
         q = block.self_attn.q_proj

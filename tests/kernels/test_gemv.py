@@ -49,6 +49,12 @@ def check(shape: tuple[int, int], bits: int, group: int, axis: int, *,
     return rel_error(y - base, w.double() @ x.double())
 
 
+# axis 0 at 2 bits decodes 4 lanes from a shift (16 bits kept past the 1 the sum cancels) and
+# a thread sums its 4 columns into one accumulator (kernels/gemv.py `_quarters`): measured up to
+# ~3e-5 against fp64 in the interpreter, where the exact decode stays under 1e-5; the GPU
+# bound at Mixtral shapes is 1e-3.
+TWO_BIT_AXIS0 = 5e-5
+
 # Small, odd and non-multiple shapes: rows not a multiple of the tile, K not a
 # multiple of the column block, meta periods > 1, groups padded in the last word.
 INTERPRETER_CASES = [
@@ -71,7 +77,8 @@ INTERPRETER_CASES = [
 @pytest.mark.parametrize(("shape", "bits", "group", "axis", "config"), INTERPRETER_CASES)
 def test_gemv_interpreter(shape: tuple[int, int], bits: int, group: int, axis: int,
                           config: Config | None) -> None:
-    assert check(shape, bits, group, axis, config=config) < 1e-5
+    bound = TWO_BIT_AXIS0 if (bits, axis) == (2, 0) else 1e-5
+    assert check(shape, bits, group, axis, config=config) < bound
 
 
 @pytest.mark.skipif(CUDA, reason="the GPU run checks the Mixtral shapes instead")
@@ -79,9 +86,9 @@ def test_gemv_interpreter(shape: tuple[int, int], bits: int, group: int, axis: i
 @pytest.mark.parametrize("lanes_per_shift", [1, 2, 4, 8])
 def test_lanes_sharing_a_shift(bits: int, group: int, lanes_per_shift: int) -> None:
     """axis 0 decodes up to 8 // bits lanes from one shift (1 + q/2**(bits*(k+1))): the
-    looser decode stays within 3e-5 of fp64, the exact one within 1e-5 (kernels/gemv.py)."""
+    looser decode stays within TWO_BIT_AXIS0 of fp64, the exact one within 1e-5 (kernels/gemv.py)."""
     config = Config(4, 16, 2, lanes_per_shift=lanes_per_shift)
-    bound = 1e-5 if lanes_per_shift == 1 else 3e-5
+    bound = 1e-5 if lanes_per_shift == 1 else TWO_BIT_AXIS0
     assert check((128, 200), bits, group, 0, config=config) < bound
 
 
@@ -127,7 +134,8 @@ def test_moe_decode_interpreter(axis: int) -> None:
     ids = torch.randperm(experts)[:2]
     weights = torch.softmax(torch.randn(2), 0)
     y = moe_decode(x, w13, w2, ids, weights)
-    assert rel_error(y, reference.moe_decode(x, w13, w2, ids, weights)) < 1e-5
+    bound = 2 * TWO_BIT_AXIS0 if axis == 0 else 1e-5  # two launches, the second reads h
+    assert rel_error(y, reference.moe_decode(x, w13, w2, ids, weights)) < bound
 
 
 MIXTRAL = [((14336, 4096), 2, 8), ((4096, 14336), 2, 8), ((4096, 4096), 4, 64),
