@@ -33,11 +33,14 @@ TILES_13_AXIS1 = [(16, 128, 4), (8, 128, 4), (32, 64, 4), (16, 64, 4), (64, 32, 
 TILES_2_AXIS1 = [(64, 32, 4), (32, 64, 4), (16, 128, 4), (32, 32, 4), (16, 64, 4), (8, 128, 4),
                  (64, 64, 8)]
 PER_SM = (4, 8, 16)
-LANES_PER_SHIFT = (1, 2, 4)  # kernels/gemv.py _lane: 1 is the exact decode; axis 0 only
+# kernels/gemv.py _lane: 1 is the exact decode. Axis 0 only: lanes sharing a shift at axis 1
+# (x taken times 2**(bits*k)) measured slower, 109.3 -> 115.7 us at the best tiles (2026-11-23,
+# tests/bench/results/h100-s7-moe-sweep-axis1-lanes.json)
+LANES_PER_SHIFT = (1, 2, 4)
 
 
-def configs(pw, tiles, launches, lanes=LANES_PER_SHIFT):
-    return sweep_configs(pw, tiles, launches, per_sm=PER_SM,
+def configs(pw, tiles, launches, lanes=LANES_PER_SHIFT, per_sm=PER_SM):
+    return sweep_configs(pw, tiles, launches, per_sm=per_sm,
                          lanes=lanes if pw.axis == 0 else (1,))
 
 
@@ -48,9 +51,11 @@ def main() -> None:
                         help="only the K split of the shipped tiles (TUNED_MOE), one launch at "
                              "a time: the programs' last wave can leave SMs idle")
     parser.add_argument("--axis", type=int, default=0)
-    parser.add_argument("--lanes", default="1,2,4", help="axis 0: lanes per shift to try")
+    parser.add_argument("--lanes", default="1,2,4", help="lanes per shift to try (axis 0)")
+    parser.add_argument("--per-sm", default="4,8,16", help="programs per SM to aim at")
     args = parser.parse_args()
     lanes = tuple(int(n) for n in args.lanes.split(","))
+    per_sm = tuple(int(n) for n in args.per_sm.split(","))
     ffn, dim = MIXTRAL_SHAPES["w1/w3"]
     w13 = [random_packed(Case("w1/w3", ffn, dim, 2, 8, args.axis), mats=16)
            for _ in range(LAYERS)]
@@ -82,12 +87,13 @@ def main() -> None:
     exact = timed(exact13, exact2)  # the default tiles, one shift a lane (before 2026-11-23)
     rows = []
     best2 = d2
-    for c13 in configs(w13[0], tiles_13, 4, lanes):
+    for c13 in configs(w13[0], tiles_13, 4, lanes, per_sm):
         rows.append({"w13": str(c13), "us": timed(c13, best2) * 1e6})
     best13 = min(rows, key=lambda r: r["us"])
-    c13_best = next(c for c in configs(w13[0], tiles_13, 4, lanes) if str(c) == best13["w13"])
+    c13_best = next(c for c in configs(w13[0], tiles_13, 4, lanes, per_sm)
+                    if str(c) == best13["w13"])
     rows2 = []
-    for c2 in configs(w2[0], tiles_2, 2, lanes):
+    for c2 in configs(w2[0], tiles_2, 2, lanes, per_sm):
         rows2.append({"w2": str(c2), "us": timed(c13_best, c2) * 1e6})
     best2_row = min(rows2, key=lambda r: r["us"])
     result = {"axis": args.axis, "bytes": nbytes,

@@ -86,7 +86,8 @@ def test_gemv_interpreter(shape: tuple[int, int], bits: int, group: int, axis: i
 @pytest.mark.parametrize("lanes_per_shift", [1, 2, 4, 8])
 def test_lanes_sharing_a_shift(bits: int, group: int, lanes_per_shift: int) -> None:
     """axis 0 decodes up to 8 // bits lanes from one shift (1 + q/2**(bits*(k+1))): the
-    looser decode stays within TWO_BIT_AXIS0 of fp64, the exact one within 1e-5 (kernels/gemv.py)."""
+    looser decode stays within TWO_BIT_AXIS0 of fp64, the exact one within 1e-5
+    (kernels/gemv.py)."""
     config = Config(4, 16, 2, lanes_per_shift=lanes_per_shift)
     bound = 1e-5 if lanes_per_shift == 1 else TWO_BIT_AXIS0
     assert check((128, 200), bits, group, 0, config=config) < bound
