@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from mixdesk.kernels.gemv import check_device
+from mixdesk.kernels.gemv import check_device, pdl_options, pdl_start, pdl_wait
 
 BLOCK_N = 64  # cache positions per tile of a program's loop (a [BLOCK_N, Hd] tile of K and V)
 # Positions per chunk, measured on an H100 at the Mixtral shape (tests/bench/
@@ -46,8 +46,10 @@ def _partial_kernel(
     S, n_kv, n_chunks, scale,
     q_sb, q_sh, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss,
     R: tl.constexpr, RP: tl.constexpr, HD: tl.constexpr, HDP: tl.constexpr,
-    CHUNK: tl.constexpr, BN: tl.constexpr, PRECISION: tl.constexpr,
+    CHUNK: tl.constexpr, BN: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    pdl_start(PDL)
+    pdl_wait(PDL)  # the cache row and pos are the kernels' before (gemv.pdl_options)
     c = tl.program_id(0)
     bk = tl.program_id(1)
     b = (bk // n_kv).to(tl.int64)
@@ -98,7 +100,10 @@ def _combine_kernel(
     m_ptr, l_ptr, acc_ptr, pos_ptr, out_ptr,
     S, n_heads, n_chunks, o_sb, o_sh,
     HD: tl.constexpr, HDP: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    pdl_start(PDL)
+    pdl_wait(PDL)
     bh = tl.program_id(0).to(tl.int64)
     end = tl.minimum(tl.load(pos_ptr).to(tl.int32) + 1, S)
     used = (end + CHUNK - 1) // CHUNK  # chunks holding positions 0..pos; the rest are unread
@@ -133,9 +138,12 @@ def _rope_qkv_kernel(
     qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
     N, A, A_SUB, n_heads, k_sh, k_ss, v_sh, v_ss,
     PARTS: tl.constexpr, AXIS0: tl.constexpr, HD: tl.constexpr, HDP: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """Program h < H: query head h, its rows gathered from the split q (`layout.merge_rows`)
     and rotated; program H + j: kv head j, k rotated, both written at cache row pos."""
+    pdl_start(PDL)
+    pdl_wait(PDL)
     h = tl.program_id(0)
     d = tl.arange(0, HDP)
     dmask = d < HD
@@ -207,7 +215,7 @@ def rope_qkv(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *, cos:
         n_rows, a_rows, a_rows // parts, n_heads, k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(1), v_cache.stride(2),
         PARTS=parts, AXIS0=axis == 0, HD=head_dim, HDP=triton.next_power_of_2(head_dim),
-        num_warps=1,
+        num_warps=1, **pdl_options(qkv),
     )
     return q
 
@@ -270,10 +278,11 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, s
         R=rep, RP=triton.next_power_of_2(max(16, rep)), HD=head_dim, HDP=head_pad,
         CHUNK=chunk, BN=min(chunk, BLOCK_N),
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # tf32 is a no-op on fp16
-        num_warps=4,
+        num_warps=4, **pdl_options(q),
     )
     _combine_kernel[(batch * n_heads,)](
         m, lse, acc, pos, out, max_len, n_heads, n_chunks, out.stride(0), out.stride(1),
         HD=head_dim, HDP=head_pad, CHUNK=chunk, BC=COMBINE_BLOCK, num_warps=4,
+        **pdl_options(q),
     )
     return out

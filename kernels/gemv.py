@@ -25,19 +25,22 @@ SMs reading the host buffer over the bus themselves (zero-copy), so the ids
 stay on the device and the step stays one CUDA graph.
 """
 
-# Triton kernels take their arguments positionally, and the unrolled lanes are many statements.
-# ruff: noqa: PLR0917, PLR0915
+# Triton kernels take their arguments positionally, and the unrolled lanes are many statements
+# and branches on constexprs.
+# ruff: noqa: PLR0917, PLR0915, PLR0912
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from mixdesk.kernels.layout import PackedWeight, lanes_per_word
 
@@ -76,12 +79,8 @@ def _byte(v, POS: tl.constexpr, one=ONE):
 
 
 @triton.jit
-def _fetch(q_base, m_base, t_base, x_base, x2_base, woff, mask, tix, xidx, bmask, T_LEN,
-           INLINE: tl.constexpr, ACT: tl.constexpr):
-    """Raw loads of one tile: words, meta words, the 4 meta-meta vectors, x (and h3).
-
-    Nothing here uses a loaded value, so a fetch for the next tile, issued before
-    the current tile's math, keeps its loads in flight while that math runs."""
+def _fetch_w(q_base, m_base, t_base, woff, mask, tix, bmask, T_LEN, INLINE: tl.constexpr):
+    """Raw loads of one tile's weights: words, meta words, the 4 meta-meta vectors."""
     w = tl.load(q_base + woff, mask=mask, other=0)
     if INLINE:
         m = w
@@ -91,12 +90,47 @@ def _fetch(q_base, m_base, t_base, x_base, x2_base, woff, mask, tix, xidx, bmask
     s_add = tl.load(t_base + T_LEN + tix, mask=bmask, other=0.0)
     z_mul = tl.load(t_base + 2 * T_LEN + tix, mask=bmask, other=0.0)
     z_add = tl.load(t_base + 3 * T_LEN + tix, mask=bmask, other=0.0)
+    return w, m, s_mul, s_add, z_mul, z_add
+
+
+@triton.jit
+def _fetch_x(x_base, x2_base, xidx, bmask, ACT: tl.constexpr):
+    """x of one tile's columns (and h3, for the down projection)."""
     xv = tl.load(x_base + xidx, mask=bmask, other=0.0)
     if ACT:
         x2v = tl.load(x2_base + xidx, mask=bmask, other=0.0)
     else:
         x2v = xv
+    return xv, x2v
+
+
+@triton.jit
+def _fetch(q_base, m_base, t_base, x_base, x2_base, woff, mask, tix, xidx, bmask, T_LEN,
+           INLINE: tl.constexpr, ACT: tl.constexpr):
+    """Raw loads of one tile: words, meta words, the 4 meta-meta vectors, x (and h3).
+
+    Nothing here uses a loaded value, so a fetch for the next tile, issued before
+    the current tile's math, keeps its loads in flight while that math runs."""
+    w, m, s_mul, s_add, z_mul, z_add = _fetch_w(q_base, m_base, t_base, woff, mask, tix, bmask,
+                                                T_LEN, INLINE)
+    xv, x2v = _fetch_x(x_base, x2_base, xidx, bmask, ACT)
     return w, m, s_mul, s_add, z_mul, z_add, xv, x2v
+
+
+@triton.jit
+def pdl_start(PDL: tl.constexpr):
+    """Programmatic dependent launch (sm_90+, `pdl_options`): let the next kernel's programs
+    start as soon as every program of this one has started; they wait in `pdl_wait`."""
+    if PDL:
+        gdc_launch_dependents()
+
+
+@triton.jit
+def pdl_wait(PDL: tl.constexpr):
+    """Wait until the kernel before this one has finished and its writes are visible: every
+    load of what an earlier kernel wrote, and every store, comes after this."""
+    if PDL:
+        gdc_wait()
 
 
 @triton.jit
@@ -170,8 +204,9 @@ def _gemv_axis0_kernel(
     BITS: tl.constexpr, G: tl.constexpr, V: tl.constexpr, S: tl.constexpr,
     INLINE: tl.constexpr, MOE: tl.constexpr, MATS: tl.constexpr, ACT: tl.constexpr,
     BA: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
-    LPS: tl.constexpr,
+    LPS: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    pdl_start(PDL)
     LANES: tl.constexpr = V if G > V else G
     pid = tl.program_id(0)
     sid = pid % SPLIT
@@ -180,6 +215,8 @@ def _gemv_axis0_kernel(
     pid = pid // S
     rb = pid % NRB
     rho = pid // NRB  # row residue mod P: every row of the tile reads table row rho
+    if MOE:  # the expert ids and weights are the router's output
+        pdl_wait(PDL)
     slot, mat, rw = _program_mat(ids_ptr, rw_ptr, MOE, MATS)
 
     ab = A * B
@@ -215,9 +252,14 @@ def _gemv_axis0_kernel(
     b_end = tl.minimum(b_start + SPLIT_LEN, B)
     b = b_start + tl.arange(0, BB)
     bmask = b < b_end
-    w, m, ss, so, zs, zo, xv, x2v = _fetch(
-        q_base, m_base, t_base, x_base, x2_base, a[:, None] * B + b[None, :],
-        amask[:, None] & bmask[None, :], rho * B + b, b, bmask, T_LEN, INLINE, ACT)
+    # the first tile's weights are loaded while the kernel before may still run (PDL): they
+    # are not its output; x is (and a MoE's expert ids, waited for above)
+    w, m, ss, so, zs, zo = _fetch_w(q_base, m_base, t_base, a[:, None] * B + b[None, :],
+                                    amask[:, None] & bmask[None, :], rho * B + b, bmask,
+                                    T_LEN, INLINE)
+    if not MOE:
+        pdl_wait(PDL)
+    xv, x2v = _fetch_x(x_base, x2_base, b, bmask, ACT)
     for b0 in range(b_start, b_start + SPLIT_LEN, BB):
         bn = b0 + BB + tl.arange(0, BB)  # the next tile; all masked off after the last
         bnmask = bn < b_end
@@ -284,16 +326,19 @@ def _gemv_axis1_kernel(
     INLINE: tl.constexpr, MOE: tl.constexpr, MATS: tl.constexpr, ACT: tl.constexpr,
     BA: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
     LPS: tl.constexpr,  # noqa: ARG001 - the axis-0 kernel's argument; axis 1 decodes one shift a lane
-    XT: tl.constexpr = False,
+    XT: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """XT: x comes lane-major, lane m of group column b at m * B + b (`_launch` transposes it
     for groups of several words), so a lane's x is one coalesced load, not a gather at G apart."""
+    pdl_start(PDL)
     LANES: tl.constexpr = V if G > V else G
     pid = tl.program_id(0)
     sid = pid % SPLIT
     pid = pid // SPLIT
     rb = pid % NRB
     rho = pid // NRB
+    if MOE:  # the expert ids and weights are the router's output
+        pdl_wait(PDL)
     slot, mat, rw = _program_mat(ids_ptr, rw_ptr, MOE, MATS)
 
     ab = A * B
@@ -312,10 +357,13 @@ def _gemv_axis1_kernel(
     b_end = tl.minimum(b_start + SPLIT_LEN, B)
     b = b_start + tl.arange(0, BB)
     bmask = b < b_end
-    # plane 0, meta and meta-meta of the first tile (x is read per lane below)
-    w, m, ss, so, zs, zo, xv, x2v = _fetch(
-        q_base, m_base, t_base, x_base, x2_base, a[:, None] * B + b[None, :],
-        amask[:, None] & bmask[None, :], rho * B + b, b, bmask, T_LEN, INLINE, False)
+    # plane 0, meta and meta-meta of the first tile (x is read per lane below, after the
+    # kernel before has finished: PDL)
+    w, m, ss, so, zs, zo = _fetch_w(q_base, m_base, t_base, a[:, None] * B + b[None, :],
+                                    amask[:, None] & bmask[None, :], rho * B + b, bmask,
+                                    T_LEN, INLINE)
+    if not MOE:
+        pdl_wait(PDL)
     for b0 in range(b_start, b_start + SPLIT_LEN, BB):
         b = b0 + tl.arange(0, BB)
         bmask = b < b_end
@@ -574,8 +622,26 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
         INLINE=pw.meta is None, MOE=moe, MATS=mats, ACT=act,
         BA=cfg.block_rows, BB=cfg.block_cols, SPLIT=split, PREFETCH=cfg.prefetch,
         LPS=max(1, min(cfg.lanes_per_shift, 8 // pw.bits)) if pw.axis == 0 else 1,
-        num_warps=cfg.num_warps, **extra,
+        num_warps=cfg.num_warps, **extra, **pdl_options(x),
     )
+
+
+def pdl_options(x: Tensor) -> dict[str, bool]:
+    """The launch arguments of programmatic dependent launch for a kernel on x's device:
+    `PDL` (the kernel calls `pdl_start` and `pdl_wait`) and Triton's `launch_pdl`, on a
+    CUDA GPU of compute capability 9.0 or later unless MIXDESK_PDL=0; none elsewhere (the
+    interpreter, older GPUs). In a decode graph the next kernel's programs are then resident
+    and its first weight tile loaded when the one before finishes."""
+    if x.device.type != "cuda" or os.environ.get("MIXDESK_PDL", "1") == "0":
+        return {}
+    if _capability(x.device.index or 0) < 9:
+        return {}
+    return {"PDL": True, "launch_pdl": True}
+
+
+@functools.cache
+def _capability(device_index: int) -> int:
+    return torch.cuda.get_device_capability(device_index)[0]
 
 
 def check_device(x: Tensor) -> None:

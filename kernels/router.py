@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from mixdesk.kernels.gemv import check_device
+from mixdesk.kernels.gemv import check_device, pdl_options, pdl_start, pdl_wait
 
 # Hidden-state elements per step of the program's loops: Mixtral's whole row (D = 4096) in
 # one step, 16 warps (103 registers a thread). On an H100, 1024 a step (four dependent rounds
@@ -52,7 +52,10 @@ def _normed(x_ptr, a_ptr, nw_ptr, h_ptr, n_ptr, d, m, rstd, STORE_H: tl.constexp
 @triton.jit
 def _route_kernel(x_ptr, a_ptr, nw_ptr, gw_ptr, h_ptr, n_ptr, ids_ptr, w_ptr, D, eps,
                   E: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
-                  BD: tl.constexpr, ONE_STEP: tl.constexpr, ROUTE: tl.constexpr):
+                  BD: tl.constexpr, ONE_STEP: tl.constexpr, ROUTE: tl.constexpr,
+                  PDL: tl.constexpr = False):
+    pdl_start(PDL)
+    pdl_wait(PDL)  # x and a are the kernels' before
     d0 = tl.arange(0, BD)
     e = tl.arange(0, EP)
     emask = e < E
@@ -182,5 +185,6 @@ def _launch(x: Tensor, a: Tensor, norm_weight: Tensor, eps: float, gate_weight: 
         E=n_experts, EP=triton.next_power_of_2(n_experts), TOPK=top_k,
         KP=triton.next_power_of_2(top_k), BD=block, ONE_STEP=dim <= block,
         ROUTE=gate_weight is not None, num_warps=max(1, min(16, block // 256)),
+        **pdl_options(x),
     )
     return h, normed
