@@ -118,19 +118,15 @@ def _fetch(q_base, m_base, t_base, x_base, x2_base, woff, mask, tix, xidx, bmask
 
 
 @triton.jit
-def pdl_start(PDL: tl.constexpr):
-    """Programmatic dependent launch (sm_90+, `pdl_options`): let the next kernel's programs
-    start as soon as every program of this one has started; they wait in `pdl_wait`."""
-    if PDL:
-        gdc_launch_dependents()
-
-
-@triton.jit
 def pdl_wait(PDL: tl.constexpr):
-    """Wait until the kernel before this one has finished and its writes are visible: every
-    load of what an earlier kernel wrote, and every store, comes after this."""
+    """Programmatic dependent launch (sm_90+, `pdl_options`): wait until the kernel before this
+    one has finished and its writes are visible, then let the next kernel's programs start.
+    Every load of what the kernel before wrote, and every store, comes after this; what
+    kernels further back wrote is complete already (they passed this point before starting
+    this kernel), and so are the weights."""
     if PDL:
         gdc_wait()
+        gdc_launch_dependents()
 
 
 @triton.jit
@@ -206,7 +202,6 @@ def _gemv_axis0_kernel(
     BA: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
     LPS: tl.constexpr, PDL: tl.constexpr = False,
 ):
-    pdl_start(PDL)
     LANES: tl.constexpr = V if G > V else G
     pid = tl.program_id(0)
     sid = pid % SPLIT
@@ -215,7 +210,10 @@ def _gemv_axis0_kernel(
     pid = pid // S
     rb = pid % NRB
     rho = pid // NRB  # row residue mod P: every row of the tile reads table row rho
-    if MOE:  # the expert ids and weights are the router's output
+    # w1/w3 of a MoE read the expert ids the kernel just before (the router) wrote; w2 reads
+    # them as well, but the router is two kernels back by then
+    W13: tl.constexpr = MOE and not ACT
+    if W13:
         pdl_wait(PDL)
     slot, mat, rw = _program_mat(ids_ptr, rw_ptr, MOE, MATS)
 
@@ -253,11 +251,11 @@ def _gemv_axis0_kernel(
     b = b_start + tl.arange(0, BB)
     bmask = b < b_end
     # the first tile's weights are loaded while the kernel before may still run (PDL): they
-    # are not its output; x is (and a MoE's expert ids, waited for above)
+    # are not its output; x is
     w, m, ss, so, zs, zo = _fetch_w(q_base, m_base, t_base, a[:, None] * B + b[None, :],
                                     amask[:, None] & bmask[None, :], rho * B + b, bmask,
                                     T_LEN, INLINE)
-    if not MOE:
+    if not W13:
         pdl_wait(PDL)
     xv, x2v = _fetch_x(x_base, x2_base, b, bmask, ACT)
     for b0 in range(b_start, b_start + SPLIT_LEN, BB):
@@ -330,14 +328,16 @@ def _gemv_axis1_kernel(
 ):
     """XT: x comes lane-major, lane m of group column b at m * B + b (`_launch` transposes it
     for groups of several words), so a lane's x is one coalesced load, not a gather at G apart."""
-    pdl_start(PDL)
     LANES: tl.constexpr = V if G > V else G
     pid = tl.program_id(0)
     sid = pid % SPLIT
     pid = pid // SPLIT
     rb = pid % NRB
     rho = pid // NRB
-    if MOE:  # the expert ids and weights are the router's output
+    # w1/w3 of a MoE read the expert ids the kernel just before (the router) wrote; w2 reads
+    # them as well, but the router is two kernels back by then
+    W13: tl.constexpr = MOE and not ACT
+    if W13:
         pdl_wait(PDL)
     slot, mat, rw = _program_mat(ids_ptr, rw_ptr, MOE, MATS)
 
@@ -358,11 +358,11 @@ def _gemv_axis1_kernel(
     b = b_start + tl.arange(0, BB)
     bmask = b < b_end
     # plane 0, meta and meta-meta of the first tile (x is read per lane below, after the
-    # kernel before has finished: PDL)
+    # kernel before has finished: pdl_wait)
     w, m, ss, so, zs, zo = _fetch_w(q_base, m_base, t_base, a[:, None] * B + b[None, :],
                                     amask[:, None] & bmask[None, :], rho * B + b, bmask,
                                     T_LEN, INLINE)
-    if not MOE:
+    if not W13:
         pdl_wait(PDL)
     for b0 in range(b_start, b_start + SPLIT_LEN, BB):
         b = b0 + tl.arange(0, BB)
@@ -628,7 +628,7 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
 
 def pdl_options(x: Tensor) -> dict[str, bool]:
     """The launch arguments of programmatic dependent launch for a kernel on x's device:
-    `PDL` (the kernel calls `pdl_start` and `pdl_wait`) and Triton's `launch_pdl`, on a
+    `PDL` (the kernel calls `pdl_wait`) and Triton's `launch_pdl`, on a
     CUDA GPU of compute capability 9.0 or later unless MIXDESK_PDL=0; none elsewhere (the
     interpreter, older GPUs). In a decode graph the next kernel's programs are then resident
     and its first weight tile loaded when the one before finishes."""
