@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from mixdesk.kernels.gemv import check_device, pdl_options, pdl_wait
+from mixdesk.kernels.gemv import check_device, pdl_launch_next, pdl_options, pdl_wait
 
 BLOCK_N = 64  # cache positions per tile of a program's loop (a [BLOCK_N, Hd] tile of K and V)
 # Positions per chunk, measured on an H100 at the Mixtral shape (tests/bench/
@@ -48,6 +48,7 @@ def _partial_kernel(
     R: tl.constexpr, RP: tl.constexpr, HD: tl.constexpr, HDP: tl.constexpr,
     CHUNK: tl.constexpr, BN: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    pdl_launch_next(PDL)
     pdl_wait(PDL)  # the cache row and pos are the kernels' before (gemv.pdl_options)
     c = tl.program_id(0)
     bk = tl.program_id(1)
@@ -101,6 +102,7 @@ def _combine_kernel(
     HD: tl.constexpr, HDP: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
+    pdl_launch_next(PDL)
     pdl_wait(PDL)
     bh = tl.program_id(0).to(tl.int64)
     end = tl.minimum(tl.load(pos_ptr).to(tl.int32) + 1, S)
@@ -140,6 +142,7 @@ def _rope_qkv_kernel(
 ):
     """Program h < H: query head h, its rows gathered from the split q (`layout.merge_rows`)
     and rotated; program H + j: kv head j, k rotated, both written at cache row pos."""
+    pdl_launch_next(PDL)
     pdl_wait(PDL)
     h = tl.program_id(0)
     d = tl.arange(0, HDP)

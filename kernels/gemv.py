@@ -118,15 +118,22 @@ def _fetch(q_base, m_base, t_base, x_base, x2_base, woff, mask, tix, xidx, bmask
 
 
 @triton.jit
+def pdl_launch_next(PDL: tl.constexpr):
+    """Programmatic dependent launch (sm_90+, `pdl_options`): the next kernel's programs may
+    start once every program of this one has called this; they wait in `pdl_wait`. A kernel
+    calls it first thing, so in a decode graph the next one is resident before this ends."""
+    if PDL:
+        gdc_launch_dependents()
+
+
+@triton.jit
 def pdl_wait(PDL: tl.constexpr):
-    """Programmatic dependent launch (sm_90+, `pdl_options`): wait until the kernel before this
-    one has finished and its writes are visible, then let the next kernel's programs start.
-    Every load of what the kernel before wrote, and every store, comes after this; what
-    kernels further back wrote is complete already (they passed this point before starting
-    this kernel), and so are the weights."""
+    """Wait until the kernel before this one has finished and its writes are visible. Every
+    load of what an earlier kernel wrote, and every store, comes after this; only weights are
+    read before it. (With `pdl_launch_next` first, the kernel before may itself still wait on
+    the one before it: this wait covers both.)"""
     if PDL:
         gdc_wait()
-        gdc_launch_dependents()
 
 
 @triton.jit
@@ -210,11 +217,13 @@ def _gemv_axis0_kernel(
     pid = pid // S
     rb = pid % NRB
     rho = pid // NRB  # row residue mod P: every row of the tile reads table row rho
-    # w1/w3 of a MoE read the expert ids the kernel just before (the router) wrote; w2 reads
-    # them as well, but the router is two kernels back by then
+    # w1/w3 of a MoE read the expert ids the kernel just before (the router) wrote, and let
+    # w2 start only after that wait, so w2 may read the ids (and its first weight tile) while
+    # w1/w3 still runs: the router is done by then
     W13: tl.constexpr = MOE and not ACT
     if W13:
         pdl_wait(PDL)
+    pdl_launch_next(PDL)
     slot, mat, rw = _program_mat(ids_ptr, rw_ptr, MOE, MATS)
 
     ab = A * B
@@ -334,11 +343,13 @@ def _gemv_axis1_kernel(
     pid = pid // SPLIT
     rb = pid % NRB
     rho = pid // NRB
-    # w1/w3 of a MoE read the expert ids the kernel just before (the router) wrote; w2 reads
-    # them as well, but the router is two kernels back by then
+    # w1/w3 of a MoE read the expert ids the kernel just before (the router) wrote, and let
+    # w2 start only after that wait, so w2 may read the ids (and its first weight tile) while
+    # w1/w3 still runs: the router is done by then
     W13: tl.constexpr = MOE and not ACT
     if W13:
         pdl_wait(PDL)
+    pdl_launch_next(PDL)
     slot, mat, rw = _program_mat(ids_ptr, rw_ptr, MOE, MATS)
 
     ab = A * B
@@ -628,7 +639,7 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
 
 def pdl_options(x: Tensor) -> dict[str, bool]:
     """The launch arguments of programmatic dependent launch for a kernel on x's device:
-    `PDL` (the kernel calls `pdl_wait`) and Triton's `launch_pdl`, on a
+    `PDL` (the kernel calls `pdl_launch_next` and `pdl_wait`) and Triton's `launch_pdl`, on a
     CUDA GPU of compute capability 9.0 or later unless MIXDESK_PDL=0; none elsewhere (the
     interpreter, older GPUs). In a decode graph the next kernel's programs are then resident
     and its first weight tile loaded when the one before finishes."""

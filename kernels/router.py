@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from mixdesk.kernels.gemv import check_device, pdl_options, pdl_wait
+from mixdesk.kernels.gemv import check_device, pdl_launch_next, pdl_options, pdl_wait
 
 # Hidden-state elements per step of the program's loops: Mixtral's whole row (D = 4096) in
 # one step, 16 warps (103 registers a thread). On an H100, 1024 a step (four dependent rounds
@@ -54,6 +54,7 @@ def _route_kernel(x_ptr, a_ptr, nw_ptr, gw_ptr, h_ptr, n_ptr, ids_ptr, w_ptr, D,
                   E: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
                   BD: tl.constexpr, ONE_STEP: tl.constexpr, ROUTE: tl.constexpr,
                   PDL: tl.constexpr = False):
+    pdl_launch_next(PDL)
     pdl_wait(PDL)  # x and a are the kernels' before
     d0 = tl.arange(0, BD)
     e = tl.arange(0, EP)
