@@ -641,10 +641,13 @@ def pdl_options(x: Tensor) -> dict[str, bool]:
     """The launch arguments of programmatic dependent launch for a kernel on x's device:
     `PDL` (the kernel calls `pdl_launch_next` and `pdl_wait`) and Triton's `launch_pdl`, on a
     CUDA GPU of compute capability 9.0 or later unless MIXDESK_PDL=0; none elsewhere (the
-    interpreter, older GPUs). In a decode graph the next kernel's programs are then resident
-    and its first weight tile loaded when the one before finishes."""
+    interpreter, older GPUs) and outside CUDA-graph capture. In a decode graph the next
+    kernel's programs are then resident and its first weight tile loaded when the one before
+    finishes."""
     if x.device.type != "cuda" or os.environ.get("MIXDESK_PDL", "1") == "0":
         return {}
+    if not torch.cuda.is_current_stream_capturing():  # eager launches (prefill) as before:
+        return {}  # with it, a 1024-token TTFT measured 0.18 against 0.13 s
     if _capability(x.device.index or 0) < 9:
         return {}
     return {"PDL": True, "launch_pdl": True}
