@@ -93,6 +93,17 @@ def test_lanes_sharing_a_shift(bits: int, group: int, lanes_per_shift: int) -> N
     assert check((128, 200), bits, group, 0, config=config) < bound
 
 
+def test_axis0_tile_columns_come_in_fours() -> None:
+    """The axis-0 accumulators hold one column in 4 (`_quarters`): another tile width is a
+    typed error before any launch, and the default tile of a 2-column matrix is 4 wide."""
+    pw = pack(*random_logical((16, 2), bits=2, group=8), bits=2, group=8, axis=0).to(DEVICE)
+    x = torch.randn(2, device=DEVICE)
+    with pytest.raises(ValueError, match="multiples of 4, got 6"):
+        gemv(x, pw, config=Config(1, 6, 1))
+    assert default_config(pw, 1, torch.device(DEVICE)).block_cols == 4
+    assert rel_error(gemv(x, pw), reference.gemv(x, pw)) < TWO_BIT_AXIS0
+
+
 @pytest.mark.skipif(CUDA, reason="covered at full size on the GPU")
 def test_gemv_fp32_and_bf16_inputs() -> None:
     assert check((24, 40), 2, 8, 1, dtype=torch.float32) < 1e-5
