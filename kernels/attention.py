@@ -270,6 +270,7 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, s
                       device=q.device)
     out = torch.empty_like(q)
     head_pad = triton.next_power_of_2(max(16, head_dim))  # tl.dot's least size
+    pdl = pdl_options(q)  # both launches
     _partial_kernel[(n_chunks, batch * n_kv)](
         q, k_cache, v_cache, pos, m, lse, acc,
         max_len, n_kv, n_chunks, scale,
@@ -278,11 +279,10 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, s
         R=rep, RP=triton.next_power_of_2(max(16, rep)), HD=head_dim, HDP=head_pad,
         CHUNK=chunk, BN=min(chunk, BLOCK_N),
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # tf32 is a no-op on fp16
-        num_warps=4, **pdl_options(q),
+        num_warps=4, **pdl,
     )
     _combine_kernel[(batch * n_heads,)](
         m, lse, acc, pos, out, max_len, n_heads, n_chunks, out.stride(0), out.stride(1),
-        HD=head_dim, HDP=head_pad, CHUNK=chunk, BC=COMBINE_BLOCK, num_warps=4,
-        **pdl_options(q),
+        HD=head_dim, HDP=head_pad, CHUNK=chunk, BC=COMBINE_BLOCK, num_warps=4, **pdl,
     )
     return out
