@@ -137,6 +137,18 @@ def pdl_wait(PDL: tl.constexpr):
 
 
 @triton.jit
+def _pdl_enter(PDL: tl.constexpr, W13: tl.constexpr):
+    """A GEMV's start under PDL. w1/w3 of a MoE (W13) read the expert ids the kernel just
+    before (the router) wrote, so they wait first, and let w2 start only after that wait: w2
+    may then read the ids (and its first weight tile) while w1/w3 still runs, the router being
+    done. Every other GEMV lets the next kernel start at once and waits after loading its
+    first weight tile."""
+    if W13:
+        pdl_wait(PDL)
+    pdl_launch_next(PDL)
+
+
+@triton.jit
 def _act(v, u, rw, ACT: tl.constexpr):
     """x itself, or silu(h1) * h3 * routing weight (the MoE down projection's input)."""
     v = v.to(tl.float32)
@@ -217,13 +229,8 @@ def _gemv_axis0_kernel(
     pid = pid // S
     rb = pid % NRB
     rho = pid // NRB  # row residue mod P: every row of the tile reads table row rho
-    # w1/w3 of a MoE read the expert ids the kernel just before (the router) wrote, and let
-    # w2 start only after that wait, so w2 may read the ids (and its first weight tile) while
-    # w1/w3 still runs: the router is done by then
     W13: tl.constexpr = MOE and not ACT
-    if W13:
-        pdl_wait(PDL)
-    pdl_launch_next(PDL)
+    _pdl_enter(PDL, W13)
     slot, mat, rw = _program_mat(ids_ptr, rw_ptr, MOE, MATS)
 
     ab = A * B
@@ -343,13 +350,8 @@ def _gemv_axis1_kernel(
     pid = pid // SPLIT
     rb = pid % NRB
     rho = pid // NRB
-    # w1/w3 of a MoE read the expert ids the kernel just before (the router) wrote, and let
-    # w2 start only after that wait, so w2 may read the ids (and its first weight tile) while
-    # w1/w3 still runs: the router is done by then
     W13: tl.constexpr = MOE and not ACT
-    if W13:
-        pdl_wait(PDL)
-    pdl_launch_next(PDL)
+    _pdl_enter(PDL, W13)
     slot, mat, rw = _program_mat(ids_ptr, rw_ptr, MOE, MATS)
 
     ab = A * B
