@@ -345,10 +345,18 @@ class PinnedExperts:
     The pool is one pair of stacks on the device: slots 0..resident-1 hold the resident
     experts, spread evenly over the layers (layer l keeps experts 0, 1, ... in turn;
     routing is close to uniform, so which ones matters little), and the last top_k slots
-    are staging. A decode step maps its device-side ids to slots (`slot_of`), and
+    are staging. A decode step maps its device-side ids to slots (`slots_for`), and
     `kernels.gemv.fill_slots` copies the chosen experts that are not resident from the
     host into staging, the SMs reading pinned memory over the bus (50.7 GB/s of the
     55.0 GB/s DMA rate on an H100). No id reaches the host, so the step is one graph.
+
+    With `guesses`, two more sets of top_k slots sit between the resident ones and
+    staging, for speculative prefetch inside the graph (`guess_next`): a layer's MoE input
+    through the next layer's router guesses that layer's experts, and the guessed ones
+    that are not resident are copied into the next layer's set (sets alternate by layer
+    parity) on a second stream while this layer computes. The next layer's `slots_for`
+    waits for that copy, then serves each pick from its resident slot, else its guess
+    slot, else staging (filled as without guesses).
 
     Args:
         layers: per MoE layer, its (w13, w2) stacks (any device; moved to the host).
@@ -356,27 +364,35 @@ class PinnedExperts:
         top_k: experts a token picks, the staging slots.
         device: where the pool lives.
         pin: pin the host copies (needs CUDA); default: when `device` is CUDA.
+        guesses: make the two guess sets and a copy stream for speculative prefetch.
 
     Attributes:
         hits, asked: device counters of resident picks and all picks in decode steps.
+        guess_hits: device counter of picks served by a guess slot.
+        guessed: device counter of guessed experts copied (those not resident).
     """
 
     def __init__(self, layers: Sequence[tuple[PackedWeight, PackedWeight]], resident: int,
-                 top_k: int, device: torch.device | str, *, pin: bool | None = None) -> None:
+                 top_k: int, device: torch.device | str, *, pin: bool | None = None,
+                 guesses: bool = False) -> None:
         if not layers:
             raise ValueError("no MoE layers to offload")
         self.device = torch.device(device)
         pin = self.device.type == "cuda" if pin is None else pin
         self.n_experts = layers[0][1].n_mats
+        self.n_layers = len(layers)
         total = len(layers) * self.n_experts
         if not 0 <= resident <= total:
             raise ValueError(f"resident experts must be 0..{total}, got {resident}")
         self.top_k = top_k
-        self.first = resident  # the first staging slot
+        self.n_resident = resident
+        self.guess_sets = 2 if guesses else 0
+        self.first = resident + self.guess_sets * top_k  # the first staging slot
+        slots = self.first + top_k
         self.host = [(_to_host(w13, pin), _to_host(w2, pin)) for w13, w2 in layers]
         first13, first2 = self.host[0]
-        self.w13 = _empty_pool(first13, 2 * (resident + top_k), self.device)
-        self.w2 = _empty_pool(first2, resident + top_k, self.device)
+        self.w13 = _empty_pool(first13, 2 * slots, self.device)
+        self.w2 = _empty_pool(first2, slots, self.device)
         self.expert_bytes = expert_bytes(first13, first2)
         slot_of = torch.full((len(layers), self.n_experts), -1, dtype=torch.int32)
         for slot in range(resident):  # round robin: layer slot % L keeps its next expert
@@ -385,10 +401,18 @@ class PinnedExperts:
             _copy_expert((self.w13, self.w2), slot, self.host[layer], expert)
         self.slot_of_host = slot_of
         self.slot_of = slot_of.to(self.device)
-        self.staging = torch.arange(resident, resident + top_k, dtype=torch.int32,
-                                    device=self.device)
+        self.staging = torch.arange(self.first, slots, dtype=torch.int32, device=self.device)
         self.hits = torch.zeros((), dtype=torch.int64, device=self.device)
         self.asked = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.guess_hits = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.guessed = torch.zeros((), dtype=torch.int64, device=self.device)
+        # per guess set: the guessed ids and where each sits (resident slot or guess slot);
+        # fixed buffers, so the copy stream reads what the graph wrote, replay after replay
+        self.guess_ids = torch.zeros((2, top_k), dtype=torch.int32, device=self.device)
+        self.guess_pos = torch.zeros((2, top_k), dtype=torch.int32, device=self.device)
+        self.gates: list[Tensor | None] = [None] * len(layers)  # layer l: layer l+1's router
+        self.copy_stream = (torch.cuda.Stream(self.device)
+                            if guesses and self.device.type == "cuda" else None)
 
     @property
     def pool_bytes(self) -> int:
@@ -396,31 +420,84 @@ class PinnedExperts:
 
     @property
     def resident(self) -> int:
-        return self.first
+        return self.n_resident
+
+    @property
+    def speculative(self) -> bool:
+        return self.guess_sets > 0 and any(g is not None for g in self.gates)
 
     def hit_rate(self) -> float:
-        """Share of decode picks that were resident (reads the counters: a host sync)."""
+        """Share of decode picks already on the GPU when their layer ran: resident, or
+        brought in by a guess (reads the counters: a host sync)."""
         asked = int(self.asked)
-        return int(self.hits) / asked if asked else 0.0
+        return (int(self.hits) + int(self.guess_hits)) / asked if asked else 0.0
+
+    def experts_copied(self) -> int:
+        """Experts decode steps copied over the bus: missed picks and guesses (a host sync)."""
+        return (int(self.asked) - int(self.hits) - int(self.guess_hits)) + int(self.guessed)
 
     def reset_stats(self) -> None:
-        self.hits.zero_()
-        self.asked.zero_()
+        for counter in (self.hits, self.asked, self.guess_hits, self.guessed):
+            counter.zero_()
 
     def slots_for(self, layer: int, ids: Tensor) -> Tensor:
-        """Device int32 [k]: each chosen expert's resident slot, else its staging slot, and
-        the staging slots filled from the host."""
+        """Device int32 [k]: each chosen expert's resident slot, else its guess slot (when the
+        previous layer guessed it), else its staging slot, and the staging slots filled from
+        the host."""
         from mixdesk.kernels.gemv import fill_slots  # noqa: PLC0415 - triton only here
 
         ids = ids.to(torch.int32)
+        k = ids.numel()
         resident = self.slot_of[layer][ids]
-        pos = torch.where(resident >= 0, resident, self.staging[: ids.numel()])
+        pos = torch.where(resident >= 0, resident, self.staging[:k])
         self.hits += (resident >= 0).sum()
-        self.asked += ids.numel()
+        self.asked += k
+        if layer > 0 and self.gates[layer - 1] is not None:  # the previous layer guessed
+            if self.copy_stream is not None:
+                torch.cuda.current_stream(self.device).wait_stream(self.copy_stream)
+            guess = self.guess_ids[layer % 2]
+            match = ids[:, None] == guess[None, :]  # [k, k]
+            found = match.any(dim=1) & (resident < 0)
+            guessed_slot = self.guess_pos[layer % 2][match.to(torch.int32).argmax(dim=1)]
+            pos = torch.where(found, guessed_slot, pos)
+            self.guess_hits += found.sum()
         w13, w2 = self.host[layer]
         for src, dst in _expert_rows(w13, self.w13, mats=2) + _expert_rows(w2, self.w2, mats=1):
             fill_slots(src, dst, ids, pos, self.first)
         return pos
+
+    def guess_next(self, layer: int, x: Tensor) -> None:
+        """Guess layer+1's experts from this layer's MoE input x [D] through layer+1's router,
+        and copy the guessed ones that are not resident into its guess set, on the copy
+        stream (CUDA) while this layer computes. Nothing for the last layer, or without
+        guess sets."""
+        from mixdesk.kernels.gemv import fill_slots  # noqa: PLC0415 - triton only here
+
+        gate = self.gates[layer] if layer < len(self.gates) else None
+        if gate is None or not self.guess_sets:
+            return
+        nxt = layer + 1
+        k = self.top_k
+        ids = torch.topk(gate @ x.to(gate.dtype), k).indices.to(torch.int32)
+        resident = self.slot_of[nxt][ids]
+        base = self.n_resident + (nxt % 2) * k
+        own = torch.arange(base, base + k, dtype=torch.int32, device=self.device)
+        self.guess_ids[nxt % 2].copy_(ids)
+        self.guess_pos[nxt % 2].copy_(torch.where(resident >= 0, resident, own))
+        self.guessed += (resident < 0).sum()
+        ids, pos = self.guess_ids[nxt % 2], self.guess_pos[nxt % 2]
+        w13, w2 = self.host[nxt]
+        rows = _expert_rows(w13, self.w13, mats=2) + _expert_rows(w2, self.w2, mats=1)
+        if self.copy_stream is None:
+            for src, dst in rows:
+                fill_slots(src, dst, ids, pos, base)
+            return
+        # the copy waits for everything queued so far: this layer's own staging copy, and
+        # the previous same-parity layer's MoE, the last reader of these slots
+        self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.copy_stream):
+            for src, dst in rows:
+                fill_slots(src, dst, ids, pos, base)
 
     def stage(self, layer: int, expert: int, staging: int = 0) -> int:
         """The slot holding `expert` of `layer`, copying it into a staging slot if it is not
@@ -457,6 +534,7 @@ class StreamedMoE(MoEOffload):
             from mixdesk.kernels.gemv import moe_decode  # noqa: PLC0415 - triton only here
 
             pos = pool.slots_for(self.layer, chosen[0])
+            pool.guess_next(self.layer, x[0])  # copies while this layer computes
             y = moe_decode(x[0], pool.w13, pool.w2, pos, weights[0])  # fp32 [D]
             return y.to(x.dtype)[None]
         return _prefill(x, chosen, weights, pool.n_experts,
@@ -511,26 +589,36 @@ def _shrink_workspace(model: nn.Module) -> None:
 
 
 def stream_experts(model: nn.Module, slots: int, device: torch.device | str, *,
-                   pin: bool | None = None) -> PinnedExperts:
+                   pin: bool | None = None, speculative: bool = False) -> PinnedExperts:
     """Serve every fused MoE layer's experts (`MoE.packed`) from pinned host memory, with
-    `slots` of them on the device: top_k staging slots and the rest resident.
+    `slots` of them on the device: top_k staging slots and the rest resident. With
+    `speculative`, 2 * top_k of the slots hold guesses (PinnedExperts.guess_next), so
+    the same VRAM keeps that many fewer experts resident.
 
     Raises:
-        ValueError: a routed MoE layer is not fused, or slots < top_k.
+        ValueError: a routed MoE layer is not fused, or too few slots.
     """
     moes = _moe_layers(model)
     top_k = moes[0].top_k if moes else 0
-    if slots < top_k:
-        raise ValueError(f"streaming experts needs at least top_k={top_k} slots, got {slots}")
-    pool = PinnedExperts([m.packed for m in moes], slots - top_k, top_k, device, pin=pin)
+    need = 3 * top_k if speculative else top_k
+    if slots < need:
+        what = "with speculative prefetch " if speculative else ""
+        raise ValueError(f"streaming experts {what}needs at least {need} slots "
+                         f"(top_k={top_k}), got {slots}")
+    pool = PinnedExperts([m.packed for m in moes], slots - need, top_k, device, pin=pin,
+                         guesses=speculative)
+    if speculative:
+        pool.gates = [moes[i + 1].gate.weight if i + 1 < len(moes) else None
+                      for i in range(len(moes))]
     for i, moe in enumerate(moes):
         moe.offload = StreamedMoE(pool, i)
     _drop_device_experts(moes)
     _shrink_workspace(model)
     log.info("experts in %s host memory, %d of %d resident on the GPU plus %d staging "
-             "(%.2f GB), streamed inside the decode graph",
+             "(%.2f GB), streamed inside the decode graph, speculative prefetch %s",
              "pinned" if pool.host[0][0].codes.is_pinned() else "plain", pool.resident,
-             len(moes) * pool.n_experts, top_k, pool.pool_bytes / 1e9)
+             len(moes) * pool.n_experts, need, pool.pool_bytes / 1e9,
+             "on" if speculative else "off")
     return pool
 
 
@@ -629,7 +717,8 @@ def _device_used() -> int:
 
 def bench_budgets(budgets: Sequence[float] = (13.6, 16, 20, 24, 32), layers: int = 32, *,
                   context: int = 4096, prompt: int = 512, steps: int = 32,
-                  compile_glue: bool = True, hqq_offload: bool = True) -> dict[str, Any]:
+                  compile_glue: bool = True, hqq_offload: bool = True,
+                  speculative: bool = False) -> dict[str, Any]:
     """The synthetic Mixtral-8x7B (card recipe) at each VRAM budget, as the plan places it.
 
     Per budget: the plan (`engine.budget.plan`, GPU measured in this process), the budget
@@ -639,6 +728,9 @@ def bench_budgets(budgets: Sequence[float] = (13.6, 16, 20, 24, 32), layers: int
     ms/token against the plan's floor, the resident hit rate, torch's peak allocation and
     reservation and the device's memory in use (NVML's counter) against the plan's VRAM.
     Largest budget first: the resident model is measured before its experts leave.
+    With `speculative`, each budget whose experts are on the host is measured a second
+    time with speculative prefetch (PinnedExperts.guess_next), in the same slots: 2 *
+    top_k fewer resident experts.
     """
     from mixdesk.engine.bench import synthetic_mixtral  # noqa: PLC0415
     from mixdesk.engine.budget import (  # noqa: PLC0415
@@ -675,25 +767,36 @@ def bench_budgets(budgets: Sequence[float] = (13.6, 16, 20, 24, 32), layers: int
         for moe in moes:  # the last budget's pool goes before this one is made
             moe.offload = None
         torch.cuda.empty_cache()
-        pool = None
-        if p.placement == EXPERTS_ON_HOST:
-            pool = PinnedExperts(host, p.expert_slots - model.args.top_k, model.args.top_k,
-                                 "cuda", pin=True)
-            for i, moe in enumerate(moes):
-                moe.offload = StreamedMoE(pool, i)
-        # blocks cached while the pool was built would count against the cap (torch's
-        # allocator caps what it reserves): 2026-11-23 every offloaded row ran out of memory
-        # with 3.9 GiB reserved and unused when this came before the pool
-        torch.cuda.empty_cache()
-        cap_process(p)
-        tokens = torch.randint(0, model.args.vocab_size, (1, prompt), device="cuda",
-                               generator=gen)
-        rows.append(_measure_budget(model, p, pool, tokens, steps, compile_glue=compile_glue))
-        log.info("%s", rows[-1])
-        cap_process(None)
+        modes = (False, True) if speculative and p.placement == EXPERTS_ON_HOST else (False,)
+        for guesses in modes:
+            pool = None
+            if p.placement == EXPERTS_ON_HOST:
+                top_k = model.args.top_k
+                pool = PinnedExperts(host, p.expert_slots - (3 if guesses else 1) * top_k,
+                                     top_k, "cuda", pin=True, guesses=guesses)
+                if guesses:
+                    pool.gates = [moes[i + 1].gate.weight if i + 1 < len(moes) else None
+                                  for i in range(len(moes))]
+                for i, moe in enumerate(moes):
+                    moe.offload = StreamedMoE(pool, i)
+            # blocks cached while the pool was built would count against the cap (torch's
+            # allocator caps what it reserves): 2026-11-23 every offloaded row ran out of
+            # memory with 3.9 GiB reserved and unused when this came before the pool
+            torch.cuda.empty_cache()
+            cap_process(p)
+            tokens = torch.randint(0, model.args.vocab_size, (1, prompt), device="cuda",
+                                   generator=gen)
+            row = _measure_budget(model, p, pool, tokens, steps, compile_glue=compile_glue)
+            rows.append({**row, "speculative": guesses})
+            log.info("%s", rows[-1])
+            cap_process(None)
+            for moe in moes:
+                moe.offload = None
+            del pool
+            torch.cuda.empty_cache()
         # the resident model's MoE layers hold its ~22 GB of experts: kept in `moes` past
         # `del model`, the next budget ran out of memory under its cap (2026-11-23, 32 then 24)
-        del pool, moes
+        del moes
     del model
     torch.cuda.empty_cache()
     if hqq_offload:
@@ -752,6 +855,8 @@ def _measure_budget(model: Any, p: Any, pool: PinnedExperts | None, tokens: Tens
         "replay_ms": round(timed["replay_ms"], 2), "compiled": timed["compiled"],
         "pct_of_floor": round(100 * row["floor_ms"] / ms, 1),
         "hit_rate": round(pool.hit_rate(), 3) if pool is not None else 1.0,
+        "bus_gb_per_token": (round(pool.experts_copied() * pool.expert_bytes / steps / 1e9, 3)
+                             if pool is not None else 0.0),
         "torch_peak_allocated_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3),
         "torch_peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 1e9, 3),
         "device_used_gb": round(used / 1e9, 3),
@@ -811,12 +916,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="without --budgets: the LRU cache at these shares of the experts")
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--no-hqq", action="store_true", help="skip hqq's offload_meta path")
+    parser.add_argument("--speculative", action="store_true",
+                        help="with --budgets: measure each offloaded budget again with "
+                             "speculative prefetch, in the same slots")
     parser.add_argument("--out", help="write the results here as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.budgets:
         result = bench_budgets(tuple(float(b) for b in args.budgets.split(",")), args.layers,
-                               steps=args.steps, hqq_offload=not args.no_hqq)
+                               steps=args.steps, hqq_offload=not args.no_hqq,
+                               speculative=args.speculative)
         for row in result["rows"]:
             row_text = ", ".join(f"{k} {v}" for k, v in row.items())
             print(row_text)

@@ -5,6 +5,7 @@
 # VRAM and floor, and hqq 0.2.8's offload_meta path over the same step's matmuls.
 # On the lent machine, from the repo root, with the hqq wheels carried in .whl/:
 #   bash tests/bench/gpu_budget_check.sh            (results under $OUT)
+#   SPECULATIVE=1 ...: each offloaded budget again with speculative prefetch, same slots
 source "$(dirname "$0")/gpu_env.sh"
 timeout "${PYTEST_TIMEOUT:-150}" python3 -m pytest -q -s -p no:cacheprovider \
     -o addopts="--strict-markers -ra" -W ignore \
@@ -18,5 +19,5 @@ for budget in ${BUDGETS//,/ }; do
     [ "$budget" = "13.6" ] && extra=
     timeout "${BENCH_TIMEOUT:-420}" python3 -m mixdesk.engine.offload \
         --out "$OUT/budgets-$budget.json" --layers "${LAYERS:-32}" --budgets "$budget" \
-        --steps "${STEPS:-32}" $extra 2>&1 | tee -a "$OUT/budgets.log" | grep "^budget_gb\|^hqq"
+        --steps "${STEPS:-32}" $extra ${SPECULATIVE:+--speculative} 2>&1 | tee -a "$OUT/budgets.log" | grep "^budget_gb\|^hqq"
 done

@@ -173,6 +173,66 @@ def test_streamed_model_equals_the_resident_kernel_path(slots: int) -> None:
     assert (hits == 0) if slots == 2 else (hits == 36 if slots == 14 else 0 < hits < 36)
 
 
+@pytest.mark.parametrize("slots", [6, 9], ids=["guesses-only", "some-resident"])
+def test_speculative_streaming_equals_the_resident_kernel_path(slots: int) -> None:
+    """Guessed experts copied ahead into the guess sets give the same logits; the counters
+    add up: every pick is resident, guessed right or copied, and the bus carries the
+    misses plus the guesses."""
+    seed = time.time_ns() % 2**31
+    gen = torch.Generator().manual_seed(seed)
+    model = small_quantized_model(gen)
+    fastpath.pack_model(model)
+    fastpath.assign_workspace(model)
+    prompt = torch.randint(0, 50, (7,), generator=gen).to(DEVICE)
+    resident = run_steps(model, prompt, 6)
+
+    pool = stream_experts(model, slots=slots, device=DEVICE, speculative=True)
+    assert pool.speculative and pool.resident == slots - 6 and pool.first == slots - 2
+    assert [g is not None for g in pool.gates] == [True, True, False]  # no layer after the last
+    streamed = run_steps(model, prompt, 6)
+    err = float((streamed - resident).abs().max() / resident.abs().max())
+    assert err < 1e-4, f"seed {seed}: relative error {err}"
+    asked, hits, right, guessed = (int(c) for c in (pool.asked, pool.hits, pool.guess_hits,
+                                                    pool.guessed))
+    assert asked == 36  # 6 steps x 3 layers x top-2
+    # layers 1 and 2 are guessed: 2 guesses each a step, the non-resident ones copied
+    assert 0 < guessed <= 6 * 2 * 2 and 0 < right <= guessed  # all wrong: p ~ (1/6)**12
+    assert pool.experts_copied() == asked - hits - right + guessed
+    assert pool.hit_rate() == pytest.approx((hits + right) / asked)
+
+
+def test_a_right_guess_is_served_from_its_guess_slot_and_a_wrong_one_is_staged() -> None:
+    gen = torch.Generator().manual_seed(3)
+    layers = random_layers(2, 4, gen)
+    pool = PinnedExperts(layers, resident=0, top_k=2, device=DEVICE,  # type: ignore[arg-type]
+                         guesses=True)
+    assert (pool.first, pool.pool_bytes) == (4, 6 * pool.expert_bytes)
+    # layer 1's router on layer 0's input scores experts 3 and 1 highest
+    gate = torch.zeros(4, 16, device=DEVICE)
+    gate[3, 0], gate[1, 0] = 2.0, 1.0
+    pool.gates = [gate, None]
+    x = torch.zeros(16, device=DEVICE)
+    x[0] = 1.0
+    pool.slots_for(0, torch.tensor([0, 2], device=DEVICE))
+    pool.guess_next(0, x)
+    assert pool.guess_ids[1].tolist() == [3, 1] and pool.guess_pos[1].tolist() == [2, 3]
+    w13, w2 = layers[1]
+    assert torch.equal(pool.w2.codes[2].cpu(), w2.codes[3])  # type: ignore[attr-defined]
+    assert torch.equal(pool.w13.codes[6:8].cpu(), w13.codes[2:4])  # type: ignore[attr-defined]
+    # layer 1 picks 1 (guessed: slot 3, not copied again) and 0 (wrong guess: staging slot 5)
+    pos = pool.slots_for(1, torch.tensor([1, 0], device=DEVICE))
+    assert pos.tolist() == [3, 5]
+    assert torch.equal(pool.w2.codes[5].cpu(), w2.codes[0])  # type: ignore[attr-defined]
+    assert (int(pool.guess_hits), int(pool.guessed), int(pool.asked)) == (1, 2, 4)
+    # layer 0's picks and layer 1's wrong one crossed the bus, with both guesses
+    assert pool.experts_copied() == 2 + 1 + 2
+    assert pool.hit_rate() == pytest.approx(1 / 4)
+    with pytest.raises(ValueError, match="speculative prefetch needs at least 6 slots"):
+        model = small_quantized_model(gen)
+        fastpath.pack_model(model)
+        stream_experts(model, slots=5, device=DEVICE, speculative=True)
+
+
 def test_pinned_experts_spreads_the_resident_ones_over_the_layers() -> None:
     gen = torch.Generator().manual_seed(1)
     layers = random_layers(3, 4, gen)
@@ -263,14 +323,18 @@ def test_experts_on_host_needs_the_kernels(card_folder: Path) -> None:
 
 
 @pytest.mark.gpu
-def test_streamed_decode_is_one_graph_replay() -> None:
+@pytest.mark.parametrize("speculative", [False, True], ids=["plain", "speculative"])
+def test_streamed_decode_is_one_graph_replay(speculative: bool) -> None:
     """On CUDA the streamed model's decode step is one captured graph (staging filled inside
-    it from pinned memory), and its logits equal the eager step's."""
+    it from pinned memory; with speculative prefetch, guesses copied on a second stream
+    inside it), and its logits equal the eager step's."""
     seed = time.time_ns() % 2**31
     gen = torch.Generator().manual_seed(seed)
     model = small_quantized_model(gen)
     fastpath.pack_model(model)
-    pool = stream_experts(model, slots=5, device="cuda")
+    pool = stream_experts(model, slots=8 if speculative else 5, device="cuda",
+                          speculative=speculative)
+    assert (pool.copy_stream is not None) == speculative
     assert pool.host[0][0].codes.is_pinned()
     graph = fastpath.decode_graph(model)
     assert graph is not None
