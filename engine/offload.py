@@ -454,7 +454,7 @@ class PinnedExperts:
         self.asked += k
         if layer > 0 and self.gates[layer - 1] is not None:  # the previous layer guessed
             if self.copy_stream is not None:
-                torch.cuda.current_stream(self.device).wait_stream(self.copy_stream)
+                _join(self.copy_stream)
             guess = self.guess_ids[layer % 2]
             match = ids[:, None] == guess[None, :]  # [k, k]
             found = match.any(dim=1) & (resident < 0)
@@ -491,13 +491,8 @@ class PinnedExperts:
         if self.copy_stream is None:
             for src, dst in rows:
                 fill_slots(src, dst, ids, pos, base)
-            return
-        # the copy waits for everything queued so far: this layer's own staging copy, and
-        # the previous same-parity layer's MoE, the last reader of these slots
-        self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.copy_stream):
-            for src, dst in rows:
-                fill_slots(src, dst, ids, pos, base)
+        else:
+            _fill_on(self.copy_stream, rows, ids, pos, base)
 
     def stage(self, layer: int, expert: int, staging: int = 0) -> int:
         """The slot holding `expert` of `layer`, copying it into a staging slot if it is not
@@ -508,6 +503,26 @@ class PinnedExperts:
         slot = self.first + staging
         _copy_expert((self.w13, self.w2), slot, self.host[layer], expert)
         return slot
+
+
+@torch.compiler.disable  # stream switches stay out of the compiled decode glue
+def _join(stream: torch.cuda.Stream) -> None:
+    """The current stream waits for everything queued on `stream` so far."""
+    torch.cuda.current_stream(stream.device).wait_stream(stream)
+
+
+@torch.compiler.disable  # stream switches stay out of the compiled decode glue
+def _fill_on(stream: torch.cuda.Stream, rows: list[tuple[Tensor, Tensor]], ids: Tensor,
+             pos: Tensor, first: int) -> None:
+    """`fill_slots` of every (host, pool) pair on `stream`, after everything queued so far
+    on the current stream: the staging copy of this layer, and the MoE of the layer before
+    it with the same parity, the last reader of these guess slots."""
+    from mixdesk.kernels.gemv import fill_slots  # noqa: PLC0415 - triton only here
+
+    stream.wait_stream(torch.cuda.current_stream(stream.device))
+    with torch.cuda.stream(stream):
+        for src, dst in rows:
+            fill_slots(src, dst, ids, pos, first)
 
 
 def _expert_rows(host: PackedWeight, pool: PackedWeight, mats: int) -> list[tuple[Tensor, Tensor]]:

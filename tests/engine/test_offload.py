@@ -264,7 +264,7 @@ def test_offload_needs_fused_layers() -> None:
     with pytest.raises(ValueError, match="must be fused"):
         stream_experts(model, slots=3, device=DEVICE)
     fastpath.pack_model(model)
-    with pytest.raises(ValueError, match="at least top_k=2 slots"):
+    with pytest.raises(ValueError, match=r"needs at least 2 slots \(top_k=2\), got 1"):
         stream_experts(model, slots=1, device=DEVICE)
 
 
