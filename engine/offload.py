@@ -380,7 +380,6 @@ class PinnedExperts:
         self.device = torch.device(device)
         pin = self.device.type == "cuda" if pin is None else pin
         self.n_experts = layers[0][1].n_mats
-        self.n_layers = len(layers)
         total = len(layers) * self.n_experts
         if not 0 <= resident <= total:
             raise ValueError(f"resident experts must be 0..{total}, got {resident}")
@@ -603,6 +602,12 @@ def _shrink_workspace(model: nn.Module) -> None:
         assign_workspace(model)
 
 
+def _next_routers(moes: Sequence[Any]) -> list[Tensor | None]:
+    """Per MoE layer, the next layer's router weight [E, D] (None after the last): what
+    speculative prefetch guesses with."""
+    return [moes[i + 1].gate.weight if i + 1 < len(moes) else None for i in range(len(moes))]
+
+
 def stream_experts(model: nn.Module, slots: int, device: torch.device | str, *,
                    pin: bool | None = None, speculative: bool = False) -> PinnedExperts:
     """Serve every fused MoE layer's experts (`MoE.packed`) from pinned host memory, with
@@ -623,8 +628,7 @@ def stream_experts(model: nn.Module, slots: int, device: torch.device | str, *,
     pool = PinnedExperts([m.packed for m in moes], slots - need, top_k, device, pin=pin,
                          guesses=speculative)
     if speculative:
-        pool.gates = [moes[i + 1].gate.weight if i + 1 < len(moes) else None
-                      for i in range(len(moes))]
+        pool.gates = _next_routers(moes)
     for i, moe in enumerate(moes):
         moe.offload = StreamedMoE(pool, i)
     _drop_device_experts(moes)
@@ -790,8 +794,7 @@ def bench_budgets(budgets: Sequence[float] = (13.6, 16, 20, 24, 32), layers: int
                 pool = PinnedExperts(host, p.expert_slots - (3 if guesses else 1) * top_k,
                                      top_k, "cuda", pin=True, guesses=guesses)
                 if guesses:
-                    pool.gates = [moes[i + 1].gate.weight if i + 1 < len(moes) else None
-                                  for i in range(len(moes))]
+                    pool.gates = _next_routers(moes)
                 for i, moe in enumerate(moes):
                     moe.offload = StreamedMoE(pool, i)
             # blocks cached while the pool was built would count against the cap (torch's
