@@ -27,6 +27,7 @@ from mixdesk.engine.offload import (
     PinnedExperts,
     StreamedMoE,
     expert_bytes,
+    guess_routers,
     offload_experts,
     stream_experts,
 )
@@ -199,6 +200,29 @@ def test_speculative_streaming_equals_the_resident_kernel_path(slots: int) -> No
     assert 0 < guessed <= 6 * 2 * 2 and 0 < right <= guessed  # all wrong: p ~ (1/6)**12
     assert pool.experts_copied() == asked - hits - right + guessed
     assert pool.hit_rate() == pytest.approx((hits + right) / asked)
+
+
+def test_guess_routers_are_the_next_router_reweighted_for_the_next_norm() -> None:
+    model = small_quantized_model(torch.Generator().manual_seed(5))
+    blocks = model.blocks()
+    blocks[0].post_attention_layernorm.weight.data[3] = 0.0  # a dimension this layer drops
+    gates = guess_routers(model)
+    assert len(gates) == 3 and gates[2] is None
+    for i in (0, 1):
+        w_now = blocks[i].post_attention_layernorm.weight.float()
+        w_next = blocks[i + 1].post_attention_layernorm.weight.float()
+        want = blocks[i + 1].moe.gate.weight.float() * torch.where(
+            w_now != 0, w_next / w_now, torch.zeros_like(w_now))
+        got = gates[i]
+        assert got is not None and got.dtype == torch.float32
+        assert torch.equal(got, want)
+    assert gates[0] is not None and bool((gates[0][:, 3] == 0).all())
+    # on this layer's normed input it scores as the next router on the next norm would
+    h = torch.randn(64, generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    x_now = blocks[0].post_attention_layernorm(h)
+    x_next = blocks[1].post_attention_layernorm(h)
+    x_next[3] = 0.0  # what layer 0's norm dropped cannot be recovered
+    torch.testing.assert_close(gates[0] @ x_now, blocks[1].moe.gate(x_next))
 
 
 def test_a_right_guess_is_served_from_its_guess_slot_and_a_wrong_one_is_staged() -> None:
