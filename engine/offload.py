@@ -609,7 +609,10 @@ def guess_routers(model: nn.Module) -> list[Tensor | None]:
     that layer's MoE-input RMSNorm weight over this layer's, in fp32. Applied to this
     layer's normed MoE input, it is the next router on this residual normed as the next
     layer norms it. On smol-moe it guesses 72.5% of the next layer's picks against 70.8%
-    for the plain next router (tests/bench/guess_accuracy.py; chance: 25%)."""
+    for the plain next router (tests/bench/guess_accuracy.py; chance: 25%).
+
+    The first layer makes no guess: its input is the embedding, and from it the guess of
+    layer 1 was at chance (23%), each wrong guess a wasted expert's copy over the bus."""
     from mixdesk.engine.model import Block  # noqa: PLC0415 - model imports this module's users
 
     blocks = [m for m in model.modules() if isinstance(m, Block) and m.moe.gate is not None]
@@ -619,7 +622,7 @@ def guess_routers(model: nn.Module) -> list[Tensor | None]:
         w_next = nxt.post_attention_layernorm.weight.float()
         ratio = torch.where(w_now != 0, w_next / w_now, torch.zeros_like(w_now))
         out.append(nxt.moe.gate.weight.float() * ratio)
-    return [*out, None] if blocks else []
+    return [None, *out[1:], None] if blocks else []
 
 
 def stream_experts(model: nn.Module, slots: int, device: torch.device | str, *,

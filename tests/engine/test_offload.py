@@ -189,15 +189,17 @@ def test_speculative_streaming_equals_the_resident_kernel_path(slots: int) -> No
 
     pool = stream_experts(model, slots=slots, device=DEVICE, speculative=True)
     assert pool.speculative and pool.resident == slots - 6 and pool.first == slots - 2
-    assert [g is not None for g in pool.gates] == [True, True, False]  # no layer after the last
+    # layer 1 guesses layer 2; no guess from the embedding (layer 0) or after the last
+    assert [g is not None for g in pool.gates] == [False, True, False]
     streamed = run_steps(model, prompt, 6)
     err = float((streamed - resident).abs().max() / resident.abs().max())
     assert err < 1e-4, f"seed {seed}: relative error {err}"
     asked, hits, right, guessed = (int(c) for c in (pool.asked, pool.hits, pool.guess_hits,
                                                     pool.guessed))
     assert asked == 36  # 6 steps x 3 layers x top-2
-    # layers 1 and 2 are guessed: 2 guesses each a step, the non-resident ones copied
-    assert 0 < guessed <= 6 * 2 * 2 and 0 < right <= guessed  # all wrong: p ~ (1/6)**12
+    # layer 2 is guessed: 2 guesses a step, the non-resident ones copied; with none
+    # resident some guess is right (all 6 steps wrong by chance: p <= (1/6)**6)
+    assert 0 < guessed <= 6 * 2 and right <= guessed and (right > 0 or slots > 6)
     assert pool.experts_copied() == asked - hits - right + guessed
     assert pool.hit_rate() == pytest.approx((hits + right) / asked)
 
@@ -205,24 +207,22 @@ def test_speculative_streaming_equals_the_resident_kernel_path(slots: int) -> No
 def test_guess_routers_are_the_next_router_reweighted_for_the_next_norm() -> None:
     model = small_quantized_model(torch.Generator().manual_seed(5))
     blocks = model.blocks()
-    blocks[0].post_attention_layernorm.weight.data[3] = 0.0  # a dimension this layer drops
     gates = guess_routers(model)
-    assert len(gates) == 3 and gates[2] is None
-    for i in (0, 1):
-        w_now = blocks[i].post_attention_layernorm.weight.float()
-        w_next = blocks[i + 1].post_attention_layernorm.weight.float()
-        want = blocks[i + 1].moe.gate.weight.float() * torch.where(
-            w_now != 0, w_next / w_now, torch.zeros_like(w_now))
-        got = gates[i]
-        assert got is not None and got.dtype == torch.float32
-        assert torch.equal(got, want)
-    assert gates[0] is not None and bool((gates[0][:, 3] == 0).all())
+    assert len(gates) == 3 and gates[0] is None and gates[2] is None  # no guess from layer 0
+    blocks[1].post_attention_layernorm.weight.data[3] = 0.0  # a dimension layer 1 drops
+    gates = guess_routers(model)
+    w_now = blocks[1].post_attention_layernorm.weight.float()
+    w_next = blocks[2].post_attention_layernorm.weight.float()
+    want = blocks[2].moe.gate.weight.float() * torch.where(
+        w_now != 0, w_next / w_now, torch.zeros_like(w_now))
+    assert gates[1] is not None and gates[1].dtype == torch.float32
+    assert torch.equal(gates[1], want) and bool((gates[1][:, 3] == 0).all())
     # on this layer's normed input it scores as the next router on the next norm would
     h = torch.randn(64, generator=torch.Generator().manual_seed(6)).to(DEVICE)
-    x_now = blocks[0].post_attention_layernorm(h)
-    x_next = blocks[1].post_attention_layernorm(h)
-    x_next[3] = 0.0  # what layer 0's norm dropped cannot be recovered
-    torch.testing.assert_close(gates[0] @ x_now, blocks[1].moe.gate(x_next))
+    x_now = blocks[1].post_attention_layernorm(h)
+    x_next = blocks[2].post_attention_layernorm(h)
+    x_next[3] = 0.0  # what layer 1's norm dropped cannot be recovered
+    torch.testing.assert_close(gates[1] @ x_now, blocks[2].moe.gate(x_next))
 
 
 def test_a_right_guess_is_served_from_its_guess_slot_and_a_wrong_one_is_staged() -> None:
