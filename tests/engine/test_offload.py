@@ -9,7 +9,10 @@ on failure.
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -223,6 +226,29 @@ def test_guess_routers_are_the_next_router_reweighted_for_the_next_norm() -> Non
     x_next = blocks[2].post_attention_layernorm(h)
     x_next[3] = 0.0  # what layer 1's norm dropped cannot be recovered
     torch.testing.assert_close(gates[1] @ x_now, blocks[2].moe.gate(x_next))
+
+
+GUESS_SCRIPT = Path(__file__).parents[1] / "bench" / "guess_accuracy.py"
+
+
+def test_guess_accuracy_script_measures_a_moe_and_refuses_a_dense_model(
+        tiny_mixtral: Path, dense_mistral: Path, tmp_path: Path) -> None:
+    out = tmp_path / "guess.json"
+    done = subprocess.run([sys.executable, str(GUESS_SCRIPT), str(tiny_mixtral), "--out",
+                           str(out)], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["top_k"] == 2 and result["chance"] == 2 / result["experts"]
+    assert result["positions"] > 0
+    layers = result["per_layer"]
+    assert len(layers) == ModelArgs.from_folder(tiny_mixtral).n_layers - 1
+    for key in ("next_router_on_this_input", "next_router_with_the_next_norm",
+                "same_layer_previous_token"):
+        assert 0.0 <= result[key] <= 1.0
+    dense = subprocess.run([sys.executable, str(GUESS_SCRIPT), str(dense_mistral)],
+                           capture_output=True, text=True, timeout=300, check=False)
+    assert dense.returncode != 0 and "must be a routed MoE" in dense.stderr
+    assert "Traceback" not in dense.stderr
 
 
 def test_a_right_guess_is_served_from_its_guess_slot_and_a_wrong_one_is_staged() -> None:
