@@ -6,7 +6,8 @@ layer l+1's picks are compared with three guesses of them:
   `engine.offload.PinnedExperts.guess_next` does;
 - `... with the next norm`: the same input re-weighted from layer l's RMSNorm weight to layer
   l+1's (x * w[l+1] / w[l]): the next router on this residual as the next layer would norm it;
-- `same layer, previous token`: the experts layer l+1 picked one position earlier.
+- `same layer, previous token`: the experts layer l+1 picked one position earlier;
+and, for the re-weighted guess, how often its first and its second id was picked.
 Chance is top_k / n_experts. smol-moe has real weights and norms but a random router, so the
 numbers are a proxy for Mixtral's trained routers, not a measurement of them.
 
@@ -66,7 +67,11 @@ def guess_accuracy(folder: Path, answer_tokens: int = 32) -> dict[str, Any]:
                 plain = torch.topk(nxt(xs[i].to(nxt.weight.dtype)).float(), k).indices
                 renormed = torch.topk(nxt((xs[i] * ratio).to(nxt.weight.dtype)).float(),
                                       k).indices
-                rows = rows_of.setdefault(i, {"plain": [], "renormed": [], "previous": []})
+                rows = rows_of.setdefault(i, {"plain": [], "renormed": [], "previous": [],
+                                              "renormed_first": [], "renormed_second": []})
+                for rank, name in ((0, "renormed_first"), (1, "renormed_second")):
+                    hit = (renormed[:, rank, None] == picks[i + 1]).any(dim=1)
+                    rows[name].append(float(hit.float().sum()))
                 rows["plain"].append(overlap(plain, picks[i + 1]) * len(seq[0]))
                 rows["renormed"].append(overlap(renormed, picks[i + 1]) * len(seq[0]))
                 rows["previous"].append(overlap(picks[i + 1][:-1], picks[i + 1][1:])
@@ -77,13 +82,17 @@ def guess_accuracy(folder: Path, answer_tokens: int = 32) -> dict[str, Any]:
     n = sum(tokens)
     per_layer = {i: {name: sum(v) / (n - len(tokens) if name == "previous" else n)
                      for name, v in r.items()} for i, r in rows_of.items()}
-    mean = {name: sum(r[name] for r in per_layer.values()) / len(per_layer)
-            for name in ("plain", "renormed", "previous")}
+    names = ("plain", "renormed", "previous", "renormed_first", "renormed_second")
+    mean = {name: sum(r[name] for r in per_layer.values()) / len(per_layer) for name in names}
     return {"model": str(folder), "positions": n, "top_k": k, "experts": len(moes[0].experts),
             "chance": k / len(moes[0].experts),
             "next_router_on_this_input": round(mean["plain"], 3),
             "next_router_with_the_next_norm": round(mean["renormed"], 3),
             "same_layer_previous_token": round(mean["previous"], 3),
+            # of the re-weighted guess's first (its best-scored) and second ids, the share
+            # that layer l+1 picked
+            "first_guess_right": round(mean["renormed_first"], 3),
+            "second_guess_right": round(mean["renormed_second"], 3),
             "per_layer": {i: {name: round(v, 3) for name, v in r.items()}
                           for i, r in per_layer.items()}}
 
