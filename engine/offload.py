@@ -890,8 +890,9 @@ def _measure_budget(model: Any, p: Any, pool: PinnedExperts | None, tokens: Tens
         "replay_ms": round(timed["replay_ms"], 2), "compiled": timed["compiled"],
         "pct_of_floor": round(100 * row["floor_ms"] / ms, 1),
         "hit_rate": round(pool.hit_rate(), 3) if pool is not None else 1.0,
-        "bus_gb_per_token": (round(pool.experts_copied() * pool.expert_bytes / steps / 1e9, 3)
-                             if pool is not None else 0.0),
+        # per token from the counters' own share: they also count the replays timed alone
+        # and the capture's warm-up runs, not only the `steps` tokens
+        "bus_gb_per_token": round(_bus_per_token(pool) / 1e9, 3) if pool is not None else 0.0,
         "torch_peak_allocated_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3),
         "torch_peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 1e9, 3),
         "device_used_gb": round(used / 1e9, 3),
@@ -899,6 +900,14 @@ def _measure_budget(model: Any, p: Any, pool: PinnedExperts | None, tokens: Tens
         "within_budget": used <= p.budget_bytes,
     })
     return row
+
+
+def _bus_per_token(pool: PinnedExperts) -> float:
+    """Bytes over the bus per decode token: experts copied per pick, times a token's picks
+    (every layer's top_k) and an expert's bytes (reads the counters)."""
+    asked = int(pool.asked)
+    picks = len(pool.host) * pool.top_k
+    return pool.experts_copied() / asked * picks * pool.expert_bytes if asked else 0.0
 
 
 def bench_hqq_offload_meta(layers: int = 32) -> dict[str, Any]:
