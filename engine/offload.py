@@ -356,7 +356,9 @@ class PinnedExperts:
     the guessed ones that are not resident are copied into the next layer's set (sets
     alternate by layer parity) on a second stream while this layer computes. The next
     layer's `slots_for` waits for that copy, then serves each pick from its resident
-    slot, else its guess slot, else staging (filled as without guesses).
+    slot, else its guess slot, else staging (filled as without guesses). Measured on an
+    H100 it is slower at every budget (docs/PERFORMANCE.md, session 8: the wrong guesses'
+    copies outweigh the compute they hide), so only the bench turns it on.
 
     Args:
         layers: per MoE layer, its (w13, w2) stacks (any device; moved to the host).
