@@ -27,6 +27,7 @@ On the CPU (tests) there are no streams: copies are plain copies.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import time
@@ -473,8 +474,6 @@ class PinnedExperts:
         (guess_routers: layer+1's router, re-weighted for layer+1's norm), and copy the
         guessed ones that are not resident into its guess set, on the copy stream (CUDA)
         while this layer computes. Nothing for the last layer, or without guess sets."""
-        from mixdesk.kernels.gemv import fill_slots  # noqa: PLC0415 - triton only here
-
         gate = self.gates[layer] if layer < len(self.gates) else None
         if gate is None or not self.guess_sets:
             return
@@ -490,11 +489,7 @@ class PinnedExperts:
         ids, pos = self.guess_ids[nxt % 2], self.guess_pos[nxt % 2]
         w13, w2 = self.host[nxt]
         rows = _expert_rows(w13, self.w13, mats=2) + _expert_rows(w2, self.w2, mats=1)
-        if self.copy_stream is None:
-            for src, dst in rows:
-                fill_slots(src, dst, ids, pos, base)
-        else:
-            _fill_on(self.copy_stream, rows, ids, pos, base)
+        _fill_on(self.copy_stream, rows, ids, pos, base)
 
     def stage(self, layer: int, expert: int, staging: int = 0) -> int:
         """The slot holding `expert` of `layer`, copying it into a staging slot if it is not
@@ -514,15 +509,17 @@ def _join(stream: torch.cuda.Stream) -> None:
 
 
 @torch.compiler.disable  # stream switches stay out of the compiled decode glue
-def _fill_on(stream: torch.cuda.Stream, rows: list[tuple[Tensor, Tensor]], ids: Tensor,
-             pos: Tensor, first: int) -> None:
+def _fill_on(stream: torch.cuda.Stream | None, rows: list[tuple[Tensor, Tensor]],
+             ids: Tensor, pos: Tensor, first: int) -> None:
     """`fill_slots` of every (host, pool) pair on `stream`, after everything queued so far
     on the current stream: the staging copy of this layer, and the MoE of the layer before
-    it with the same parity, the last reader of these guess slots."""
+    it with the same parity, the last reader of these guess slots. None: on the current
+    stream (no CUDA)."""
     from mixdesk.kernels.gemv import fill_slots  # noqa: PLC0415 - triton only here
 
-    stream.wait_stream(torch.cuda.current_stream(stream.device))
-    with torch.cuda.stream(stream):
+    if stream is not None:
+        stream.wait_stream(torch.cuda.current_stream(stream.device))
+    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
         for src, dst in rows:
             fill_slots(src, dst, ids, pos, first)
 
