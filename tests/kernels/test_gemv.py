@@ -15,6 +15,7 @@ from mixdesk.kernels.gemv import (
     gemv,
     moe_decode,
     split_for,
+    whole_tiles,
 )
 from mixdesk.kernels.layout import (
     PackedWeight,
@@ -102,6 +103,32 @@ def test_axis0_tile_columns_come_in_fours() -> None:
         gemv(x, pw, config=Config(1, 6, 1))
     assert default_config(pw, 1, torch.device(DEVICE)).block_cols == 4
     assert rel_error(gemv(x, pw), reference.gemv(x, pw)) < TWO_BIT_AXIS0
+
+
+# Whole tiles, so the kernels load without masks (`whole_tiles`, EVEN): K splits whose last
+# part is shorter than the others (it must stop at its own end), and one split.
+WHOLE_CASES = [
+    ((128, 80), 2, 8, 0, Config(4, 4, 3, lanes_per_shift=4)),  # 20 tiles of 4: splits 7, 7, 6
+    ((128, 64), 4, 64, 0, Config(2, 16, 1)),
+    ((64, 320), 2, 8, 1, Config(4, 8, 3)),  # 40 group columns: splits of 16, 16, 8
+    ((64, 512), 4, 64, 1, Config(8, 4, 1)),
+]
+
+
+@pytest.mark.skipif(CUDA, reason="the GPU run checks the Mixtral shapes instead")
+@pytest.mark.parametrize(("shape", "bits", "group", "axis", "config"), WHOLE_CASES)
+def test_whole_tiles_load_without_masks(shape: tuple[int, int], bits: int, group: int,
+                                        axis: int, config: Config,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every tile whole the unmasked kernels equal fp64 as the masked ones do, and a
+    shape whose tiles are not whole keeps the masks."""
+    pw = pack(*random_logical(shape, bits=bits, group=group), bits=bits, group=group, axis=axis)
+    assert whole_tiles(pw, config)
+    assert not whole_tiles(pw, Config(config.block_rows, config.block_cols * 3, 1))
+    bound = TWO_BIT_AXIS0 if (bits, axis) == (2, 0) else 1e-5
+    assert check(shape, bits, group, axis, config=config) < bound
+    monkeypatch.setenv("MIXDESK_GEMV_MASKED", "1")
+    assert check(shape, bits, group, axis, config=config) < bound
 
 
 @pytest.mark.skipif(CUDA, reason="covered at full size on the GPU")
