@@ -652,7 +652,7 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
     extra = {}
     if pw.axis == 1 and pw.words > 1 and not (moe or act):  # x lane-major (XT): one small copy
         x, extra = x.view(b_cols, pw.group).t().contiguous(), {"XT": True}
-    extra["EVEN"] = whole_tiles(pw, cfg) and os.environ.get("MIXDESK_GEMV_MASKED", "0") != "1"
+    extra["EVEN"] = unmasked(pw, cfg, moe=moe)
     kernel[grid](
         x, x2, rw, ids, pw.codes, meta, pw.table, out,
         a_rows, b_cols, pw.period, nrb, split_len, pw.table.shape[2], x_slot, out_mat, ONE,
@@ -667,13 +667,23 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
 def whole_tiles(pw: PackedWeight, cfg: Config) -> bool:
     """Whether every tile of a launch is whole: the rows of each residue a multiple of the
     tile's, and the group columns of the tile's (each K split, the last one too, is then a
-    whole number of tiles). The kernels then load without masks (EVEN): on the H100 the
-    w1/w3 loop is 278 -> 269 instructions a tile (SASS) and the MoE ... (docs/PERFORMANCE.md).
-    MIXDESK_GEMV_MASKED=1 keeps the masks, to measure the difference."""
+    whole number of tiles)."""
     a_rows, b_cols = pw.grid
     residues, rows = _residue_rows(pw)
     return (a_rows % residues == 0 and rows % cfg.block_rows == 0
             and b_cols % cfg.block_cols == 0)
+
+
+def unmasked(pw: PackedWeight, cfg: Config, *, moe: bool) -> bool:
+    """Whether a launch loads without masks (the kernels' EVEN): the axis-0 MoE launches with
+    whole tiles. Measured on an H100 (tests/bench/gemv_variants.py, docs/PERFORMANCE.md,
+    session 9): the top-2 MoE at the Mixtral shape 86.5 -> 84.4 us (its w1/w3 loop 278 -> 269
+    instructions a tile, SASS), while q/k/v + o at axis 0 went 17.9 -> 19.0 us and axis 1
+    106.7 -> 114.0 us (MoE) and 24.3 -> 33.1 us (attention), so those keep their masks.
+    MIXDESK_GEMV_MASKED=1 keeps every mask, to measure the difference."""
+    if os.environ.get("MIXDESK_GEMV_MASKED", "0") == "1":
+        return False
+    return moe and pw.axis == 0 and whole_tiles(pw, cfg)
 
 
 def pdl_options(x: Tensor) -> dict[str, bool]:

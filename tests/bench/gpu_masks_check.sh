@@ -10,7 +10,7 @@ if [ -z "${SKIP_PYTEST:-}" ]; then
         -o addopts="--strict-markers -ra" -W ignore tests/kernels tests/engine/test_fastpath_gpu.py \
         2>&1 | tee "$OUT/pytest-gpu.log" | tail -4
 fi
-for axis in 0 1; do
+for axis in ${VARIANT_AXES:-0 1}; do
     timeout 120 python3 tests/bench/gemv_variants.py --axis $axis --out "$OUT/variants-axis$axis.json" \
         2>&1 | tail -4
 done

@@ -15,6 +15,7 @@ from mixdesk.kernels.gemv import (
     gemv,
     moe_decode,
     split_for,
+    unmasked,
     whole_tiles,
 )
 from mixdesk.kernels.layout import (
@@ -105,32 +106,6 @@ def test_axis0_tile_columns_come_in_fours() -> None:
     assert rel_error(gemv(x, pw), reference.gemv(x, pw)) < TWO_BIT_AXIS0
 
 
-# Whole tiles, so the kernels load without masks (`whole_tiles`, EVEN): K splits whose last
-# part is shorter than the others (it must stop at its own end), and one split.
-WHOLE_CASES = [
-    ((128, 80), 2, 8, 0, Config(4, 4, 3, lanes_per_shift=4)),  # 20 tiles of 4: splits 7, 7, 6
-    ((128, 64), 4, 64, 0, Config(2, 16, 1)),
-    ((64, 320), 2, 8, 1, Config(4, 8, 3)),  # 40 group columns: splits of 16, 16, 8
-    ((64, 512), 4, 64, 1, Config(8, 4, 1)),
-]
-
-
-@pytest.mark.skipif(CUDA, reason="the GPU run checks the Mixtral shapes instead")
-@pytest.mark.parametrize(("shape", "bits", "group", "axis", "config"), WHOLE_CASES)
-def test_whole_tiles_load_without_masks(shape: tuple[int, int], bits: int, group: int,
-                                        axis: int, config: Config,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """With every tile whole the unmasked kernels equal fp64 as the masked ones do, and a
-    shape whose tiles are not whole keeps the masks."""
-    pw = pack(*random_logical(shape, bits=bits, group=group), bits=bits, group=group, axis=axis)
-    assert whole_tiles(pw, config)
-    assert not whole_tiles(pw, Config(config.block_rows, config.block_cols * 3, 1))
-    bound = TWO_BIT_AXIS0 if (bits, axis) == (2, 0) else 1e-5
-    assert check(shape, bits, group, axis, config=config) < bound
-    monkeypatch.setenv("MIXDESK_GEMV_MASKED", "1")
-    assert check(shape, bits, group, axis, config=config) < bound
-
-
 @pytest.mark.skipif(CUDA, reason="covered at full size on the GPU")
 def test_gemv_fp32_and_bf16_inputs() -> None:
     assert check((24, 40), 2, 8, 1, dtype=torch.float32) < 1e-5
@@ -175,6 +150,31 @@ def test_moe_decode_interpreter(axis: int) -> None:
     y = moe_decode(x, w13, w2, ids, weights)
     bound = 2 * TWO_BIT_AXIS0 if axis == 0 else 1e-5  # two launches, the second reads h
     assert rel_error(y, reference.moe_decode(x, w13, w2, ids, weights)) < bound
+
+
+@pytest.mark.skipif(CUDA, reason="checked at Mixtral size on the GPU")
+@pytest.mark.parametrize("masked", [False, True])
+def test_moe_decode_whole_tiles_load_without_masks(masked: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The axis-0 MoE launches with whole tiles load without masks (`unmasked`): K splits
+    whose last part is shorter than the others (it must stop at its own end) give the
+    reference's output, as the masked kernels do; other launches keep their masks."""
+    dim, ffn, experts = 80, 128, 4
+    w13, w2 = _random_moe(dim, ffn, experts, 0)
+    c13 = Config(4, 8, 4, lanes_per_shift=4)  # 10 tiles of 8 columns: splits 3, 3, 3, 1
+    c2 = Config(4, 16, 3, lanes_per_shift=4)  # 10 group rows, 4 a tile: not whole
+    if masked:
+        monkeypatch.setenv("MIXDESK_GEMV_MASKED", "1")
+    assert unmasked(w13, c13, moe=True) is not masked
+    assert not unmasked(w2, c2, moe=True)
+    assert not unmasked(w13, c13, moe=False)
+    assert whole_tiles(w13, c13) and not whole_tiles(w2, c2)
+    x = torch.randn(dim, dtype=torch.float16)
+    ids = torch.tensor([3, 1])
+    weights = torch.softmax(torch.randn(2), 0)
+    y = moe_decode(x, w13, w2, ids, weights, configs=(c13, c2))
+    want = reference.moe_decode(x, w13, w2, ids, weights)
+    assert rel_error(y, want) < 2 * TWO_BIT_AXIS0
 
 
 MIXTRAL = [((14336, 4096), 2, 8), ((4096, 14336), 2, 8), ((4096, 4096), 4, 64),
