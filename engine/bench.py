@@ -20,6 +20,7 @@ Weights are random, never zeros.
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import math
@@ -574,6 +575,7 @@ def bench_engine(bandwidth: float, read_bandwidth: float, *, layers: int = 32,
     per matrix, cuBLAS, tokens grouped by expert), then decode through
     `fastpath.DecodeGraph` (one CUDA-graph replay a token), peak VRAM. On the synthetic
     Mixtral-8x7B (`layers`, `axis`), or on a model folder loaded as the app loads it."""
+    gc.collect()  # an earlier model held only by reference cycles: its VRAM is not this peak's
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     if model_path is not None:
@@ -628,6 +630,7 @@ def bench_engine(bandwidth: float, read_bandwidth: float, *, layers: int = 32,
         "reserved_gb": torch.cuda.memory_reserved() / 1e9,
     })
     del model
+    gc.collect()
     torch.cuda.empty_cache()
     return out
 

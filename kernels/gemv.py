@@ -79,37 +79,26 @@ def _byte(v, POS: tl.constexpr, one=ONE):
 
 
 @triton.jit
-def _ld(ptrs, mask, EVEN: tl.constexpr):
-    """tl.load, unmasked when every tile is whole (EVEN): no predicates, no zeroed registers."""
-    if EVEN:
-        v = tl.load(ptrs)
-    else:
-        v = tl.load(ptrs, mask=mask, other=0)
-    return v
-
-
-@triton.jit
-def _fetch_w(q_base, m_base, t_base, woff, mask, tix, bmask, T_LEN, INLINE: tl.constexpr,
-             EVEN: tl.constexpr = False):
+def _fetch_w(q_base, m_base, t_base, woff, mask, tix, bmask, T_LEN, INLINE: tl.constexpr):
     """Raw loads of one tile's weights: words, meta words, the 4 meta-meta vectors."""
-    w = _ld(q_base + woff, mask, EVEN)
+    w = tl.load(q_base + woff, mask=mask, other=0)
     if INLINE:
         m = w
     else:
-        m = _ld(m_base + woff, mask, EVEN)
-    s_mul = _ld(t_base + tix, bmask, EVEN)
-    s_add = _ld(t_base + T_LEN + tix, bmask, EVEN)
-    z_mul = _ld(t_base + 2 * T_LEN + tix, bmask, EVEN)
-    z_add = _ld(t_base + 3 * T_LEN + tix, bmask, EVEN)
+        m = tl.load(m_base + woff, mask=mask, other=0)
+    s_mul = tl.load(t_base + tix, mask=bmask, other=0.0)
+    s_add = tl.load(t_base + T_LEN + tix, mask=bmask, other=0.0)
+    z_mul = tl.load(t_base + 2 * T_LEN + tix, mask=bmask, other=0.0)
+    z_add = tl.load(t_base + 3 * T_LEN + tix, mask=bmask, other=0.0)
     return w, m, s_mul, s_add, z_mul, z_add
 
 
 @triton.jit
-def _fetch_x(x_base, x2_base, xidx, bmask, ACT: tl.constexpr, EVEN: tl.constexpr = False):
+def _fetch_x(x_base, x2_base, xidx, bmask, ACT: tl.constexpr):
     """x of one tile's columns (and h3, for the down projection)."""
-    xv = _ld(x_base + xidx, bmask, EVEN)
+    xv = tl.load(x_base + xidx, mask=bmask, other=0.0)
     if ACT:
-        x2v = _ld(x2_base + xidx, bmask, EVEN)
+        x2v = tl.load(x2_base + xidx, mask=bmask, other=0.0)
     else:
         x2v = xv
     return xv, x2v
@@ -117,14 +106,14 @@ def _fetch_x(x_base, x2_base, xidx, bmask, ACT: tl.constexpr, EVEN: tl.constexpr
 
 @triton.jit
 def _fetch(q_base, m_base, t_base, x_base, x2_base, woff, mask, tix, xidx, bmask, T_LEN,
-           INLINE: tl.constexpr, ACT: tl.constexpr, EVEN: tl.constexpr = False):
+           INLINE: tl.constexpr, ACT: tl.constexpr):
     """Raw loads of one tile: words, meta words, the 4 meta-meta vectors, x (and h3).
 
     Nothing here uses a loaded value, so a fetch for the next tile, issued before
     the current tile's math, keeps its loads in flight while that math runs."""
     w, m, s_mul, s_add, z_mul, z_add = _fetch_w(q_base, m_base, t_base, woff, mask, tix, bmask,
-                                                T_LEN, INLINE, EVEN)
-    xv, x2v = _fetch_x(x_base, x2_base, xidx, bmask, ACT, EVEN)
+                                                T_LEN, INLINE)
+    xv, x2v = _fetch_x(x_base, x2_base, xidx, bmask, ACT)
     return w, m, s_mul, s_add, z_mul, z_add, xv, x2v
 
 
@@ -230,7 +219,7 @@ def _gemv_axis0_kernel(
     BITS: tl.constexpr, G: tl.constexpr, V: tl.constexpr, S: tl.constexpr,
     INLINE: tl.constexpr, MOE: tl.constexpr, MATS: tl.constexpr, ACT: tl.constexpr,
     BA: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
-    LPS: tl.constexpr, PDL: tl.constexpr = False, EVEN: tl.constexpr = False,
+    LPS: tl.constexpr, PDL: tl.constexpr = False,
 ):
     LANES: tl.constexpr = V if G > V else G
     pid = tl.program_id(0)
@@ -281,24 +270,17 @@ def _gemv_axis0_kernel(
     # are not its output; x is
     w, m, ss, so, zs, zo = _fetch_w(q_base, m_base, t_base, a[:, None] * B + b[None, :],
                                     amask[:, None] & bmask[None, :], rho * B + b, bmask,
-                                    T_LEN, INLINE, EVEN)
+                                    T_LEN, INLINE)
     if not W13:
         pdl_wait(PDL)
-    xv, x2v = _fetch_x(x_base, x2_base, b, bmask, ACT, EVEN)
-    # EVEN (every tile whole, `_launch`): no masks, and the loop ends at this split's own end;
-    # otherwise every split runs the same trip count with its tail masked off
-    b_stop = b_end if EVEN else b_start + SPLIT_LEN
-    for b0 in range(b_start, b_stop, BB):
-        if EVEN:  # the next tile; after the last, the last again (read, never used)
-            bn = tl.minimum(b0 + BB, b_end - BB) + tl.arange(0, BB)
-        else:  # the next tile; all masked off after the last
-            bn = b0 + BB + tl.arange(0, BB)
+    xv, x2v = _fetch_x(x_base, x2_base, b, bmask, ACT)
+    for b0 in range(b_start, b_start + SPLIT_LEN, BB):
+        bn = b0 + BB + tl.arange(0, BB)  # the next tile; all masked off after the last
         bnmask = bn < b_end
         if PREFETCH:
             w_n, m_n, ss_n, so_n, zs_n, zo_n, xv_n, x2v_n = _fetch(
                 q_base, m_base, t_base, x_base, x2_base, a[:, None] * B + bn[None, :],
-                amask[:, None] & bnmask[None, :], rho * B + bn, bn, bnmask, T_LEN, INLINE, ACT,
-                EVEN)
+                amask[:, None] & bnmask[None, :], rho * B + bn, bn, bnmask, T_LEN, INLINE, ACT)
         xb = _act(xv, x2v, rw, ACT)
         m = m.to(tl.int32)
         # sxb = 2**BITS * scale * x, one FMA a group; zz = 1 + zero / 2**BITS
@@ -330,8 +312,7 @@ def _gemv_axis0_kernel(
         else:
             w, m, ss, so, zs, zo, xv, x2v = _fetch(
                 q_base, m_base, t_base, x_base, x2_base, a[:, None] * B + bn[None, :],
-                amask[:, None] & bnmask[None, :], rho * B + bn, bn, bnmask, T_LEN, INLINE, ACT,
-                EVEN)
+                amask[:, None] & bnmask[None, :], rho * B + bn, bn, bnmask, T_LEN, INLINE, ACT)
     zsum = tl.sum(accz - accs, 1) if LPS > 1 else tl.sum(accz, 1)  # sum z * scale * x
     _out_lane(out_base, a, amask, r, acc0, accs, zsum, A, 0, LANES, G, V, BITS, LPS)
     _out_lane(out_base, a, amask, r, acc1, accs, zsum, A, 1, LANES, G, V, BITS, LPS)
@@ -359,7 +340,7 @@ def _gemv_axis1_kernel(
     INLINE: tl.constexpr, MOE: tl.constexpr, MATS: tl.constexpr, ACT: tl.constexpr,
     BA: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
     LPS: tl.constexpr,  # noqa: ARG001 - the axis-0 kernel's argument; axis 1 decodes one shift a lane
-    XT: tl.constexpr = False, PDL: tl.constexpr = False, EVEN: tl.constexpr = False,
+    XT: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """XT: x comes lane-major, lane m of group column b at m * B + b (`_launch` transposes it
     for groups of several words), so a lane's x is one coalesced load, not a gather at G apart."""
@@ -393,25 +374,20 @@ def _gemv_axis1_kernel(
     # kernel before has finished: pdl_wait)
     w, m, ss, so, zs, zo = _fetch_w(q_base, m_base, t_base, a[:, None] * B + b[None, :],
                                     amask[:, None] & bmask[None, :], rho * B + b, bmask,
-                                    T_LEN, INLINE, EVEN)
+                                    T_LEN, INLINE)
     if not W13:
         pdl_wait(PDL)
-    b_stop = b_end if EVEN else b_start + SPLIT_LEN  # as in the axis-0 kernel
-    for b0 in range(b_start, b_stop, BB):
+    for b0 in range(b_start, b_start + SPLIT_LEN, BB):
         b = b0 + tl.arange(0, BB)
         bmask = b < b_end
         mask = amask[:, None] & bmask[None, :]
         woff = a[:, None] * B + b[None, :]
-        if EVEN:  # the next tile; after the last, the last again (read, never used)
-            bn = tl.minimum(b0 + BB, b_end - BB) + tl.arange(0, BB)
-        else:  # the next tile; all masked off after the last
-            bn = b + BB
+        bn = b + BB  # the next tile; all masked off after the last
         bnmask = bn < b_end
         if PREFETCH:
             w_n, m_n, ss_n, so_n, zs_n, zo_n, xv_n, x2v_n = _fetch(
                 q_base, m_base, t_base, x_base, x2_base, a[:, None] * B + bn[None, :],
-                amask[:, None] & bnmask[None, :], rho * B + bn, bn, bnmask, T_LEN, INLINE, False,
-                EVEN)
+                amask[:, None] & bnmask[None, :], rho * B + bn, bn, bnmask, T_LEN, INLINE, False)
         m = m.to(tl.int32)
         scale = _byte(m, MPOS, one) * ss[None, :] + so[None, :]  # 2**BITS * scale
         zterm = _byte(m, MPOS + 8, one) * zs[None, :] + zo[None, :]  # 1 + zero / 2**BITS
@@ -419,14 +395,15 @@ def _gemv_axis1_kernel(
         xsum = tl.zeros([BB], tl.float32)  # sum_j x_j of each group
         for r in tl.static_range(S):
             if r > 0:
-                w = _ld(q_base + r * ab + woff, mask, EVEN)
+                w = tl.load(q_base + r * ab + woff, mask=mask, other=0)
             for j in tl.static_range(V):
                 if j < LANES:
                     if r * V + j < G:
                         xidx = (r * V + j) * B + b if XT else b * G + (r * V + j)
-                        xj = _ld(x_base + xidx, bmask, EVEN)
+                        xj = tl.load(x_base + xidx, mask=bmask, other=0.0)
                         if ACT:
-                            xj = _act(xj, _ld(x2_base + xidx, bmask, EVEN), rw, ACT)
+                            xj = _act(xj, tl.load(x2_base + xidx, mask=bmask, other=0.0), rw,
+                                      ACT)
                         else:
                             xj = xj.to(tl.float32)
                         dot += _lane(w, j, BITS, one) * xj[None, :]
@@ -437,8 +414,7 @@ def _gemv_axis1_kernel(
         else:
             w, m, ss, so, zs, zo, xv, x2v = _fetch(
                 q_base, m_base, t_base, x_base, x2_base, a[:, None] * B + bn[None, :],
-                amask[:, None] & bnmask[None, :], rho * B + bn, bn, bnmask, T_LEN, INLINE, False,
-                EVEN)
+                amask[:, None] & bnmask[None, :], rho * B + bn, bn, bnmask, T_LEN, INLINE, False)
     tl.atomic_add(out_base + a, tl.sum(acc, 1), mask=amask, sem="relaxed")
 
 
@@ -652,7 +628,6 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
     extra = {}
     if pw.axis == 1 and pw.words > 1 and not (moe or act):  # x lane-major (XT): one small copy
         x, extra = x.view(b_cols, pw.group).t().contiguous(), {"XT": True}
-    extra["EVEN"] = unmasked(pw, cfg, moe=moe)
     kernel[grid](
         x, x2, rw, ids, pw.codes, meta, pw.table, out,
         a_rows, b_cols, pw.period, nrb, split_len, pw.table.shape[2], x_slot, out_mat, ONE,
@@ -662,28 +637,6 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
         LPS=max(1, min(cfg.lanes_per_shift, 8 // pw.bits)) if pw.axis == 0 else 1,
         num_warps=cfg.num_warps, **extra, **pdl_options(x),
     )
-
-
-def whole_tiles(pw: PackedWeight, cfg: Config) -> bool:
-    """Whether every tile of a launch is whole: the rows of each residue a multiple of the
-    tile's, and the group columns of the tile's (each K split, the last one too, is then a
-    whole number of tiles)."""
-    a_rows, b_cols = pw.grid
-    residues, rows = _residue_rows(pw)
-    return (a_rows % residues == 0 and rows % cfg.block_rows == 0
-            and b_cols % cfg.block_cols == 0)
-
-
-def unmasked(pw: PackedWeight, cfg: Config, *, moe: bool) -> bool:
-    """Whether a launch loads without masks (the kernels' EVEN): the axis-0 MoE launches with
-    whole tiles. Measured on an H100 (tests/bench/gemv_variants.py, docs/PERFORMANCE.md,
-    session 9): the top-2 MoE at the Mixtral shape 86.5 -> 84.4 us (its w1/w3 loop 278 -> 269
-    instructions a tile, SASS), while q/k/v + o at axis 0 went 17.9 -> 19.0 us and axis 1
-    106.7 -> 114.0 us (MoE) and 24.3 -> 33.1 us (attention), so those keep their masks.
-    MIXDESK_GEMV_MASKED=1 keeps every mask, to measure the difference."""
-    if os.environ.get("MIXDESK_GEMV_MASKED", "0") == "1":
-        return False
-    return moe and pw.axis == 0 and whole_tiles(pw, cfg)
 
 
 def pdl_options(x: Tensor) -> dict[str, bool]:

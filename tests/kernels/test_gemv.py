@@ -15,8 +15,6 @@ from mixdesk.kernels.gemv import (
     gemv,
     moe_decode,
     split_for,
-    unmasked,
-    whole_tiles,
 )
 from mixdesk.kernels.layout import (
     PackedWeight,
@@ -150,31 +148,6 @@ def test_moe_decode_interpreter(axis: int) -> None:
     y = moe_decode(x, w13, w2, ids, weights)
     bound = 2 * TWO_BIT_AXIS0 if axis == 0 else 1e-5  # two launches, the second reads h
     assert rel_error(y, reference.moe_decode(x, w13, w2, ids, weights)) < bound
-
-
-@pytest.mark.skipif(CUDA, reason="checked at Mixtral size on the GPU")
-@pytest.mark.parametrize("masked", [False, True])
-def test_moe_decode_whole_tiles_load_without_masks(masked: bool,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """The axis-0 MoE launches with whole tiles load without masks (`unmasked`): K splits
-    whose last part is shorter than the others (it must stop at its own end) give the
-    reference's output, as the masked kernels do; other launches keep their masks."""
-    dim, ffn, experts = 80, 128, 4
-    w13, w2 = _random_moe(dim, ffn, experts, 0)
-    c13 = Config(4, 8, 4, lanes_per_shift=4)  # 10 tiles of 8 columns: splits 3, 3, 3, 1
-    c2 = Config(4, 16, 3, lanes_per_shift=4)  # 10 group rows, 4 a tile: not whole
-    if masked:
-        monkeypatch.setenv("MIXDESK_GEMV_MASKED", "1")
-    assert unmasked(w13, c13, moe=True) is not masked
-    assert not unmasked(w2, c2, moe=True)
-    assert not unmasked(w13, c13, moe=False)
-    assert whole_tiles(w13, c13) and not whole_tiles(w2, c2)
-    x = torch.randn(dim, dtype=torch.float16)
-    ids = torch.tensor([3, 1])
-    weights = torch.softmax(torch.randn(2), 0)
-    y = moe_decode(x, w13, w2, ids, weights, configs=(c13, c2))
-    want = reference.moe_decode(x, w13, w2, ids, weights)
-    assert rel_error(y, want) < 2 * TWO_BIT_AXIS0
 
 
 MIXTRAL = [((14336, 4096), 2, 8), ((4096, 14336), 2, 8), ((4096, 4096), 4, 64),
