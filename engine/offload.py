@@ -615,13 +615,18 @@ def guess_routers(model: nn.Module) -> list[Tensor | None]:
     from mixdesk.engine.model import Block  # noqa: PLC0415 - model imports this module's users
 
     blocks = [m for m in model.modules() if isinstance(m, Block) and m.moe.gate is not None]
-    out: list[Tensor | None] = []
-    for now, nxt in zip(blocks, blocks[1:], strict=False):
-        w_now = now.post_attention_layernorm.weight.float()
-        w_next = nxt.post_attention_layernorm.weight.float()
-        ratio = torch.where(w_now != 0, w_next / w_now, torch.zeros_like(w_now))
-        out.append(nxt.moe.gate.weight.float() * ratio)
+    out = [nxt.moe.gate.weight.float() * next_norm_ratio(now, nxt)
+           for now, nxt in zip(blocks, blocks[1:], strict=False)]
     return [None, *out[1:], None] if blocks else []
+
+
+def next_norm_ratio(now: Any, nxt: Any) -> Tensor:
+    """fp32 [D]: `model.Block` nxt's MoE-input RMSNorm weight over block now's (0 where now's
+    is 0: what it drops cannot be recovered), so that now's normed MoE input times it is
+    the same residual normed as nxt norms it."""
+    w_now = now.post_attention_layernorm.weight.float()
+    w_next = nxt.post_attention_layernorm.weight.float()
+    return torch.where(w_now != 0, w_next / w_now, torch.zeros_like(w_now))
 
 
 def stream_experts(model: nn.Module, slots: int, device: torch.device | str, *,

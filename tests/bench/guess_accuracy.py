@@ -5,7 +5,8 @@ layer l+1's picks are compared with three guesses of them:
 - `next router on this input`: layer l+1's router on layer l's MoE input, what
   `engine.offload.PinnedExperts.guess_next` does;
 - `... with the next norm`: the same input re-weighted from layer l's RMSNorm weight to layer
-  l+1's (x * w[l+1] / w[l]): the next router on this residual as the next layer would norm it;
+  l+1's (x * w[l+1] / w[l], `engine.offload.next_norm_ratio`): the next router on this
+  residual as the next layer would norm it (`guess_routers`, from layer 1 on);
 - `same layer, previous token`: the experts layer l+1 picked one position earlier;
 and, for the re-weighted guess, how often its first and its second id was picked.
 Chance is top_k / n_experts. smol-moe has real weights and norms but a random router, so the
@@ -27,6 +28,7 @@ import torch
 from mixdesk.engine.generate import encode_prompt
 from mixdesk.engine.loader import load_model
 from mixdesk.engine.model import MoE
+from mixdesk.engine.offload import next_norm_ratio
 from mixdesk.engine.quantize import FIDELITY_PROMPTS, _greedy
 
 
@@ -61,9 +63,7 @@ def guess_accuracy(folder: Path, answer_tokens: int = 32) -> dict[str, Any]:
                      for m, x in zip(moes, xs, strict=True)]
             for i in range(len(moes) - 1):
                 nxt = moes[i + 1].gate
-                w_now = blocks[i].post_attention_layernorm.weight.float()
-                w_next = blocks[i + 1].post_attention_layernorm.weight.float()
-                ratio = torch.where(w_now != 0, w_next / w_now, torch.zeros_like(w_now))
+                ratio = next_norm_ratio(blocks[i], blocks[i + 1])
                 plain = torch.topk(nxt(xs[i].to(nxt.weight.dtype)).float(), k).indices
                 renormed = torch.topk(nxt((xs[i] * ratio).to(nxt.weight.dtype)).float(),
                                       k).indices
