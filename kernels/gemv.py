@@ -500,6 +500,7 @@ class Config:
     num_warps: int = 4
     prefetch: bool = True
     lanes_per_shift: int = 1  # axis 0: lanes decoded from one shift, <= 8 // bits (_lane)
+    max_registers: int = 0  # a cap on registers a thread (ptxas maxnreg) on a GPU; 0: none
 
 
 @functools.cache
@@ -519,11 +520,12 @@ def _residue_rows(pw: PackedWeight) -> tuple[int, int]:
 
 
 # Tile shapes measured best on an H100 (tests/bench/gpu_check.sh --sweep; docs/PERFORMANCE.md),
-# by (bits, group, axis, N, K): (rows, cols, warps, prefetch[, programs per SM]). The K split
-# is recomputed for the number of matrices a launch covers, aiming at that many programs per
-# SM (4 when not given; `split_for`).
+# by (bits, group, axis, N, K): (rows, cols, warps, prefetch[, programs per SM[, register cap]]).
+# The K split is recomputed for the number of matrices a launch covers, aiming at that many
+# programs per SM (4 when not given; `split_for`); no cap when none is given.
 # Measured 2026-11-22, run 3 in docs/PERFORMANCE.md (tests/bench/results/h100-run3.json).
-Tile = tuple[int, int, int, bool] | tuple[int, int, int, bool, int]
+Tile = (tuple[int, int, int, bool] | tuple[int, int, int, bool, int]
+        | tuple[int, int, int, bool, int, int])
 TUNED: dict[tuple[int, int, int, int, int], Tile] = {
     (2, 8, 0, 14336, 4096): (2, 512, 4, False),
     (2, 8, 0, 4096, 14336): (16, 128, 8, False),
@@ -559,7 +561,10 @@ TUNED_MOE: dict[tuple[int, int, int, int, int], Tile] = {
     # axis 0 again with a quarter of the accumulators (`_quarters`; moe_sweep.py --lanes 4,
     # tests/bench/results/h100-s7-moe-sweep.json): 106.4 -> 88.1 us (1707 -> 2062 GB/s)
     (2, 8, 0, 14336, 4096): (8, 128, 4, True, 16),
-    (2, 8, 0, 4096, 14336): (32, 64, 4, False),
+    # w2 with registers capped at 112 a thread (`Config.max_registers`; tests/bench/moe_variants.py,
+    # tests/bench/results/h100-s10-regs/): MoE 87.1 -> 85.7 us, a decode step 3.839/3.844 ->
+    # 3.815/3.820 ms (two rounds each, alternating); caps that spill (96, 80) were slower
+    (2, 8, 0, 4096, 14336): (32, 64, 4, False, 4, 112),
     (2, 8, 1, 14336, 4096): (64, 32, 4, True, 8),
     (2, 8, 1, 4096, 14336): (16, 128, 4, False),
 }
@@ -596,9 +601,11 @@ def default_config(pw: PackedWeight, launches: int, device: torch.device, *,
     tuned = (table or {}).get(key) or TUNED.get(key)
     lps = LANES_PER_SHIFT.get(pw.bits, 1) if pw.axis == 0 else 1
     if tuned is not None:
-        rows, cols, warps, prefetch, *per_sm = tuned
-        split = split_for(pw, rows, cols, launches, device, programs_per_sm=(per_sm or [4])[0])
-        return Config(rows, cols, split, warps, bool(prefetch), lps)
+        rows, cols, warps, prefetch, *extra = tuned
+        per_sm = extra[0] if extra else 4
+        max_registers = extra[1] if len(extra) > 1 else 0
+        split = split_for(pw, rows, cols, launches, device, programs_per_sm=per_sm)
+        return Config(rows, cols, split, warps, bool(prefetch), lps, max_registers)
     _, b_cols = pw.grid
     _, rows_per_residue = _residue_rows(pw)
     lanes = min(pw.group, lanes_per_word(pw.bits))
@@ -635,8 +642,13 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
         INLINE=pw.meta is None, MOE=moe, MATS=mats, ACT=act,
         BA=cfg.block_rows, BB=cfg.block_cols, SPLIT=split, PREFETCH=cfg.prefetch,
         LPS=max(1, min(cfg.lanes_per_shift, 8 // pw.bits)) if pw.axis == 0 else 1,
-        num_warps=cfg.num_warps, **extra, **pdl_options(x),
+        num_warps=cfg.num_warps, **extra, **pdl_options(x), **_register_cap(cfg, x),
     )
+
+
+def _register_cap(cfg: Config, x: Tensor) -> dict[str, int]:
+    """The launch's `maxnreg` where the config caps registers and the kernel runs on a GPU."""
+    return {"maxnreg": cfg.max_registers} if cfg.max_registers and x.device.type == "cuda" else {}
 
 
 def pdl_options(x: Tensor) -> dict[str, bool]:

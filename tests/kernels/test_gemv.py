@@ -8,6 +8,7 @@ import torch
 
 from mixdesk.kernels import reference
 from mixdesk.kernels.gemv import (
+    TUNED_MOE,
     Config,
     default_config,
     dequantize,
@@ -322,3 +323,20 @@ def test_a_tuned_tile_names_its_programs_per_sm() -> None:
         assert cfg.split == split_for(pw, 1, 16, 1, cpu, programs_per_sm=per_sm)
     assert default_config(pw, 1, cpu, table={key: (1, 16, 4, True, 16)}).split > \
         default_config(pw, 1, cpu, table={key: (1, 16, 4, True)}).split
+
+
+def test_a_tuned_tile_may_cap_registers() -> None:
+    """A tuned tile's sixth element caps the registers a thread (ptxas maxnreg on a GPU, as the
+    shipped w2 tile at axis 0 does); without it there is no cap. A capped config gives the
+    reference's product (in the interpreter the cap is not applied)."""
+    logical = random_logical((64, 512), bits=2, group=8, device=DEVICE)
+    pw = pack(*logical, bits=2, group=8, axis=0)
+    key = (2, 8, 0, 64, 512)
+    dev = torch.device(DEVICE)
+    capped = default_config(pw, 1, dev, table={key: (2, 16, 4, False, 8, 112)})
+    assert (capped.max_registers, capped.prefetch) == (112, False)
+    assert capped.split == split_for(pw, 2, 16, 1, dev, programs_per_sm=8)
+    assert default_config(pw, 1, dev, table={key: (2, 16, 4, False, 8)}).max_registers == 0
+    assert TUNED_MOE[(2, 8, 0, 4096, 14336)][5] == 112
+    x = torch.randn(512, device=DEVICE, dtype=torch.float16)
+    assert rel_error(gemv(x, pw, config=capped), reference.gemv(x, pw)) < TWO_BIT_AXIS0
