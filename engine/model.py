@@ -104,16 +104,12 @@ class Attention(nn.Module):
             qkv = gemv(x.reshape(-1), self.qkv_packed, self.qkv_out)  # fp32 [Q + 2, K*Hd]
             n = self.q_parts
             if n and self.decode_kernel and self.kv_cache is not None:
-                # RoPE, q's row order and the cache writes in one launch, then attention
-                from mixdesk.kernels.attention import (  # noqa: PLC0415 - triton only here
-                    decode_attention,
-                    rope_qkv,
-                )
+                # RoPE, q's row order, the cache writes and attention in one launch
+                from mixdesk.kernels.attention import qkv_attention  # noqa: PLC0415 - triton
 
                 pw, cache = self.qkv_packed, self.kv_cache
-                q1 = rope_qkv(qkv, pos, cache.k, cache.v, cos=cos, sin=sin, parts=n,
-                              group=pw.group, axis=pw.axis)  # [1, H, Hd]
-                y = decode_attention(q1, cache.k, cache.v, pos, self.head_dim**-0.5)
+                y = qkv_attention(qkv, pos, cache.k, cache.v, cos=cos, sin=sin, parts=n,
+                                  group=pw.group, axis=pw.axis, scale=self.head_dim**-0.5)
                 return self.o_proj(y.reshape(B, T, -1))
             if n:
                 pw = self.qkv_packed

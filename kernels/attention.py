@@ -5,23 +5,28 @@ device memory: the grid depends only on the cache length S, so one CUDA graph of
 decode step replays at every position, yet a step reads about pos + 1 positions of
 the cache, not all S (the torch path reads all S and masks the rest).
 
-Two launches:
-- `_partial_kernel`, grid (chunks of CHUNK positions, batch * kv heads): a program
-  takes the R query heads of its kv head (grouped-query) over its chunk, so each
-  cache row is read once for all R heads. Online softmax in fp32, scores and
+One launch, `_attention_kernel`, grid (chunks of CHUNK positions, batch * kv heads):
+- a program takes the R query heads of its kv head (grouped-query) over its chunk, so
+  each cache row is read once for all R heads. Online softmax in fp32, scores and
   p @ V with `tl.dot` (the R heads padded to 16 rows, the tensor cores' minimum).
   It writes the chunk's running max m, sum l and unnormalised output acc. A chunk
   past pos runs no iteration: m = -inf, l = 0, and acc is not stored.
-- `_combine_kernel`, grid (batch * heads): the partials of the chunks up to pos,
-  out = sum_c exp(m_c - M) acc_c / sum_c exp(m_c - M) l_c with M = max_c m_c.
+- then it counts itself in its kv head's counter (an atomic add, acquire-release); the
+  last of the kv head's programs combines the partials of the chunks up to pos,
+  out = sum_c exp(m_c - M) acc_c / sum_c exp(m_c - M) l_c with M = max_c m_c, and sets
+  the counter back to zero.
+`qkv_attention` runs the same launch from the q/k/v GEMV's fp32 output: each program
+rotates its heads' q (RoPE), and the program whose chunk holds pos first writes the
+token's rotated k and its v into the caches.
 """
 
-# Triton kernels take their arguments positionally.
-# ruff: noqa: PLR0917
+# Triton kernels take their arguments positionally, and the attention kernel is one long body.
+# ruff: noqa: PLR0917, PLR0915
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import triton
@@ -37,24 +42,53 @@ BLOCK_N = 64  # cache positions per tile of a program's loop (a [BLOCK_N, Hd] ti
 # chunk of a row. Smaller chunks write more partials; larger ones leave SMs idle.
 MIN_CHUNK = 128
 MAX_CHUNKS = 128
-COMBINE_BLOCK = 16  # chunks per tile of the combine's loop
+COMBINE_BLOCK = 8  # chunks per tile of the combine's loop
 
 
 @triton.jit
-def _partial_kernel(
-    q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr,
+def _rope(qkv_ptr, rows, other, mask, c, s, d, HALF: tl.constexpr, dtype: tl.constexpr):
+    """RoPE of the fp32 rows qkv[rows] (partners qkv[other]) with the cos and sin rows c, s, each
+    product rounded to `dtype` as the torch path's ops round them; fp32 out."""
+    x = tl.load(qkv_ptr + rows, mask=mask, other=0.0).to(dtype).to(tl.float32)
+    xo = tl.load(qkv_ptr + other, mask=mask, other=0.0).to(dtype).to(tl.float32)
+    rot = tl.where(d < HALF, -xo, xo)
+    return (x * c).to(dtype).to(tl.float32) + (rot * s).to(dtype).to(tl.float32)
+
+
+@triton.jit
+def _split_row(rows, N, A, A_SUB, AXIS0: tl.constexpr):
+    """Row `rows` of q in its own order -> its index in the split stack (`layout.split_rows`):
+    at axis 0 row m*A + i*A_SUB + a of W is row a + m*A_SUB of split matrix i."""
+    if AXIS0:
+        rows = (rows % A) // A_SUB * N + rows % A % A_SUB + rows // A * A_SUB
+    return rows
+
+
+@triton.jit
+def _attention_kernel(
+    q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, cnt_ptr, out_ptr,
+    qkv_ptr, cos_ptr, sin_ptr,
     S, n_kv, n_chunks, scale,
-    q_sb, q_sh, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss,
-    R: tl.constexpr, RP: tl.constexpr, HD: tl.constexpr, HDP: tl.constexpr,
-    CHUNK: tl.constexpr, BN: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr = False,
+    q_sb, q_sh, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss, o_sb, o_sh, N, A, A_SUB,
+    R: tl.constexpr, RP: tl.constexpr, RC: tl.constexpr, HD: tl.constexpr, HDP: tl.constexpr,
+    CHUNK: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, PRECISION: tl.constexpr,
+    QKV: tl.constexpr = False, PARTS: tl.constexpr = 1, AXIS0: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
+    """Program (c, b*K + kv): the R query heads of kv head kv over chunk c of the cache; the
+    last program of a kv head to finish (a counter) combines the chunks into the output.
+
+    QKV: q, k and v come from their stacked fp32 GEMV output instead (`qkv_attention`): each
+    program rotates its heads' q itself, and the program whose chunk holds pos first writes
+    the token's rotated k and its v at cache row pos."""
     pdl_launch_next(PDL)
-    pdl_wait(PDL)  # the cache row and pos are the kernels' before (gemv.pdl_options)
+    pdl_wait(PDL)  # the cache row, q and pos are the kernels' before (gemv.pdl_options)
     c = tl.program_id(0)
     bk = tl.program_id(1)
     b = (bk // n_kv).to(tl.int64)
     kv = (bk % n_kv).to(tl.int64)
-    end = tl.minimum(tl.load(pos_ptr).to(tl.int32) + 1, S)  # positions 0..pos are used
+    pos = tl.load(pos_ptr).to(tl.int32)
+    end = tl.minimum(pos + 1, S)  # positions 0..pos are used
     start = c * CHUNK
     stop = tl.minimum(start + CHUNK, end)  # <= start past pos: the loop runs no iteration
 
@@ -62,10 +96,29 @@ def _partial_kernel(
     d = tl.arange(0, HDP)
     rmask = r < R
     dmask = d < HD
-    q = tl.load(q_ptr + b * q_sb + (kv * R + r)[:, None] * q_sh + d[None, :],
-                mask=rmask[:, None] & dmask[None, :], other=0.0)  # [RP, HDP]
     k_base = k_ptr + b * k_sb + kv * k_sh
     v_base = v_ptr + b * v_sb + kv * v_sh
+    if QKV:  # batch 1
+        dtype = k_ptr.dtype.element_ty
+        HALF: tl.constexpr = HD // 2
+        partner = (d + HALF) % HD  # rotate_half: -x[d + half] below half, x[d - half] above
+        cs = tl.load(cos_ptr + d, mask=dmask, other=0.0).to(dtype).to(tl.float32)
+        sn = tl.load(sin_ptr + d, mask=dmask, other=0.0).to(dtype).to(tl.float32)
+        heads = (kv * R + r)[:, None] * HD
+        q = _rope(qkv_ptr, _split_row(heads + d[None, :], N, A, A_SUB, AXIS0),
+                  _split_row(heads + partner[None, :], N, A, A_SUB, AXIS0),
+                  rmask[:, None] & dmask[None, :], cs[None, :], sn[None, :], d[None, :],
+                  HALF, dtype).to(dtype)  # [RP, HDP]
+        if (start <= pos) & (pos < start + CHUNK):  # this chunk reads row pos: write it first
+            k_row = qkv_ptr + PARTS * N + kv * HD
+            kr = _rope(k_row, d, partner, dmask, cs, sn, d, HALF, dtype)
+            tl.store(k_base + pos * k_ss + d, kr.to(dtype), mask=dmask)
+            vr = tl.load(qkv_ptr + (PARTS + 1) * N + kv * HD + d, mask=dmask, other=0.0)
+            tl.store(v_base + pos * v_ss + d, vr.to(dtype), mask=dmask)
+            tl.debug_barrier()  # the row is visible to the whole program before it is read
+    else:
+        q = tl.load(q_ptr + b * q_sb + (kv * R + r)[:, None] * q_sh + d[None, :],
+                    mask=rmask[:, None] & dmask[None, :], other=0.0)  # [RP, HDP]
 
     m_i = tl.full([RP], float("-inf"), tl.float32)  # running max of each head's scores
     l_i = tl.zeros([RP], tl.float32)  # running sum of exp(score - m_i)
@@ -93,96 +146,60 @@ def _partial_kernel(
     written = rmask & (start + r * 0 < end)  # [RP], a vector so the mask broadcasts
     tl.store(acc_ptr + (row * n_chunks + c)[:, None] * HD + d[None, :], acc,
              mask=written[:, None] & dmask[None, :])
+    tl.debug_barrier()  # every thread's partials stored before the count (release) below
+    if tl.atomic_add(cnt_ptr + bk, 1, sem="acq_rel") == n_chunks - 1:  # the last: combine
+        _combine(m_ptr, l_ptr, acc_ptr, out_ptr, (b * n_kv + kv) * R, b, kv * R, end,
+                 n_chunks, o_sb, o_sh, R, RC, HD, HDP, CHUNK, BC)
+        tl.store(cnt_ptr + bk, 0)  # ready for the next launch
 
 
 @triton.jit
-def _combine_kernel(
-    m_ptr, l_ptr, acc_ptr, pos_ptr, out_ptr,
-    S, n_heads, n_chunks, o_sb, o_sh,
-    HD: tl.constexpr, HDP: tl.constexpr, CHUNK: tl.constexpr, BC: tl.constexpr,
-    PDL: tl.constexpr = False,
-):
-    pdl_launch_next(PDL)
-    pdl_wait(PDL)
-    bh = tl.program_id(0).to(tl.int64)
-    end = tl.minimum(tl.load(pos_ptr).to(tl.int32) + 1, S)
+def _combine(m_ptr, l_ptr, acc_ptr, out_ptr, row0, b, h0, end, n_chunks, o_sb, o_sh,
+             R: tl.constexpr, RC: tl.constexpr, HD: tl.constexpr, HDP: tl.constexpr,
+             CHUNK: tl.constexpr, BC: tl.constexpr):
+    """out of heads h0..h0+R-1: the partials of the chunks up to pos,
+    sum_c exp(m_c - M) acc_c / sum_c exp(m_c - M) l_c with M = max_c m_c. Reads bypass L1
+    (.cg): other programs, on other SMs, wrote them."""
     used = (end + CHUNK - 1) // CHUNK  # chunks holding positions 0..pos; the rest are unread
+    h = tl.arange(0, RC)
+    hmask = h < R
     d = tl.arange(0, HDP)
     dmask = d < HD
-    base = bh * n_chunks
-
-    top = tl.full([BC], float("-inf"), tl.float32)
+    base = (row0 + h) * n_chunks  # [RC]
+    top = tl.full([RC, BC], float("-inf"), tl.float32)
     for c0 in range(0, used, BC):
-        c = c0 + tl.arange(0, BC)
-        top = tl.maximum(top, tl.load(m_ptr + base + c, mask=c < used, other=float("-inf")))
-    big_m = tl.max(top, 0)  # finite: chunk 0 holds position 0
-
-    den = tl.zeros([BC], tl.float32)
-    num = tl.zeros([BC, HDP], tl.float32)
+        cc = c0 + tl.arange(0, BC)
+        cm = hmask[:, None] & (cc < used)[None, :]
+        top = tl.maximum(top, tl.load(m_ptr + base[:, None] + cc[None, :], mask=cm,
+                                      other=float("-inf"), cache_modifier=".cg"))
+    big_m = tl.max(top, 1)  # [RC], finite for real heads: chunk 0 holds position 0
+    big_m = tl.where(hmask, big_m, 0.0)
+    den = tl.zeros([RC, BC], tl.float32)
+    num = tl.zeros([RC, HDP], tl.float32)
     for c0 in range(0, used, BC):
-        c = c0 + tl.arange(0, BC)
-        cmask = c < used
-        w = tl.exp(tl.load(m_ptr + base + c, mask=cmask, other=float("-inf")) - big_m)  # [BC]
-        den += w * tl.load(l_ptr + base + c, mask=cmask, other=0.0)
-        acc = tl.load(acc_ptr + (base + c)[:, None] * HD + d[None, :],
-                      mask=cmask[:, None] & dmask[None, :], other=0.0)  # [BC, HDP]
-        num += w[:, None] * acc
-    y = tl.sum(num, 0) / tl.sum(den, 0)  # [HDP]
-    b = bh // n_heads
-    h = bh % n_heads
-    tl.store(out_ptr + b * o_sb + h * o_sh + d, y.to(out_ptr.dtype.element_ty), mask=dmask)
-
-
-@triton.jit
-def _rope_qkv_kernel(
-    qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
-    N, A, A_SUB, n_heads, k_sh, k_ss, v_sh, v_ss,
-    PARTS: tl.constexpr, AXIS0: tl.constexpr, HD: tl.constexpr, HDP: tl.constexpr,
-    PDL: tl.constexpr = False,
-):
-    """Program h < H: query head h, its rows gathered from the split q (`layout.merge_rows`)
-    and rotated; program H + j: kv head j, k rotated, both written at cache row pos."""
-    pdl_launch_next(PDL)
-    pdl_wait(PDL)
-    h = tl.program_id(0)
-    d = tl.arange(0, HDP)
-    dmask = d < HD
-    HALF: tl.constexpr = HD // 2
-    partner = (d + HALF) % HD  # rotate_half: -x[d + half] below half, x[d - half] above
-    out_dtype = q_ptr.dtype.element_ty
-    c = tl.load(cos_ptr + d, mask=dmask, other=0.0).to(out_dtype).to(tl.float32)
-    s = tl.load(sin_ptr + d, mask=dmask, other=0.0).to(out_dtype).to(tl.float32)
-    if h < n_heads:
-        rows = h * HD + d  # q's own row order
-        other = h * HD + partner
-        if AXIS0:  # row m*A + i*A_SUB + a of W is row a + m*A_SUB of split matrix i
-            rows = (rows % A) // A_SUB * N + rows % A % A_SUB + rows // A * A_SUB
-            other = (other % A) // A_SUB * N + other % A % A_SUB + other // A * A_SUB
-        x = tl.load(qkv_ptr + rows, mask=dmask, other=0.0).to(out_dtype).to(tl.float32)
-        xo = tl.load(qkv_ptr + other, mask=dmask, other=0.0).to(out_dtype).to(tl.float32)
-        rot = tl.where(d < HALF, -xo, xo)
-        y = (x * c).to(out_dtype).to(tl.float32) + (rot * s).to(out_dtype).to(tl.float32)
-        tl.store(q_ptr + h * HD + d, y.to(out_dtype), mask=dmask)
-    else:
-        j = h - n_heads
-        pos = tl.load(pos_ptr)
-        k_row = qkv_ptr + PARTS * N + j * HD
-        x = tl.load(k_row + d, mask=dmask, other=0.0).to(out_dtype).to(tl.float32)
-        xo = tl.load(k_row + partner, mask=dmask, other=0.0).to(out_dtype).to(tl.float32)
-        rot = tl.where(d < HALF, -xo, xo)
-        y = (x * c).to(out_dtype).to(tl.float32) + (rot * s).to(out_dtype).to(tl.float32)
-        tl.store(k_ptr + j * k_sh + pos * k_ss + d, y.to(out_dtype), mask=dmask)
-        v = tl.load(qkv_ptr + (PARTS + 1) * N + j * HD + d, mask=dmask, other=0.0)
-        tl.store(v_ptr + j * v_sh + pos * v_ss + d, v.to(out_dtype), mask=dmask)
+        cc = c0 + tl.arange(0, BC)
+        cm = hmask[:, None] & (cc < used)[None, :]
+        idx = base[:, None] + cc[None, :]  # [RC, BC]
+        w = tl.exp(tl.load(m_ptr + idx, mask=cm, other=float("-inf"), cache_modifier=".cg")
+                   - big_m[:, None])
+        den += w * tl.load(l_ptr + idx, mask=cm, other=0.0, cache_modifier=".cg")
+        acc = tl.load(acc_ptr + idx[:, :, None] * HD + d[None, None, :],
+                      mask=cm[:, :, None] & dmask[None, None, :], other=0.0,
+                      cache_modifier=".cg")  # [RC, BC, HDP]
+        num += tl.sum(w[:, :, None] * acc, 1)
+    y = num / tl.where(hmask, tl.sum(den, 1), 1.0)[:, None]  # [RC, HDP]; padding heads 0/1
+    tl.store(out_ptr + b * o_sb + (h0 + h)[:, None] * o_sh + d[None, :],
+             y.to(out_ptr.dtype.element_ty), mask=hmask[:, None] & dmask[None, :])
 
 
 @torch.compiler.disable  # opaque to torch.compile, like the GEMVs
-def rope_qkv(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *, cos: Tensor,
-             sin: Tensor, parts: int, group: int, axis: int) -> Tensor:
-    """One token's q, k and v from their stacked GEMV (`engine.fastpath.fuse_qkv`) into
-    attention's inputs, in one launch: q put back in row order (`layout.merge_rows`) and
-    rotated, k rotated and written with v at cache position pos, all rounded to the cache's
-    dtype as the torch path rounds them (three fused kernels there).
+def qkv_attention(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *, cos: Tensor,
+                  sin: Tensor, parts: int, group: int, axis: int, scale: float,
+                  chunk: int | None = None) -> Tensor:
+    """One token's attention from its stacked q, k and v GEMV output (`engine.fastpath.fuse_qkv`),
+    in one launch: q put back in row order (`layout.merge_rows`) and rotated, k rotated and
+    written with v at cache position pos, all rounded to the cache's dtype as the torch path
+    rounds them, then `decode_attention` over positions 0..pos.
 
     Args:
         qkv: fp32 [parts + 2, N]: q as `parts` matrices of N rows, then k and v (N = K*Hd).
@@ -191,9 +208,10 @@ def rope_qkv(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *, cos:
         cos, sin: [1, Hd] RoPE rows of the token's position (half-split layout).
         pos: int [1] on the device, the token's position.
         k_cache, v_cache: [1, K, S, Hd] static caches (batch 1), Hd contiguous.
+        scale, chunk: as `decode_attention`'s.
 
     Returns:
-        q [1, H, Hd] in the caches' dtype, rotated.
+        [1, H, Hd] in the caches' dtype.
     """
     check_device(qkv)
     n_rows = qkv.shape[1]
@@ -204,20 +222,17 @@ def rope_qkv(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *, cos:
                          f"{qkv.dtype} {tuple(qkv.shape)}")
     if (k_cache.shape[0] != 1 or v_cache.shape != k_cache.shape or n_rows != n_kv * head_dim
             or q_rows % head_dim or head_dim % 2 or k_cache.stride(3) != 1
-            or v_cache.stride(3) != 1 or cos.numel() != head_dim or sin.numel() != head_dim):
+            or v_cache.stride(3) != 1 or cos.numel() != head_dim or sin.numel() != head_dim
+            or k_cache.dtype != v_cache.dtype or pos.numel() != 1):
         raise ValueError(f"shapes do not match: qkv {tuple(qkv.shape)}, caches "
                          f"{tuple(k_cache.shape)} {tuple(v_cache.shape)}, cos {tuple(cos.shape)}")
     n_heads = q_rows // head_dim
-    q = torch.empty((1, n_heads, head_dim), dtype=k_cache.dtype, device=qkv.device)
+    if n_heads % n_kv:
+        raise ValueError(f"{n_heads} query heads do not share {n_kv} kv heads evenly")
     a_rows = q_rows // group  # q's group rows A, and each split matrix's
-    _rope_qkv_kernel[(n_heads + n_kv,)](
-        qkv, cos.contiguous(), sin.contiguous(), pos, q, k_cache, v_cache,
-        n_rows, a_rows, a_rows // parts, n_heads, k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(1), v_cache.stride(2),
-        PARTS=parts, AXIS0=axis == 0, HD=head_dim, HDP=triton.next_power_of_2(head_dim),
-        num_warps=1, **pdl_options(qkv),
-    )
-    return q
+    return _attend(qkv, k_cache, v_cache, pos, scale, chunk, n_heads, qkv_args={
+        "qkv": qkv, "cos": cos.contiguous(), "sin": sin.contiguous(),
+        "rows": (n_rows, a_rows, a_rows // parts), "parts": parts, "axis0": axis == 0})
 
 
 def chunk_for(max_len: int) -> int:
@@ -258,31 +273,51 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, s
         raise ValueError(f"dtypes differ: q {q.dtype}, k {k_cache.dtype}, v {v_cache.dtype}")
     if k_cache.stride(3) != 1 or v_cache.stride(3) != 1 or pos.numel() != 1:
         raise ValueError("the caches need a contiguous last dim and pos one element")
+    return _attend(q.contiguous(), k_cache, v_cache, pos, scale, chunk, n_heads)
+
+
+def _attend(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, scale: float,
+            chunk: int | None, n_heads: int, qkv_args: dict[str, Any] | None = None) -> Tensor:
+    """The one launch of `decode_attention` (q given, [B, H, Hd]) or of `qkv_attention`
+    (`qkv_args`: q, k and v from their GEMV output; q is that output, unread)."""
+    batch, n_kv, max_len, head_dim = k_cache.shape
     chunk = chunk or chunk_for(max_len)
     if chunk < 16 or chunk & (chunk - 1):
         raise ValueError(f"chunk {chunk} is not a power of two >= 16")
     rep = n_heads // n_kv
     n_chunks = math.ceil(max_len / chunk)
-    q = q.contiguous()
-    m = torch.empty((batch * n_heads, n_chunks), dtype=torch.float32, device=q.device)
+    dev = k_cache.device
+    m = torch.empty((batch * n_heads, n_chunks), dtype=torch.float32, device=dev)
     lse = torch.empty_like(m)
-    acc = torch.empty((batch * n_heads, n_chunks, head_dim), dtype=torch.float32,
-                      device=q.device)
-    out = torch.empty_like(q)
-    head_pad = triton.next_power_of_2(max(16, head_dim))  # tl.dot's least size
-    pdl = pdl_options(q)  # both launches
-    _partial_kernel[(n_chunks, batch * n_kv)](
-        q, k_cache, v_cache, pos, m, lse, acc,
+    acc = torch.empty((batch * n_heads, n_chunks, head_dim), dtype=torch.float32, device=dev)
+    out = torch.empty((batch, n_heads, head_dim), dtype=k_cache.dtype, device=dev)
+    extra = qkv_args or {}
+    n_rows, a_rows, a_sub = extra.get("rows", (0, 0, 1))
+    _attention_kernel[(n_chunks, batch * n_kv)](
+        q, k_cache, v_cache, pos, m, lse, acc, _counters(dev, batch * n_kv), out,
+        extra.get("qkv", q), extra.get("cos", q), extra.get("sin", q),
         max_len, n_kv, n_chunks, scale,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        R=rep, RP=triton.next_power_of_2(max(16, rep)), HD=head_dim, HDP=head_pad,
-        CHUNK=chunk, BN=min(chunk, BLOCK_N),
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # tf32 is a no-op on fp16
-        num_warps=4, **pdl,
-    )
-    _combine_kernel[(batch * n_heads,)](
-        m, lse, acc, pos, out, max_len, n_heads, n_chunks, out.stride(0), out.stride(1),
-        HD=head_dim, HDP=head_pad, CHUNK=chunk, BC=COMBINE_BLOCK, num_warps=4, **pdl,
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
+        n_rows, a_rows, a_sub,
+        R=rep, RP=triton.next_power_of_2(max(16, rep)), RC=triton.next_power_of_2(rep),
+        HD=head_dim, HDP=triton.next_power_of_2(max(16, head_dim)),  # tl.dot's least size
+        CHUNK=chunk, BN=min(chunk, BLOCK_N), BC=COMBINE_BLOCK,
+        PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32",  # a no-op on fp16
+        QKV=qkv_args is not None, PARTS=extra.get("parts", 1), AXIS0=extra.get("axis0", False),
+        num_warps=4, **pdl_options(k_cache),
     )
     return out
+
+
+_COUNTERS: dict[tuple[torch.device, int], Tensor] = {}
+
+
+def _counters(device: torch.device, n: int) -> Tensor:
+    """The int32 [n] arrival counters of one launch's programs per kv head, zero between
+    launches (the last program of each kv head sets its counter back). Kept per device and
+    size, so a CUDA graph replays with the same ones; launches on one device run in order."""
+    key = (device, n)
+    if key not in _COUNTERS:
+        _COUNTERS[key] = torch.zeros(n, dtype=torch.int32, device=device)
+    return _COUNTERS[key]

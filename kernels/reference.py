@@ -126,10 +126,19 @@ def add_norm(x: Tensor, a: Tensor, norm_weight: Tensor, *, eps: float) -> tuple[
     return h, norm_weight * (hf * torch.rsqrt(hf.pow(2).mean() + eps)).to(h.dtype)
 
 
+def qkv_attention(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *, cos: Tensor,
+                  sin: Tensor, parts: int, group: int, axis: int, scale: float) -> Tensor:
+    """Reference of `kernels.attention.qkv_attention`: `rope_qkv`, then `decode_attention`."""
+    q = rope_qkv(qkv, pos, k_cache, v_cache, cos=cos, sin=sin, parts=parts, group=group,
+                 axis=axis)
+    return decode_attention(q, k_cache, v_cache, pos, scale)
+
+
 def rope_qkv(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *, cos: Tensor,
              sin: Tensor, parts: int, group: int, axis: int) -> Tensor:
-    """Reference of `kernels.attention.rope_qkv`: the torch path's ops (`engine.model`'s
-    rotation in the caches' dtype, the cache writes)."""
+    """q, k and v of one token from their stacked GEMV output as the torch path computes
+    them (`engine.model`'s rotation in the caches' dtype, the cache writes): q [1, H, Hd]
+    back in row order and rotated; k rotated and v written at cache row pos."""
     dtype = k_cache.dtype
     head_dim = k_cache.shape[3]
     q = merge_rows(qkv[:parts], group, axis).to(dtype).view(1, -1, head_dim)  # [1, H, Hd]

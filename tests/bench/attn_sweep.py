@@ -7,12 +7,18 @@ k's shape, `layout.split_rows`), k and v stacked as one GEMV of 6 [1024, 4096] m
 L2). Prints the best tiles against `default_config`'s, in GB/s of the bytes they hold.
 
     python tests/bench/attn_sweep.py [--axis 1] --out $OUT/attn_sweep.json
+
+With --caps 64,80 it times the shipped tiles instead, each launch alone under each register cap
+(`Config.max_registers`), 3 rounds interleaved.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import statistics
+from collections.abc import Callable
 
 import torch
 
@@ -33,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="attn_sweep.json")
     parser.add_argument("--axis", type=int, default=0)
+    parser.add_argument("--caps", default="", help="register caps to time the shipped tiles at")
     args = parser.parse_args()
     tiles, per_sm = (TILES, PER_SM) if args.axis == 0 else (TILES_AXIS1, PER_SM_AXIS1)
     dim = MIXTRAL_SHAPES["q/o"][1]
@@ -59,6 +66,10 @@ def main() -> None:
 
     dev = torch.device("cuda")
     d_qkv, d_o = default_config(qkv[0], qkv[0].n_mats, dev), default_config(o[0], 1, dev)
+    if args.caps:
+        time_caps(timed, d_qkv, d_o, [int(c) for c in args.caps.split(",")], axis=args.axis,
+                  out=args.out)
+        return
     us = timed(d_qkv, d_o) * 1e6
     result: dict[str, object] = {"axis": args.axis, "bytes_a_layer": nbytes, "default": {
         "qkv": str(d_qkv), "o": str(d_o), "us": us, "gbs": nbytes / us / 1e3}}
@@ -78,6 +89,24 @@ def main() -> None:
     print(json.dumps(result, indent=1))
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
+
+
+def time_caps(timed: Callable[[Config, Config], float], d_qkv: Config, d_o: Config,
+              caps: list[int], *, axis: int, out: str) -> None:
+    """The shipped tiles, and each launch alone under each register cap, 3 rounds interleaved."""
+    variants = {"shipped": (d_qkv, d_o)}
+    for cap in caps:
+        variants[f"qkv cap {cap}"] = (dataclasses.replace(d_qkv, max_registers=cap), d_o)
+        variants[f"o cap {cap}"] = (d_qkv, dataclasses.replace(d_o, max_registers=cap))
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(3):
+        for name, (c_qkv, c_o) in variants.items():
+            times[name].append(timed(c_qkv, c_o) * 1e6)
+    rows = [{"variant": k, "us_median": statistics.median(v), "us": v} for k, v in times.items()]
+    for r in rows:
+        print(f"{r['variant']:12s} {r['us_median']:.2f} us  {[round(t, 2) for t in r['us']]}")
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump({"axis": axis, "qkv": str(d_qkv), "o": str(d_o), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -251,7 +251,8 @@ def test_decode_workspace_is_zeroed_once_a_step() -> None:
 
 
 @pytest.mark.parametrize(("axis", "dim", "parts", "launches_a_layer"), [
-    # q [32, 32] as 2 matrices of k's [16, 32]: q, k, v; rope_qkv (-1); o; add_norm (0)
+    # q [32, 32] as 2 matrices of k's [16, 32]: q, k, v; RoPE, cache writes and attention
+    # (qkv_attention, -1); o; add_norm (0)
     (0, 32, 2, [4, -1, 1, 0]),
     # q's meta period 4, k's 2: k's and v's tables laid out for 4 (layout.with_period)
     (1, 56, 2, [4, -1, 1, 0]),
@@ -309,11 +310,11 @@ def test_q_k_v_are_one_launch_and_equal_the_torch_path(
     real_gemv, real_add_norm = kernels_gemv.gemv, kernels_router.add_norm
     monkeypatch.setattr(kernels_gemv, "gemv",
                         lambda *a, **kw: launches.append(a[1].n_mats) or real_gemv(*a, **kw))
-    real_rope = kernels_attention.rope_qkv
+    real_attention = kernels_attention.qkv_attention
     monkeypatch.setattr(kernels_router, "add_norm",  # after the experts: add + next norm
                         lambda *a, **kw: launches.append(0) or real_add_norm(*a, **kw))
-    monkeypatch.setattr(kernels_attention, "rope_qkv",  # RoPE and the cache writes
-                        lambda *a, **kw: launches.append(-1) or real_rope(*a, **kw))
+    monkeypatch.setattr(kernels_attention, "qkv_attention",  # RoPE, cache writes, attention
+                        lambda *a, **kw: launches.append(-1) or real_attention(*a, **kw))
     got_prefill, got = run()
     assert launches == launches_a_layer * args.n_layers * len(steps)
     assert rel_error(got_prefill, want_prefill) < KERNEL_TOL

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mixdesk.kernels import reference
-from mixdesk.kernels.attention import chunk_for, decode_attention, rope_qkv
+from mixdesk.kernels import attention
+from mixdesk.kernels.attention import chunk_for, decode_attention, qkv_attention
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -50,6 +51,8 @@ def check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, at: int, *,
     assert torch.isfinite(y).all()
     ref = reference.decode_attention(q, k, v, pos, scale)
     exact = reference.decode_attention(q.float(), k.float(), v.float(), pos, scale)
+    # the last program of each kv head combined and set its arrival counter back to zero
+    assert not attention._counters(k.device, k.shape[0] * k.shape[1]).any()
     return rel_error(y, ref), rel_error(y, exact)
 
 
@@ -141,34 +144,40 @@ def test_decode_attention_in_a_cuda_graph() -> None:
         assert rel_error(out, ref) <= 1e-3, at
 
 
-@pytest.mark.parametrize(("parts", "group", "axis", "dtype"), [
-    (4, 64, 0, torch.float16),  # Mixtral's q as 4 matrices of k's shape, in small
-    (2, 8, 0, torch.float32),
-    (3, 16, 1, torch.float16),
+@pytest.mark.parametrize(("parts", "group", "axis", "dtype", "at"), [
+    (4, 64, 0, torch.float16, 5),  # Mixtral's q as 4 matrices of k's shape, in small
+    (2, 8, 0, torch.float32, 37),  # pos in the last of 3 chunks (16 positions a chunk)
+    (3, 16, 1, torch.float16, 0),  # pos 0: the token attends to itself only
 ])
-def test_rope_qkv_equals_the_torch_path(parts: int, group: int, axis: int,
-                                        dtype: torch.dtype) -> None:
-    """q, k and v of one token from their stacked GEMV output: q back in row order and
-    rotated, k rotated into the cache at pos and v copied there, as the torch path does."""
+def test_qkv_attention_equals_the_torch_path(parts: int, group: int, axis: int,
+                                             dtype: torch.dtype, at: int) -> None:
+    """Attention of one token from its stacked q, k and v GEMV output, in one launch: q back in
+    row order and rotated, k rotated into the cache at pos and v copied there, then attention
+    over positions 0..pos, as the torch path computes them."""
     seed = time.time_ns() % 2**31
     print(f"seed {seed}")
     gen = torch.Generator().manual_seed(seed)
-    n_kv, head_dim, max_len = 2, 32 * parts // 2 if axis == 0 else 24, 12
+    n_kv, head_dim, max_len = 2, 32 * parts // 2 if axis == 0 else 24, 40
     n_rows = n_kv * head_dim  # k's rows; q has parts times as many
     qkv = torch.randn(parts + 2, n_rows, generator=gen).to(DEVICE)
     angles = torch.rand(head_dim // 2, generator=gen) * 6
     cos, sin = (torch.cat([f(angles)] * 2)[None].to(DEVICE) for f in (torch.cos, torch.sin))
-    pos = torch.tensor([5], device=DEVICE)
+    pos = torch.tensor([at], device=DEVICE)
     caches = [torch.randn(1, n_kv, max_len, head_dim, generator=gen).to(DEVICE, dtype)
               for _ in range(2)]
     want_caches = [c.clone() for c in caches]
-    kw = {"cos": cos, "sin": sin, "parts": parts, "group": group, "axis": axis}
-    q = rope_qkv(qkv, pos, *caches, **kw)
-    want = reference.rope_qkv(qkv, pos, *want_caches, **kw)
-    assert q.dtype == dtype and q.shape == want.shape == (1, parts * n_rows // head_dim, head_dim)
-    tol = 0 if dtype == torch.float32 else 1e-3  # fp16: at most one rounding apart
-    assert torch.allclose(q.float(), want.float(), rtol=tol, atol=tol)
+    kw = {"cos": cos, "sin": sin, "parts": parts, "group": group, "axis": axis,
+          "scale": head_dim**-0.5}
+    y = qkv_attention(qkv, pos, *caches, chunk=16, **kw)
+    want = reference.qkv_attention(qkv, pos, *want_caches, **kw)
+    assert y.dtype == dtype and y.shape == want.shape == (1, parts * n_rows // head_dim, head_dim)
+    tol = 1e-5 if dtype == torch.float32 else 2e-3  # fp16: p @ V rounds p, as the torch path
+    assert rel_error(y, want) < tol
+    cache_tol = 0 if dtype == torch.float32 else 1e-3  # fp16: at most one rounding apart
     for got, ref in zip(caches, want_caches, strict=True):
-        assert torch.allclose(got.float(), ref.float(), rtol=tol, atol=tol)  # row 5 only moved
+        assert torch.allclose(got.float(), ref.float(), rtol=cache_tol, atol=cache_tol)
+    assert not attention._counters(caches[0].device, n_kv).any()
     with pytest.raises(ValueError, match="qkv"):
-        rope_qkv(qkv[:-1], pos, *caches, **kw)
+        qkv_attention(qkv[:-1], pos, *caches, **kw)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        qkv_attention(qkv, pos, caches[0], caches[1][..., :-2], **kw)
