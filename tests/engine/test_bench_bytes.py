@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from mixdesk.engine.bench import step_bytes
@@ -40,3 +41,19 @@ def test_moe_step_reads_top_k_experts(tiny_mixtral: Path, tmp_path: Path) -> Non
     one = _linear_bytes(model.blocks()[0].moe.experts[0])
     assert one > 0
     assert got["experts_top2"] == model.args.n_layers * model.args.top_k * one
+
+
+def test_the_sweep_times_the_default_tile_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mixdesk bench --sweep`: the default tile is the first candidate (so the sweep can tell
+    it from a swept one and leaves its tuned entry whole), and every candidate decodes as many
+    lanes a shift as the default, so the best runs later as it was timed."""
+    from mixdesk.engine.bench import candidate_configs  # noqa: PLC0415
+    from mixdesk.kernels import gemv  # noqa: PLC0415
+    from mixdesk.kernels.layout import pack, random_logical  # noqa: PLC0415
+
+    monkeypatch.setattr(gemv, "_sm_count", lambda _index: 132)  # an H100's, without a GPU
+    pw = pack(*random_logical((4096, 1024), bits=2, group=8), bits=2, group=8, axis=0)
+    configs = candidate_configs(pw)
+    assert configs[0] == gemv.default_config(pw, 1, torch.device("cuda"))
+    assert len(configs) > 1 and configs[0] not in configs[1:]
+    assert {c.lanes_per_shift for c in configs} == {gemv.LANES_PER_SHIFT[2]}
