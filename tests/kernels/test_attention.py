@@ -8,8 +8,7 @@ import time
 import pytest
 import torch
 
-from mixdesk.kernels import reference
-from mixdesk.kernels import attention
+from mixdesk.kernels import attention, reference
 from mixdesk.kernels.attention import chunk_for, decode_attention, qkv_attention
 
 CUDA = torch.cuda.is_available()
