@@ -3,7 +3,7 @@
 #   1. build the Linux bundle, .tar.gz and .deb with the CPU torch (build_linux.sh);
 #   2. run the frozen `mixdesk gui --selftest` offscreen, outside any virtualenv, then
 #      break copies of the bundle on purpose (tests/packaging): each must fail, saying why;
-#   3. install the .deb with dpkg;
+#   3. install the .deb with apt (which brings its Depends), or dpkg where there is no apt;
 #   4. run the installed `/usr/bin/mixdesk gui --selftest`;
 #   5. remove the package, and check nothing is left.
 #
@@ -81,9 +81,23 @@ installed=0
 cleanup() { if [[ $installed == 1 ]]; then "${SUDO[@]}" dpkg -r mixdesk >/dev/null || true; fi; }
 trap cleanup EXIT
 
-say "3/5 dpkg -i $(basename "$DEB")"
-"${SUDO[@]}" dpkg -i "$DEB" || fail "dpkg -i failed (missing Depends? apt-get install -f fixes that)"
-installed=1
+# As the README tells a user to: apt installs the package's Depends (the xcb libraries Qt
+# needs) from the distribution; the package lists are refreshed once if they lack them.
+# Without apt, dpkg alone, which needs the Depends installed already.
+installed=1  # from here a half-done install is removed on exit too
+if command -v apt-get >/dev/null; then
+    say "3/5 apt-get install $(basename "$DEB")"
+    apt_install() {
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+            --no-install-recommends "$DEB" >"$WORK/apt.log" 2>&1
+    }
+    apt_install || { say "refreshing the package lists (apt-get update)"
+                     "${SUDO[@]}" apt-get update -q >>"$WORK/apt.log" 2>&1 && apt_install; } \
+        || fail "apt-get could not install the .deb or its Depends: $WORK/apt.log"
+else
+    say "3/5 dpkg -i $(basename "$DEB")"
+    "${SUDO[@]}" dpkg -i "$DEB" || fail "dpkg -i failed (missing Depends? apt-get install -f fixes that)"
+fi
 test -L /usr/bin/mixdesk || fail "/usr/bin/mixdesk is missing"
 test -f /usr/share/applications/mixdesk.desktop || fail "the .desktop entry is missing"
 test -f /usr/share/icons/hicolor/256x256/apps/mixdesk.png || fail "the 256 px icon is missing"
