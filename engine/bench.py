@@ -109,6 +109,22 @@ def time_graph(step: Callable[[], None], calls: int, replays: int = 15) -> float
     return statistics.median(times) / calls
 
 
+def time_variants(timed: Callable[[Any, Any], float], variants: dict[str, tuple[Any, Any]],
+                  rounds: int = 3) -> list[dict[str, Any]]:
+    """Each named pair of configs, `timed(a, b)` seconds, `rounds` times, the variants
+    interleaved so that drift between calls falls on all of them alike: rows of the name, the
+    median and every time in microseconds, each printed."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, (a, b) in variants.items():
+            times[name].append(timed(a, b) * 1e6)
+    rows: list[dict[str, Any]] = []
+    for name, us in times.items():
+        rows.append({"variant": name, "us_median": statistics.median(us), "us": us})
+        print(f"{name:14s} {statistics.median(us):.2f} us  {[round(t, 2) for t in us]}")
+    return rows
+
+
 def time_eager(fn: Callable[[], Any], iters: int = 50) -> float:
     """Seconds per call, launched one by one from Python (what an eager model pays)."""
     for _ in range(3):

@@ -561,7 +561,7 @@ TUNED_MOE: dict[tuple[int, int, int, int, int], Tile] = {
     # axis 0 again with a quarter of the accumulators (`_quarters`; moe_sweep.py --lanes 4,
     # tests/bench/results/h100-s7-moe-sweep.json): 106.4 -> 88.1 us (1707 -> 2062 GB/s)
     (2, 8, 0, 14336, 4096): (8, 128, 4, True, 16),
-    # w2 with registers capped at 112 a thread (`Config.max_registers`; tests/bench/moe_variants.py,
+    # w2 with registers capped at 112 a thread (`Config.max_registers`; moe_sweep.py --variants,
     # tests/bench/results/h100-s10-regs/): MoE 87.1 -> 85.7 us, a decode step 3.839/3.844 ->
     # 3.815/3.820 ms (two rounds each, alternating); caps that spill (96, 80) were slower
     (2, 8, 0, 4096, 14336): (32, 64, 4, False, 4, 112),

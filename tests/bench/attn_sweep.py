@@ -17,12 +17,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 from collections.abc import Callable
 
 import torch
 
-from mixdesk.engine.bench import MIXTRAL_SHAPES, Case, random_packed, sweep_configs, time_graph
+from mixdesk.engine.bench import (
+    MIXTRAL_SHAPES,
+    Case,
+    random_packed,
+    sweep_configs,
+    time_graph,
+    time_variants,
+)
 from mixdesk.kernels.gemv import Config, default_config, gemv
 from mixdesk.kernels.layout import select, split_rows, stack, with_period
 
@@ -98,13 +104,7 @@ def time_caps(timed: Callable[[Config, Config], float], d_qkv: Config, d_o: Conf
     for cap in caps:
         variants[f"qkv cap {cap}"] = (dataclasses.replace(d_qkv, max_registers=cap), d_o)
         variants[f"o cap {cap}"] = (d_qkv, dataclasses.replace(d_o, max_registers=cap))
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(3):
-        for name, (c_qkv, c_o) in variants.items():
-            times[name].append(timed(c_qkv, c_o) * 1e6)
-    rows = [{"variant": k, "us_median": statistics.median(v), "us": v} for k, v in times.items()]
-    for r in rows:
-        print(f"{r['variant']:12s} {r['us_median']:.2f} us  {[round(t, 2) for t in r['us']]}")
+    rows = time_variants(timed, variants)
     with open(out, "w", encoding="utf-8") as f:
         json.dump({"axis": axis, "qkv": str(d_qkv), "o": str(d_o), "rows": rows}, f, indent=1)
 

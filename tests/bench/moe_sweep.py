@@ -6,6 +6,10 @@ differ. Times each candidate pair in a CUDA graph over 4 layers (past L2), and p
 the best against the default, in GB/s of the bytes the two experts hold.
 
     python tests/bench/moe_sweep.py [--axis 1] --out $OUT/moe_sweep.json
+
+With --variants it times the shipped tiles (TUNED_MOE) beside VARIANTS of them instead: caps
+on the registers a thread (`Config.max_registers`, ptxas maxnreg; fewer registers let more
+programs share an SM, at the price of spills), 3 rounds interleaved.
 """
 
 from __future__ import annotations
@@ -17,7 +21,14 @@ from collections.abc import Callable
 
 import torch
 
-from mixdesk.engine.bench import MIXTRAL_SHAPES, Case, random_packed, sweep_configs, time_graph
+from mixdesk.engine.bench import (
+    MIXTRAL_SHAPES,
+    Case,
+    random_packed,
+    sweep_configs,
+    time_graph,
+    time_variants,
+)
 from mixdesk.kernels.gemv import TUNED_MOE, Config, default_config, moe_decode
 
 LAYERS = 4
@@ -37,6 +48,14 @@ PER_SM = (4, 8, 16)
 # (x taken times 2**(bits*k)) measured slower, 109.3 -> 115.7 us at the best tiles (2026-11-23,
 # tests/bench/results/h100-s7-moe-sweep-axis1-lanes.json)
 LANES_PER_SHIFT = (1, 2, 4)
+# --variants: (w1/w3 changes, w2 changes) against the shipped configs
+VARIANTS: dict[str, tuple[dict[str, int], dict[str, int]]] = {
+    "shipped": ({}, {}),
+    "w2 no cap": ({}, {"max_registers": 0}),
+    "w2 cap 120": ({}, {"max_registers": 120}),
+    "w2 cap 104": ({}, {"max_registers": 104}),
+    "w13 cap 76": ({"max_registers": 76}, {}),
+}
 
 
 def configs(pw, tiles, launches, lanes=LANES_PER_SHIFT, per_sm=PER_SM):
@@ -53,6 +72,8 @@ def main() -> None:
     parser.add_argument("--axis", type=int, default=0)
     parser.add_argument("--lanes", default="1,2,4", help="lanes per shift to try (axis 0)")
     parser.add_argument("--per-sm", default="4,8,16", help="programs per SM to aim at")
+    parser.add_argument("--variants", action="store_true",
+                        help="only the shipped tiles beside VARIANTS of them")
     args = parser.parse_args()
     lanes = tuple(int(n) for n in args.lanes.split(","))
     per_sm = tuple(int(n) for n in args.per_sm.split(","))
@@ -76,6 +97,14 @@ def main() -> None:
     dev = torch.device("cuda")
     d13 = default_config(w13[0], 4, dev, table=TUNED_MOE)
     d2 = default_config(w2[0], 2, dev, table=TUNED_MOE)
+    if args.variants:
+        rows = time_variants(timed, {
+            name: (dataclasses.replace(d13, **a), dataclasses.replace(d2, **b))
+            for name, (a, b) in VARIANTS.items()})
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump({"axis": args.axis, "w13": str(d13), "w2": str(d2), "rows": rows}, f,
+                      indent=1)
+        return
     base = timed(d13, d2)
     if args.splits:
         s13 = default_config(w13[0], 4, dev, table=TUNED_MOE)

@@ -57,3 +57,21 @@ def test_the_sweep_times_the_default_tile_first(monkeypatch: pytest.MonkeyPatch)
     assert configs[0] == gemv.default_config(pw, 1, torch.device("cuda"))
     assert len(configs) > 1 and configs[0] not in configs[1:]
     assert {c.lanes_per_shift for c in configs} == {gemv.LANES_PER_SHIFT[2]}
+
+
+def test_variants_are_timed_interleaved_round_by_round() -> None:
+    """`time_variants` (moe_sweep.py --variants, attn_sweep.py --caps): every variant once a
+    round, in order, so drift between calls falls on all alike; medians in microseconds."""
+    from mixdesk.engine.bench import time_variants  # noqa: PLC0415
+
+    calls: list[tuple[str, str]] = []
+    seconds = iter([3e-6, 9e-6, 1e-6, 7e-6, 2e-6, 8e-6])
+
+    def timed(a: str, b: str) -> float:
+        calls.append((a, b))
+        return next(seconds)
+
+    rows = time_variants(timed, {"x": ("a", "b"), "y": ("c", "d")})
+    assert calls == [("a", "b"), ("c", "d")] * 3
+    assert [(r["variant"], r["us_median"]) for r in rows] == [("x", 2.0), ("y", 8.0)]
+    assert rows[1]["us"] == pytest.approx([9.0, 7.0, 8.0])
