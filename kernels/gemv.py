@@ -137,13 +137,13 @@ def pdl_wait(PDL: tl.constexpr):
 
 
 @triton.jit
-def _pdl_enter(PDL: tl.constexpr, W13: tl.constexpr):
-    """A GEMV's start under PDL. w1/w3 of a MoE (W13) read the expert ids the kernel just
-    before (the router) wrote, so they wait first, and let w2 start only after that wait: w2
-    may then read the ids (and its first weight tile) while w1/w3 still runs, the router being
-    done. Every other GEMV lets the next kernel start at once and waits after loading its
-    first weight tile."""
-    if W13:
+def _pdl_enter(PDL: tl.constexpr, WAIT_FIRST: tl.constexpr):
+    """A GEMV's start under PDL. w1/w3 of a MoE (WAIT_FIRST) read the expert ids the kernel
+    just before (the router) wrote, so they wait first, and let the next kernel start only
+    after that wait: w2 (or, at axis 1, `_act_kernel` and then w2) may then read the ids (and
+    its first weight tile) while w1/w3 still runs, the router being done. Every other GEMV
+    lets the next kernel start at once and waits after loading its first weight tile."""
+    if WAIT_FIRST:
         pdl_wait(PDL)
     pdl_launch_next(PDL)
 
@@ -219,7 +219,7 @@ def _gemv_axis0_kernel(
     BITS: tl.constexpr, G: tl.constexpr, V: tl.constexpr, S: tl.constexpr,
     INLINE: tl.constexpr, MOE: tl.constexpr, MATS: tl.constexpr, ACT: tl.constexpr,
     BA: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
-    LPS: tl.constexpr, PDL: tl.constexpr = False,
+    LPS: tl.constexpr, WAIT_FIRST: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     LANES: tl.constexpr = V if G > V else G
     pid = tl.program_id(0)
@@ -229,8 +229,7 @@ def _gemv_axis0_kernel(
     pid = pid // S
     rb = pid % NRB
     rho = pid // NRB  # row residue mod P: every row of the tile reads table row rho
-    W13: tl.constexpr = MOE and not ACT
-    _pdl_enter(PDL, W13)
+    _pdl_enter(PDL, WAIT_FIRST)
     slot, mat, rw = _program_mat(ids_ptr, rw_ptr, MOE, MATS)
 
     ab = A * B
@@ -271,7 +270,7 @@ def _gemv_axis0_kernel(
     w, m, ss, so, zs, zo = _fetch_w(q_base, m_base, t_base, a[:, None] * B + b[None, :],
                                     amask[:, None] & bmask[None, :], rho * B + b, bmask,
                                     T_LEN, INLINE)
-    if not W13:
+    if not WAIT_FIRST:
         pdl_wait(PDL)
     xv, x2v = _fetch_x(x_base, x2_base, b, bmask, ACT)
     for b0 in range(b_start, b_start + SPLIT_LEN, BB):
@@ -340,18 +339,19 @@ def _gemv_axis1_kernel(
     INLINE: tl.constexpr, MOE: tl.constexpr, MATS: tl.constexpr, ACT: tl.constexpr,
     BA: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
     LPS: tl.constexpr,  # noqa: ARG001 - the axis-0 kernel's argument; axis 1 decodes one shift a lane
-    XT: tl.constexpr = False, PDL: tl.constexpr = False,
+    XT: tl.constexpr = False, WAIT_FIRST: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """XT: x comes lane-major, lane m of group column b at m * B + b (`_launch` transposes it
-    for groups of several words), so a lane's x is one coalesced load, not a gather at G apart."""
+    for groups of several words), so a lane's x is one coalesced load, not a gather at G apart.
+    No ACT: `moe_decode` hands w2 its input computed (`_act_kernel`)."""
+    tl.static_assert(not ACT, "axis 1 takes x computed: moe_decode's _act_kernel")
     LANES: tl.constexpr = V if G > V else G
     pid = tl.program_id(0)
     sid = pid % SPLIT
     pid = pid // SPLIT
     rb = pid % NRB
     rho = pid // NRB
-    W13: tl.constexpr = MOE and not ACT
-    _pdl_enter(PDL, W13)
+    _pdl_enter(PDL, WAIT_FIRST)
     slot, mat, rw = _program_mat(ids_ptr, rw_ptr, MOE, MATS)
 
     ab = A * B
@@ -375,7 +375,7 @@ def _gemv_axis1_kernel(
     w, m, ss, so, zs, zo = _fetch_w(q_base, m_base, t_base, a[:, None] * B + b[None, :],
                                     amask[:, None] & bmask[None, :], rho * B + b, bmask,
                                     T_LEN, INLINE)
-    if not W13:
+    if not WAIT_FIRST:
         pdl_wait(PDL)
     for b0 in range(b_start, b_start + SPLIT_LEN, BB):
         b = b0 + tl.arange(0, BB)
@@ -400,12 +400,7 @@ def _gemv_axis1_kernel(
                 if j < LANES:
                     if r * V + j < G:
                         xidx = (r * V + j) * B + b if XT else b * G + (r * V + j)
-                        xj = tl.load(x_base + xidx, mask=bmask, other=0.0)
-                        if ACT:
-                            xj = _act(xj, tl.load(x2_base + xidx, mask=bmask, other=0.0), rw,
-                                      ACT)
-                        else:
-                            xj = xj.to(tl.float32)
+                        xj = tl.load(x_base + xidx, mask=bmask, other=0.0).to(tl.float32)
                         dot += _lane(w, j, BITS, one) * xj[None, :]
                         xsum += xj
         acc += scale * (dot - zterm * xsum[None, :])
@@ -416,6 +411,20 @@ def _gemv_axis1_kernel(
                 q_base, m_base, t_base, x_base, x2_base, a[:, None] * B + bn[None, :],
                 amask[:, None] & bnmask[None, :], rho * B + bn, bn, bnmask, T_LEN, INLINE, False)
     tl.atomic_add(out_base + a, tl.sum(acc, 1), mask=amask, sem="relaxed")
+
+
+@triton.jit
+def _act_kernel(h_ptr, rw_ptr, g_ptr, F, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+    """g[slot] = silu(h1) * h3 * routing weight of a slot's w1/w3 output h[slot] = (h1, h3):
+    w2's input at axis 1 (`moe_decode`), computed once instead of in every w2 program."""
+    pdl_launch_next(PDL)
+    slot = tl.program_id(1)
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < F
+    pdl_wait(PDL)
+    h1 = tl.load(h_ptr + slot * 2 * F + i, mask=mask, other=0.0)
+    h3 = tl.load(h_ptr + slot * 2 * F + F + i, mask=mask, other=0.0)
+    tl.store(g_ptr + slot * F + i, _act(h1, h3, tl.load(rw_ptr + slot), True), mask=mask)
 
 
 @triton.jit
@@ -619,7 +628,7 @@ def default_config(pw: PackedWeight, launches: int, device: torch.device, *,
 
 def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, out: Tensor, *,
             launches: int, moe: bool, mats: int, act: bool, x_slot: int, out_mat: int,
-            config: Config | None) -> None:
+            config: Config | None, wait_first: bool = False) -> None:
     cfg = config or default_config(pw, launches, x.device)
     if pw.axis == 0 and cfg.block_cols % 4:
         raise ValueError(f"axis 0 takes block_cols in multiples of 4, got {cfg.block_cols}")
@@ -639,7 +648,7 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
         x, x2, rw, ids, pw.codes, meta, pw.table, out,
         a_rows, b_cols, pw.period, nrb, split_len, pw.table.shape[2], x_slot, out_mat, ONE,
         BITS=pw.bits, G=pw.group, V=lanes_per_word(pw.bits), S=pw.words,
-        INLINE=pw.meta is None, MOE=moe, MATS=mats, ACT=act,
+        INLINE=pw.meta is None, MOE=moe, MATS=mats, ACT=act, WAIT_FIRST=wait_first,
         BA=cfg.block_rows, BB=cfg.block_cols, SPLIT=split, PREFETCH=cfg.prefetch,
         LPS=max(1, min(cfg.lanes_per_shift, 8 // pw.bits)) if pw.axis == 0 else 1,
         num_warps=cfg.num_warps, **extra, **pdl_options(x), **_register_cap(cfg, x),
@@ -755,10 +764,22 @@ def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
     c13 = configs[0] or default_config(w13, 2 * topk, x.device, table=TUNED_MOE)
     c2 = configs[1] or default_config(w2, topk, x.device, table=TUNED_MOE)
     _launch(x.contiguous(), x, rw, ids, w13, h, launches=2 * topk, moe=True, mats=2, act=False,
-            x_slot=0, out_mat=ffn, config=c13)
-    _launch(h, h[:, 1], rw, ids, w2, out, launches=topk, moe=True, mats=1, act=True,
-            x_slot=2 * ffn, out_mat=0, config=c2)
+            x_slot=0, out_mat=ffn, config=c13, wait_first=True)
+    if w2.axis == 0:  # w2 computes its input as it loads it
+        _launch(h, h[:, 1], rw, ids, w2, out, launches=topk, moe=True, mats=1, act=True,
+                x_slot=2 * ffn, out_mat=0, config=c2)
+        return out
+    # axis 1: a word holds 8 columns, so every w2 program would compute 8 activations a word
+    # (each thread again for each of its row tiles): one launch computes them once instead
+    g = torch.empty((topk, ffn), dtype=torch.float32, device=x.device)
+    _act_kernel[(math.ceil(ffn / ACT_BLOCK), topk)](h, rw, g, ffn, BLOCK=ACT_BLOCK, num_warps=4,
+                                                   **pdl_options(x))
+    _launch(g, g, rw, ids, w2, out, launches=topk, moe=True, mats=1, act=False, x_slot=ffn,
+            out_mat=0, config=c2)
     return out
+
+
+ACT_BLOCK = 1024  # `_act_kernel`'s elements a program
 
 
 @torch.compiler.disable  # opaque to torch.compile: the glue around it fuses, this stays one launch
