@@ -332,6 +332,43 @@ def _gemv_axis0_kernel(
 
 
 @triton.jit
+def _x_lane(words, J: tl.constexpr, PER: tl.constexpr, DT: tl.constexpr):
+    """Element J of the 8 x of each column, from the column's int64 words (PER elements a
+    word) as fp32."""
+    v = words[J // PER]
+    if PER == 2:  # fp32
+        part = (v >> (32 * (J % 2))).to(tl.int32)
+        return part.to(tl.float32, bitcast=True)
+    part = (v >> (32 * ((J % 4) // 2))).to(tl.int32)
+    if DT == tl.bfloat16:  # bf16 is the top half of an fp32
+        top = part << 16 if J % 2 == 0 else part & -65536
+        return top.to(tl.float32, bitcast=True)
+    half = (part >> (16 * (J % 2))) & 0xFFFF
+    return half.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _x8(x_base, b, bmask):
+    """x[8b .. 8b+7] of each column b as 8 fp32 [BB] vectors: 2 (fp16, bf16) or 4 (fp32)
+    int64 loads a column instead of 8 scalar ones, the lanes taken apart in registers."""
+    DT: tl.constexpr = x_base.dtype.element_ty
+    PER: tl.constexpr = 2 if DT == tl.float32 else 4
+    words_ptr = x_base.to(tl.pointer_type(tl.int64), bitcast=True) + b * (8 // PER)
+    w0 = tl.load(words_ptr, mask=bmask, other=0)
+    w1 = tl.load(words_ptr + 1, mask=bmask, other=0)
+    if PER == 2:
+        w2 = tl.load(words_ptr + 2, mask=bmask, other=0)
+        w3 = tl.load(words_ptr + 3, mask=bmask, other=0)
+    else:
+        w2 = w0
+        w3 = w1
+    words = (w0, w1, w2, w3)
+    return (_x_lane(words, 0, PER, DT), _x_lane(words, 1, PER, DT), _x_lane(words, 2, PER, DT),
+            _x_lane(words, 3, PER, DT), _x_lane(words, 4, PER, DT), _x_lane(words, 5, PER, DT),
+            _x_lane(words, 6, PER, DT), _x_lane(words, 7, PER, DT))
+
+
+@triton.jit
 def _gemv_axis1_kernel(
     x_ptr, x2_ptr, rw_ptr, ids_ptr, q_ptr, m_ptr, t_ptr, out_ptr,
     A, B, P, NRB, SPLIT_LEN, T_LEN, X_SLOT, OUT_MAT, one,
@@ -339,10 +376,12 @@ def _gemv_axis1_kernel(
     INLINE: tl.constexpr, MOE: tl.constexpr, MATS: tl.constexpr, ACT: tl.constexpr,
     BA: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
     LPS: tl.constexpr,  # noqa: ARG001 - the axis-0 kernel's argument; axis 1 decodes one shift a lane
-    XT: tl.constexpr = False, WAIT_FIRST: tl.constexpr = False, PDL: tl.constexpr = False,
+    XT: tl.constexpr = False, X8: tl.constexpr = False, WAIT_FIRST: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     """XT: x comes lane-major, lane m of group column b at m * B + b (`_launch` transposes it
     for groups of several words), so a lane's x is one coalesced load, not a gather at G apart.
+    X8 (groups of 8 in one word, x 8-byte aligned): a group's x is read as int64 words.
     No ACT: `moe_decode` hands w2 its input computed (`_act_kernel`)."""
     tl.static_assert(not ACT, "axis 1 takes x computed: moe_decode's _act_kernel")
     LANES: tl.constexpr = V if G > V else G
@@ -393,14 +432,19 @@ def _gemv_axis1_kernel(
         zterm = _byte(m, MPOS + 8, one) * zs[None, :] + zo[None, :]  # 1 + zero / 2**BITS
         dot = tl.zeros([BA, BB], tl.float32)  # sum_j f_j x_j of each group
         xsum = tl.zeros([BB], tl.float32)  # sum_j x_j of each group
+        if X8:  # a group's 8 x in 2 or 4 int64 loads a column, not 8 scalar ones
+            x8 = _x8(x_base, b, bmask)
         for r in tl.static_range(S):
             if r > 0:
                 w = tl.load(q_base + r * ab + woff, mask=mask, other=0)
             for j in tl.static_range(V):
                 if j < LANES:
                     if r * V + j < G:
-                        xidx = (r * V + j) * B + b if XT else b * G + (r * V + j)
-                        xj = tl.load(x_base + xidx, mask=bmask, other=0.0).to(tl.float32)
+                        if X8:
+                            xj = x8[j]
+                        else:
+                            xidx = (r * V + j) * B + b if XT else b * G + (r * V + j)
+                            xj = tl.load(x_base + xidx, mask=bmask, other=0.0).to(tl.float32)
                         dot += _lane(w, j, BITS, one) * xj[None, :]
                         xsum += xj
         acc += scale * (dot - zterm * xsum[None, :])
@@ -644,6 +688,8 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
     extra = {}
     if pw.axis == 1 and pw.words > 1 and not (moe or act):  # x lane-major (XT): one small copy
         x, extra = x.view(b_cols, pw.group).t().contiguous(), {"XT": True}
+    elif pw.axis == 1 and pw.group == 8 and pw.words == 1 and _aligned8(x, x_slot):
+        extra = {"X8": True}
     kernel[grid](
         x, x2, rw, ids, pw.codes, meta, pw.table, out,
         a_rows, b_cols, pw.period, nrb, split_len, pw.table.shape[2], x_slot, out_mat, ONE,
@@ -653,6 +699,12 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
         LPS=max(1, min(cfg.lanes_per_shift, 8 // pw.bits)) if pw.axis == 0 else 1,
         num_warps=cfg.num_warps, **extra, **pdl_options(x), **_register_cap(cfg, x),
     )
+
+
+def _aligned8(x: Tensor, x_slot: int) -> bool:
+    """Whether every slot's x starts on 8 bytes: the axis-1 kernel may read it as int64 words
+    (`X8`); else it reads each element alone."""
+    return x.data_ptr() % 8 == 0 and x_slot * x.element_size() % 8 == 0
 
 
 def _register_cap(cfg: Config, x: Tensor) -> dict[str, int]:

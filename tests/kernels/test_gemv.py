@@ -10,6 +10,7 @@ from mixdesk.kernels import reference
 from mixdesk.kernels.gemv import (
     TUNED_MOE,
     Config,
+    _aligned8,
     default_config,
     dequantize,
     fill_slots,
@@ -109,6 +110,20 @@ def test_axis0_tile_columns_come_in_fours() -> None:
 def test_gemv_fp32_and_bf16_inputs() -> None:
     assert check((24, 40), 2, 8, 1, dtype=torch.float32) < 1e-5
     assert check((40, 24), 4, 8, 0, dtype=torch.bfloat16) < 1e-5
+
+
+@pytest.mark.skipif(CUDA, reason="covered at full size on the GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_axis1_groups_of_8_read_x_as_words(dtype: torch.dtype, offset: int) -> None:
+    """At axis 1 a group of 8 codes in one word reads its 8 x as int64 words, taken apart in
+    registers by dtype (`X8`); an x that does not start on 8 bytes (a view from element 1) is
+    read element by element. Both equal the reference, in every dtype x comes in."""
+    logical = random_logical((24, 64), bits=2, group=8, device=DEVICE)
+    pw = pack(*logical, bits=2, group=8, axis=1)
+    x = torch.randn(65, device=DEVICE, dtype=dtype)[offset:offset + 64]
+    assert _aligned8(x, 0) == (offset == 0)
+    assert rel_error(gemv(x, pw), reference.gemv(x, pw)) < 1e-5
 
 
 @pytest.mark.skipif(CUDA, reason="the GPU tests check single matrices at full size")
