@@ -348,12 +348,13 @@ def _x_lane(words, J: tl.constexpr, PER: tl.constexpr, DT: tl.constexpr):
 
 
 @triton.jit
-def _x8(x_base, b, bmask):
-    """x[8b .. 8b+7] of each column b as 8 fp32 [BB] vectors: 2 (fp16, bf16) or 4 (fp32)
-    int64 loads a column instead of 8 scalar ones, the lanes taken apart in registers."""
+def _x8(x_base, first, bmask):
+    """x[first .. first+7] of each column as 8 fp32 [BB] vectors (first a multiple of 8): 2
+    (fp16, bf16) or 4 (fp32) int64 loads a column instead of 8 scalar ones, the lanes taken
+    apart in registers."""
     DT: tl.constexpr = x_base.dtype.element_ty
     PER: tl.constexpr = 2 if DT == tl.float32 else 4
-    words_ptr = x_base.to(tl.pointer_type(tl.int64), bitcast=True) + b * (8 // PER)
+    words_ptr = x_base.to(tl.pointer_type(tl.int64), bitcast=True) + first // PER
     w0 = tl.load(words_ptr, mask=bmask, other=0)
     w1 = tl.load(words_ptr + 1, mask=bmask, other=0)
     if PER == 2:
@@ -381,7 +382,7 @@ def _gemv_axis1_kernel(
 ):
     """XT: x comes lane-major, lane m of group column b at m * B + b (`_launch` transposes it
     for groups of several words), so a lane's x is one coalesced load, not a gather at G apart.
-    X8 (groups of 8 in one word, x 8-byte aligned): a group's x is read as int64 words.
+    X8 (a group of 8 lanes in one word, x on 8 bytes): its 8 x are read as int64 words.
     No ACT: `moe_decode` hands w2 its input computed (`_act_kernel`)."""
     tl.static_assert(not ACT, "axis 1 takes x computed: moe_decode's _act_kernel")
     LANES: tl.constexpr = V if G > V else G
@@ -432,11 +433,11 @@ def _gemv_axis1_kernel(
         zterm = _byte(m, MPOS + 8, one) * zs[None, :] + zo[None, :]  # 1 + zero / 2**BITS
         dot = tl.zeros([BA, BB], tl.float32)  # sum_j f_j x_j of each group
         xsum = tl.zeros([BB], tl.float32)  # sum_j x_j of each group
-        if X8:  # a group's 8 x in 2 or 4 int64 loads a column, not 8 scalar ones
-            x8 = _x8(x_base, b, bmask)
         for r in tl.static_range(S):
             if r > 0:
                 w = tl.load(q_base + r * ab + woff, mask=mask, other=0)
+            if X8:  # the word's 8 x in 2 or 4 int64 loads a column, not 8 scalar ones
+                x8 = _x8(x_base, b * G + r * V, bmask)
             for j in tl.static_range(V):
                 if j < LANES:
                     if r * V + j < G:
@@ -619,7 +620,10 @@ TUNED_MOE: dict[tuple[int, int, int, int, int], Tile] = {
     # 3.815/3.820 ms (two rounds each, alternating); caps that spill (96, 80) were slower
     (2, 8, 0, 4096, 14336): (32, 64, 4, False, 4, 112),
     (2, 8, 1, 14336, 4096): (64, 32, 4, True, 8),
-    (2, 8, 1, 4096, 14336): (16, 128, 4, False),
+    # w2 at axis 1 reads its input computed (`_act_kernel`) and x as int64 words (X8): with
+    # both, prefetching the next tile won (moe_sweep.py --axis 1,
+    # tests/bench/results/h100-s11-x8wide/moe-sweep-axis1.json): 105.1 -> 98.2 us
+    (2, 8, 1, 4096, 14336): (16, 128, 4, True),
 }
 
 
@@ -688,7 +692,8 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
     extra = {}
     if pw.axis == 1 and pw.words > 1 and not (moe or act):  # x lane-major (XT): one small copy
         x, extra = x.view(b_cols, pw.group).t().contiguous(), {"XT": True}
-    elif pw.axis == 1 and pw.group == 8 and pw.words == 1 and _aligned8(x, x_slot):
+    elif (pw.axis == 1 and pw.words == 1 and min(pw.group, lanes_per_word(pw.bits)) == 8
+          and _aligned8(x, x_slot)):  # 8 lanes in one word: x as int64 words (X8)
         extra = {"X8": True}
     kernel[grid](
         x, x2, rw, ids, pw.codes, meta, pw.table, out,
