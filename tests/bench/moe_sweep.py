@@ -6,6 +6,9 @@ differ. Times each candidate pair in a CUDA graph over 4 layers (past L2), and p
 the best against the default, in GB/s of the bytes the two experts hold.
 
     python tests/bench/moe_sweep.py [--axis 1] --out $OUT/moe_sweep.json
+    python tests/bench/moe_sweep.py --axis 1 --tiles-13 128x32x4,64x16x4 --tiles-2 32x128x4
+
+--tiles-13 and --tiles-2 sweep those tiles (rows x columns x warps) instead of the lists below.
 
 With --variants it times the shipped tiles (TUNED_MOE) beside VARIANTS of them instead: caps
 on the registers a thread (`Config.max_registers`, ptxas maxnreg; fewer registers let more
@@ -58,6 +61,18 @@ VARIANTS: dict[str, tuple[dict[str, int], dict[str, int]]] = {
 }
 
 
+def parse_tiles(tiles: str | list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """"128x32x4,64x16x4" as [(128, 32, 4), (64, 16, 4)] (rows, columns, warps); a list as
+    it is."""
+    if not isinstance(tiles, str):
+        return tiles
+    out = []
+    for tile in tiles.split(","):
+        r, c, w = (int(n) for n in tile.split("x"))
+        out.append((r, c, w))
+    return out
+
+
 def configs(pw, tiles, launches, lanes=LANES_PER_SHIFT, per_sm=PER_SM):
     return sweep_configs(pw, tiles, launches, per_sm=per_sm,
                          lanes=lanes if pw.axis == 0 else (1,))
@@ -72,6 +87,8 @@ def main() -> None:
     parser.add_argument("--axis", type=int, default=0)
     parser.add_argument("--lanes", default="1,2,4", help="lanes per shift to try (axis 0)")
     parser.add_argument("--per-sm", default="4,8,16", help="programs per SM to aim at")
+    parser.add_argument("--tiles-13", help="w1/w3 tiles to sweep instead, ROWSxCOLSxWARPS,...")
+    parser.add_argument("--tiles-2", help="w2 tiles to sweep instead, ROWSxCOLSxWARPS,...")
     parser.add_argument("--variants", action="store_true",
                         help="only the shipped tiles beside VARIANTS of them")
     args = parser.parse_args()
@@ -81,8 +98,8 @@ def main() -> None:
     w13 = [random_packed(Case("w1/w3", ffn, dim, 2, 8, args.axis), mats=16)
            for _ in range(LAYERS)]
     w2 = [random_packed(Case("w2", dim, ffn, 2, 8, args.axis), mats=8) for _ in range(LAYERS)]
-    tiles_13, tiles_2 = (TILES_13, TILES_2) if args.axis == 0 else (TILES_13_AXIS1,
-                                                                    TILES_2_AXIS1)
+    tiles_13 = parse_tiles(args.tiles_13 or (TILES_13 if args.axis == 0 else TILES_13_AXIS1))
+    tiles_2 = parse_tiles(args.tiles_2 or (TILES_2 if args.axis == 0 else TILES_2_AXIS1))
     x = torch.randn(dim, device="cuda", dtype=torch.float16)
     rw = torch.softmax(torch.randn(2, device="cuda"), 0)
     ids = [torch.randperm(8, device="cuda")[:2].to(torch.int32) for _ in range(LAYERS)]
