@@ -11,8 +11,10 @@ an H100, most of it launch latency). `route` does all of it in one program:
     ids, w = top_k(p); w = w / sum(w)           (largest first, fp32)
 
 The expert ids and weights stay on the device for `kernels.gemv.moe_decode`, so the
-call goes into the step's CUDA graph. One program reads x and a twice (the norm needs
-the whole row before it can scale) and the [E, D] gate once.
+call goes into the step's CUDA graph. One program reads x, a, the norm's weight and the
+[E, D] gate once; under programmatic dependent launch it loads the two weights before it
+waits for the kernel before (they are not its output), so their latency is off the step's
+critical path. A row longer than BLOCK_D takes two passes over x and a.
 
 `add_norm` is the same program without the router: the residual add after the experts
 with the next layer's input norm (three kernels on the torch path, ~4.6 us a layer).
@@ -37,16 +39,18 @@ BLOCK_D = 4096
 
 
 @triton.jit
-def _normed(x_ptr, a_ptr, nw_ptr, h_ptr, n_ptr, d, m, rstd, STORE_H: tl.constexpr):
-    """h = x + a rounded to x's dtype (stored if STORE_H); with rstd, the normed row."""
+def _norm(h, nw, rstd, n_dtype: tl.constexpr):
+    """The RMSNorm of h (x's dtype) with weight nw: rounded before the scale, as torch does."""
+    normed = (h.to(tl.float32) * rstd).to(h.dtype)
+    return (nw.to(tl.float32) * normed.to(tl.float32)).to(n_dtype)
+
+
+@triton.jit
+def _residual(x_ptr, a_ptr, d, m):
+    """h = x + a rounded to x's dtype (a, an fp32 GEMV output, rounded first)."""
     x = tl.load(x_ptr + d, mask=m, other=0.0)
-    a = tl.load(a_ptr + d, mask=m, other=0.0).to(x.dtype)  # an fp32 GEMV output, rounded
-    h = (x.to(tl.float32) + a.to(tl.float32)).to(x.dtype)  # the residual, rounded as torch
-    if STORE_H:
-        tl.store(h_ptr + d, h, mask=m)
-    nw = tl.load(nw_ptr + d, mask=m, other=0.0)
-    normed = (h.to(tl.float32) * rstd).to(h.dtype)  # RMSNorm rounds before the scale
-    return h, (nw.to(tl.float32) * normed.to(tl.float32)).to(n_ptr.dtype.element_ty)
+    a = tl.load(a_ptr + d, mask=m, other=0.0).to(x.dtype)
+    return (x.to(tl.float32) + a.to(tl.float32)).to(x.dtype)  # the residual, rounded as torch
 
 
 @triton.jit
@@ -55,38 +59,41 @@ def _route_kernel(x_ptr, a_ptr, nw_ptr, gw_ptr, h_ptr, n_ptr, ids_ptr, w_ptr, D,
                   BD: tl.constexpr, ONE_STEP: tl.constexpr, ROUTE: tl.constexpr,
                   PDL: tl.constexpr = False):
     pdl_launch_next(PDL)
-    pdl_wait(PDL)  # x and a are the kernels' before
     d0 = tl.arange(0, BD)
     e = tl.arange(0, EP)
     emask = e < E
-    if ONE_STEP:  # the whole row at once: every load is issued before the first reduction
+    n_dtype: tl.constexpr = n_ptr.dtype.element_ty
+    if ONE_STEP:  # the whole row at once, each input loaded once
         m = d0 < D
+        # the weights first: no kernel before writes them, so they load while it still runs
         if ROUTE:
             g = tl.load(gw_ptr + e[:, None] * D + d0[None, :],
                         mask=emask[:, None] & m[None, :], other=0.0)
-        x = tl.load(x_ptr + d0, mask=m, other=0.0)
-        a = tl.load(a_ptr + d0, mask=m, other=0.0).to(x.dtype)
-        hf = ((x.to(tl.float32) + a.to(tl.float32)).to(x.dtype)).to(tl.float32)
+        nw = tl.load(nw_ptr + d0, mask=m, other=0.0)
+        pdl_wait(PDL)  # x and a are the kernels' before
+        h = _residual(x_ptr, a_ptr, d0, m)
+        tl.store(h_ptr + d0, h, mask=m)
+        hf = h.to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(hf * hf, 0) / D + eps)
-        _, n = _normed(x_ptr, a_ptr, nw_ptr, h_ptr, n_ptr, d0, m, rstd, True)
+        n = _norm(h, nw, rstd, n_dtype)
         tl.store(n_ptr + d0, n, mask=m)
         if ROUTE:
             logits = tl.sum(g.to(tl.float32) * n.to(tl.float32)[None, :], 1)
     else:
+        pdl_wait(PDL)
         sq = tl.zeros([BD], tl.float32)
         for start in range(0, D, BD):  # pass 1: the sum of h's squares
             d = start + d0
-            m = d < D
-            x = tl.load(x_ptr + d, mask=m, other=0.0)
-            a = tl.load(a_ptr + d, mask=m, other=0.0).to(x.dtype)
-            hf = ((x.to(tl.float32) + a.to(tl.float32)).to(x.dtype)).to(tl.float32)
+            hf = _residual(x_ptr, a_ptr, d, d < D).to(tl.float32)
             sq += hf * hf
         rstd = 1.0 / tl.sqrt(tl.sum(sq, 0) / D + eps)
         logits = tl.zeros([EP], tl.float32)
-        for start in range(0, D, BD):  # pass 2: h, the normed row and the gate's dot products
+        for start in range(0, D, BD):  # pass 2: the normed row and the gate's dot products
             d = start + d0
             m = d < D
-            _, n = _normed(x_ptr, a_ptr, nw_ptr, h_ptr, n_ptr, d, m, rstd, True)
+            h = _residual(x_ptr, a_ptr, d, m)
+            tl.store(h_ptr + d, h, mask=m)
+            n = _norm(h, tl.load(nw_ptr + d, mask=m, other=0.0), rstd, n_dtype)
             tl.store(n_ptr + d, n, mask=m)
             if ROUTE:
                 g = tl.load(gw_ptr + e[:, None] * D + d[None, :],
