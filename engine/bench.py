@@ -577,16 +577,21 @@ def time_decode_graph(model: Any, tokens: Tensor, positions: Tensor, steps: int,
     torch.cuda.synchronize()
     per_token = (time.perf_counter() - started) / steps
     assert graph.graph is not None and graph.captures == 1
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(steps):
-        graph.graph.replay()
-    end.record()
-    end.synchronize()
-    replay = start.elapsed_time(end) / 1e3 / steps
+    replay = time_replays(graph.graph, steps)
     return {"compiled": graph.compiled, "capture_s": capture_s,
             "decode_ms_per_token": per_token * 1e3, "decode_tok_per_s": 1 / per_token,
             "replay_ms": replay * 1e3, "replay_tok_per_s": 1 / replay}
+
+
+def time_replays(graph: torch.cuda.CUDAGraph, steps: int) -> float:
+    """Seconds a replay of `graph`, `steps` replays back to back (CUDA events)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3 / steps
 
 
 def bench_engine(bandwidth: float, read_bandwidth: float, *, layers: int = 32,

@@ -13,7 +13,8 @@ for axis in (0, 1):
         with torch.inference_mode():
             prompt = 64
             tokens = torch.randint(0, 32000, (1, prompt), device="cuda")
-            nxt = model(tokens, torch.arange(prompt, device="cuda"))[0, -1].argmax(-1, keepdim=True)
+            first = model(tokens, torch.arange(prompt, device="cuda"))[0, -1]
+            nxt = first.argmax(-1, keepdim=True)
             pos = torch.tensor([prompt], device="cuda")
             eager = model(nxt.view(1, 1), pos)[0, -1].float().clone()
             g1 = DecodeGraph(torch.device("cuda"), compile_glue=compile_glue)
@@ -25,8 +26,9 @@ for axis in (0, 1):
             g2.graph.replay()
             l2b = g2.logits.float().clone()
             eager2 = model(nxt.view(1, 1), pos)[0, -1].float().clone()
-        print(f"axis {axis} compiled {compile_glue}: g1 {rel_error(l1, eager):.2e} g2 {rel_error(l2, eager):.2e} "
-              f"g1 again {rel_error(l1b, eager):.2e} g2 again {rel_error(l2b, eager):.2e} "
-              f"eager again {rel_error(eager2, eager):.2e}", flush=True)
+        print(f"axis {axis} compiled {compile_glue}: g1 {rel_error(l1, eager):.2e} "
+              f"g2 {rel_error(l2, eager):.2e} g1 again {rel_error(l1b, eager):.2e} "
+              f"g2 again {rel_error(l2b, eager):.2e} eager again {rel_error(eager2, eager):.2e}",
+              flush=True)
         del g1, g2, model
         torch.cuda.empty_cache()
