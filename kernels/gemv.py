@@ -45,6 +45,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from mixdesk.kernels.layout import PackedWeight, lanes_per_word
 
 ONE = 0x3F800000  # the bits of fp32 1.0: a zero exponent
+ACT_BLOCK = 1024  # `_act_kernel`'s elements a program
 
 
 @triton.jit
@@ -789,8 +790,9 @@ def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
                configs: tuple[Config | None, Config | None] = (None, None)) -> Tensor:
     """One token through its top-k experts: sum_s w_s * W2[e_s] (silu(W1[e_s] x) * W3[e_s] x).
 
-    Two launches and no host sync: the expert ids and weights are read on the device,
-    so the call can be captured in a CUDA graph.
+    Two launches (three at axis 1, where w2's input is computed by a launch of its own) and no
+    host sync: the expert ids and weights are read on the device, so the call can be captured
+    in a CUDA graph.
 
     Args:
         x: [D] hidden state.
@@ -835,8 +837,6 @@ def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
             out_mat=0, config=c2)
     return out
 
-
-ACT_BLOCK = 1024  # `_act_kernel`'s elements a program
 
 
 @torch.compiler.disable  # opaque to torch.compile: the glue around it fuses, this stays one launch
