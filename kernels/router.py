@@ -80,7 +80,7 @@ def _route_kernel(x_ptr, a_ptr, nw_ptr, gw_ptr, h_ptr, n_ptr, ids_ptr, w_ptr, D,
         if ROUTE:
             logits = tl.sum(g.to(tl.float32) * n.to(tl.float32)[None, :], 1)
     else:
-        pdl_wait(PDL)
+        pdl_wait(PDL)  # x and a are the kernels' before
         sq = tl.zeros([BD], tl.float32)
         for start in range(0, D, BD):  # pass 1: the sum of h's squares
             d = start + d0
@@ -88,7 +88,7 @@ def _route_kernel(x_ptr, a_ptr, nw_ptr, gw_ptr, h_ptr, n_ptr, ids_ptr, w_ptr, D,
             sq += hf * hf
         rstd = 1.0 / tl.sqrt(tl.sum(sq, 0) / D + eps)
         logits = tl.zeros([EP], tl.float32)
-        for start in range(0, D, BD):  # pass 2: the normed row and the gate's dot products
+        for start in range(0, D, BD):  # pass 2: h, the normed row and the gate's dot products
             d = start + d0
             m = d < D
             h = _residual(x_ptr, a_ptr, d, m)
