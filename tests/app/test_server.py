@@ -582,9 +582,9 @@ def test_an_engine_bug_is_a_500_and_the_worker_survives(served: Served) -> None:
     assert error["type"] == "server_error" and "simulated engine bug" in error["message"]
     served.pace.fail_at = served.pace.calls + 3  # the third token's step
     client = served.client()  # held: a collected client closes the stream's socket mid-read
-    lines = list(client.with_raw_response.chat.completions.create(
+    lines = list(client.with_raw_response.chat.completions.create(  # greedy: a sampled eos
         model=MODEL_ID, messages=CHAT["messages"], max_tokens=8,  # type: ignore[arg-type]
-        stream=True).http_response.iter_lines())
+        temperature=0, stream=True).http_response.iter_lines())  # would end it before step 3
     client.close()
     events = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
     assert sum("token_id" in e.get("mixdesk", {}) for e in events) == 2
