@@ -137,6 +137,7 @@ def make_server(served: Served) -> Iterator[Callable[..., Served]]:
 def _unpaced(served: Served) -> Iterator[None]:
     yield
     served.pace.delay = 0.0
+    served.pace.fail_at = None  # a test that failed before clearing its fault: not the next's
     served.wait_idle()
 
 
