@@ -372,7 +372,8 @@ def _x8(x_base, first, bmask):
 
 @triton.jit
 def _gemv_axis1_kernel(
-    x_ptr, x2_ptr, rw_ptr, ids_ptr, q_ptr, m_ptr, t_ptr, out_ptr,
+    x_ptr, x2_ptr,  # noqa: ARG001 - the axis-0 kernel's h3; axis 1 takes w2's input computed
+    rw_ptr, ids_ptr, q_ptr, m_ptr, t_ptr, out_ptr,
     A, B, P, NRB, SPLIT_LEN, T_LEN, X_SLOT, OUT_MAT, one,
     BITS: tl.constexpr, G: tl.constexpr, V: tl.constexpr, S: tl.constexpr,
     INLINE: tl.constexpr, MOE: tl.constexpr, MATS: tl.constexpr, ACT: tl.constexpr,
@@ -400,7 +401,6 @@ def _gemv_axis1_kernel(
     m_base = m_ptr + mat * ab
     t_base = t_ptr + mat * 4 * T_LEN
     x_base = x_ptr + slot * X_SLOT
-    x2_base = x2_ptr + slot * X_SLOT
     out_base = out_ptr + tl.program_id(1) * OUT_MAT
 
     a = rho + P * (rb * BA + tl.arange(0, BA))  # [BA] output rows
@@ -425,10 +425,10 @@ def _gemv_axis1_kernel(
         woff = a[:, None] * B + b[None, :]
         bn = b + BB  # the next tile; all masked off after the last
         bnmask = bn < b_end
-        if PREFETCH:
-            w_n, m_n, ss_n, so_n, zs_n, zo_n, xv_n, x2v_n = _fetch(
-                q_base, m_base, t_base, x_base, x2_base, a[:, None] * B + bn[None, :],
-                amask[:, None] & bnmask[None, :], rho * B + bn, bn, bnmask, T_LEN, INLINE, False)
+        if PREFETCH:  # weights only: x is read per word below
+            w_n, m_n, ss_n, so_n, zs_n, zo_n = _fetch_w(
+                q_base, m_base, t_base, a[:, None] * B + bn[None, :],
+                amask[:, None] & bnmask[None, :], rho * B + bn, bnmask, T_LEN, INLINE)
         m = m.to(tl.int32)
         scale = _byte(m, MPOS, one) * ss[None, :] + so[None, :]  # 2**BITS * scale
         zterm = _byte(m, MPOS + 8, one) * zs[None, :] + zo[None, :]  # 1 + zero / 2**BITS
@@ -451,11 +451,11 @@ def _gemv_axis1_kernel(
                         xsum += xj
         acc += scale * (dot - zterm * xsum[None, :])
         if PREFETCH:
-            w, m, ss, so, zs, zo, xv, x2v = w_n, m_n, ss_n, so_n, zs_n, zo_n, xv_n, x2v_n
+            w, m, ss, so, zs, zo = w_n, m_n, ss_n, so_n, zs_n, zo_n
         else:
-            w, m, ss, so, zs, zo, xv, x2v = _fetch(
-                q_base, m_base, t_base, x_base, x2_base, a[:, None] * B + bn[None, :],
-                amask[:, None] & bnmask[None, :], rho * B + bn, bn, bnmask, T_LEN, INLINE, False)
+            w, m, ss, so, zs, zo = _fetch_w(
+                q_base, m_base, t_base, a[:, None] * B + bn[None, :],
+                amask[:, None] & bnmask[None, :], rho * B + bn, bnmask, T_LEN, INLINE)
     tl.atomic_add(out_base + a, tl.sum(acc, 1), mask=amask, sem="relaxed")
 
 
@@ -836,7 +836,6 @@ def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
     _launch(g, g, rw, ids, w2, out, launches=topk, moe=True, mats=1, act=False, x_slot=ffn,
             out_mat=0, config=c2)
     return out
-
 
 
 @torch.compiler.disable  # opaque to torch.compile: the glue around it fuses, this stays one launch
