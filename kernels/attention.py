@@ -82,11 +82,12 @@ def _attention_kernel(
     program rotates its heads' q itself, and the program whose chunk holds pos first writes
     the token's rotated k and its v at cache row pos."""
     pdl_launch_next(PDL)
-    pdl_wait(PDL)  # the cache row, q and pos are the kernels' before (gemv.pdl_options)
     c = tl.program_id(0)
     bk = tl.program_id(1)
     b = (bk // n_kv).to(tl.int64)
     kv = (bk % n_kv).to(tl.int64)
+    # pos, cos and sin are filled before the step's kernels run (no PDL kernel writes them),
+    # and cache rows before pos by earlier steps: all of them load before the wait
     pos = tl.load(pos_ptr).to(tl.int32)
     end = tl.minimum(pos + 1, S)  # positions 0..pos are used
     start = c * CHUNK
@@ -98,12 +99,22 @@ def _attention_kernel(
     dmask = d < HD
     k_base = k_ptr + b * k_sb + kv * k_sh
     v_base = v_ptr + b * v_sb + kv * v_sh
+    n_first = start + tl.arange(0, BN)  # the chunk's first block: its rows before pos
+    early = n_first < tl.minimum(stop, pos)
+    kt_first = tl.load(k_base + n_first[None, :] * k_ss + d[:, None],
+                       mask=dmask[:, None] & early[None, :], other=0.0)  # [HDP, BN]
+    vt_first = tl.load(v_base + n_first[:, None] * v_ss + d[None, :],
+                       mask=early[:, None] & dmask[None, :], other=0.0)  # [BN, HDP]
+    if QKV:
+        cs = tl.load(cos_ptr + d, mask=dmask, other=0.0)
+        sn = tl.load(sin_ptr + d, mask=dmask, other=0.0)
+    pdl_wait(PDL)  # q, and the cache row pos (written by the kernel before or below)
     if QKV:  # batch 1
         dtype = k_ptr.dtype.element_ty
         HALF: tl.constexpr = HD // 2
         partner = (d + HALF) % HD  # rotate_half: -x[d + half] below half, x[d - half] above
-        cs = tl.load(cos_ptr + d, mask=dmask, other=0.0).to(dtype).to(tl.float32)
-        sn = tl.load(sin_ptr + d, mask=dmask, other=0.0).to(dtype).to(tl.float32)
+        cs = cs.to(dtype).to(tl.float32)
+        sn = sn.to(dtype).to(tl.float32)
         heads = (kv * R + r)[:, None] * HD
         q = _rope(qkv_ptr, _split_row(heads + d[None, :], N, A, A_SUB, AXIS0),
                   _split_row(heads + partner[None, :], N, A, A_SUB, AXIS0),
@@ -126,8 +137,11 @@ def _attention_kernel(
     for n0 in range(start, stop, BN):
         n = n0 + tl.arange(0, BN)
         nmask = n < stop
+        first = n < start + BN  # all of the first block, none of a later one
+        late = nmask & ((n >= pos) | ~first)  # the rows not loaded ahead of the wait
         kt = tl.load(k_base + n[None, :] * k_ss + d[:, None],
-                     mask=dmask[:, None] & nmask[None, :], other=0.0)  # [HDP, BN]
+                     mask=dmask[:, None] & late[None, :], other=0.0)  # [HDP, BN]
+        kt += tl.where(first[None, :], kt_first, tl.zeros_like(kt_first))
         s = tl.dot(q, kt, input_precision=PRECISION) * scale  # [RP, BN] fp32
         s = tl.where(nmask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every tile has a used position
@@ -135,7 +149,8 @@ def _attention_kernel(
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         vt = tl.load(v_base + n[:, None] * v_ss + d[None, :],
-                     mask=nmask[:, None] & dmask[None, :], other=0.0)  # [BN, HDP]
+                     mask=late[:, None] & dmask[None, :], other=0.0)  # [BN, HDP]
+        vt += tl.where(first[:, None], vt_first, tl.zeros_like(vt_first))
         # p in V's dtype for the tensor cores, as the torch path rounds it
         acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PRECISION)
         m_i = m_new
