@@ -26,6 +26,7 @@ token's rotated k and its v into the caches.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import torch
@@ -73,7 +74,7 @@ def _attention_kernel(
     R: tl.constexpr, RP: tl.constexpr, RC: tl.constexpr, HD: tl.constexpr, HDP: tl.constexpr,
     CHUNK: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, PRECISION: tl.constexpr,
     QKV: tl.constexpr = False, PARTS: tl.constexpr = 1, AXIS0: tl.constexpr = False,
-    PDL: tl.constexpr = False,
+    AHEAD: tl.constexpr = True, PDL: tl.constexpr = False,
 ):
     """Program (c, b*K + kv): the R query heads of kv head kv over chunk c of the cache; the
     last program of a kv head to finish (a counter) combines the chunks into the output.
@@ -82,6 +83,8 @@ def _attention_kernel(
     program rotates its heads' q itself, and the program whose chunk holds pos first writes
     the token's rotated k and its v at cache row pos."""
     pdl_launch_next(PDL)
+    if not AHEAD:  # TEMPORARY A/B switch (MIXDESK_ATTN_AHEAD=0): the kernel before
+        pdl_wait(PDL)
     c = tl.program_id(0)
     bk = tl.program_id(1)
     b = (bk // n_kv).to(tl.int64)
@@ -100,7 +103,10 @@ def _attention_kernel(
     k_base = k_ptr + b * k_sb + kv * k_sh
     v_base = v_ptr + b * v_sb + kv * v_sh
     n_first = start + tl.arange(0, BN)  # the chunk's first block: its rows before pos
-    early = n_first < tl.minimum(stop, pos)
+    if AHEAD:
+        early = n_first < tl.minimum(stop, pos)
+    else:
+        early = n_first < start  # none
     kt_first = tl.load(k_base + n_first[None, :] * k_ss + d[:, None],
                        mask=dmask[:, None] & early[None, :], other=0.0)  # [HDP, BN]
     vt_first = tl.load(v_base + n_first[:, None] * v_ss + d[None, :],
@@ -108,7 +114,8 @@ def _attention_kernel(
     if QKV:
         cs = tl.load(cos_ptr + d, mask=dmask, other=0.0)
         sn = tl.load(sin_ptr + d, mask=dmask, other=0.0)
-    pdl_wait(PDL)  # q, and the cache row pos (written by the kernel before or below)
+    if AHEAD:
+        pdl_wait(PDL)  # q, and the cache row pos (written by the kernel before or below)
     if QKV:  # batch 1
         dtype = k_ptr.dtype.element_ty
         HALF: tl.constexpr = HD // 2
@@ -116,9 +123,10 @@ def _attention_kernel(
         cs = cs.to(dtype).to(tl.float32)
         sn = sn.to(dtype).to(tl.float32)
         heads = (kv * R + r)[:, None] * HD
+        used = rmask & (start + r * 0 < end)  # a chunk past pos never reads q: no loads
         q = _rope(qkv_ptr, _split_row(heads + d[None, :], N, A, A_SUB, AXIS0),
                   _split_row(heads + partner[None, :], N, A, A_SUB, AXIS0),
-                  rmask[:, None] & dmask[None, :], cs[None, :], sn[None, :], d[None, :],
+                  used[:, None] & dmask[None, :], cs[None, :], sn[None, :], d[None, :],
                   HALF, dtype).to(dtype)  # [RP, HDP]
         if (start <= pos) & (pos < start + CHUNK):  # this chunk reads row pos: write it first
             k_row = qkv_ptr + PARTS * N + kv * HD
@@ -138,7 +146,10 @@ def _attention_kernel(
         n = n0 + tl.arange(0, BN)
         nmask = n < stop
         first = n < start + BN  # all of the first block, none of a later one
-        late = nmask & ((n >= pos) | ~first)  # the rows not loaded ahead of the wait
+        if AHEAD:
+            late = nmask & ((n >= pos) | ~first)  # the rows not loaded ahead of the wait
+        else:
+            late = nmask
         kt = tl.load(k_base + n[None, :] * k_ss + d[:, None],
                      mask=dmask[:, None] & late[None, :], other=0.0)  # [HDP, BN]
         kt += tl.where(first[None, :], kt_first, tl.zeros_like(kt_first))
@@ -318,6 +329,7 @@ def _attend(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, scale: flo
         R=rep, RP=triton.next_power_of_2(max(16, rep)), RC=triton.next_power_of_2(rep),
         HD=head_dim, HDP=triton.next_power_of_2(max(16, head_dim)),  # tl.dot's least size
         CHUNK=chunk, BN=min(chunk, BLOCK_N), BC=COMBINE_BLOCK,
+        AHEAD=os.environ.get("MIXDESK_ATTN_AHEAD", "1") == "1",
         PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32",  # a no-op on fp16
         QKV=qkv_args is not None, PARTS=extra.get("parts", 1), AXIS0=extra.get("axis0", False),
         num_warps=4, **pdl_options(k_cache),
