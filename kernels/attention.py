@@ -66,7 +66,7 @@ def _split_row(rows, N, A, A_SUB, AXIS0: tl.constexpr):
 
 
 @triton.jit
-def _attention_kernel(
+def _attention_kernel(  # noqa: PLR0912 - the AHEAD switch's branches, while it lasts
     q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, cnt_ptr, out_ptr,
     qkv_ptr, cos_ptr, sin_ptr,
     S, n_kv, n_chunks, scale,
@@ -123,7 +123,10 @@ def _attention_kernel(
         cs = cs.to(dtype).to(tl.float32)
         sn = sn.to(dtype).to(tl.float32)
         heads = (kv * R + r)[:, None] * HD
-        used = rmask & (start + r * 0 < end)  # a chunk past pos never reads q: no loads
+        if AHEAD:
+            used = rmask & (start + r * 0 < end)  # a chunk past pos never reads q: no loads
+        else:
+            used = rmask
         q = _rope(qkv_ptr, _split_row(heads + d[None, :], N, A, A_SUB, AXIS0),
                   _split_row(heads + partner[None, :], N, A, A_SUB, AXIS0),
                   used[:, None] & dmask[None, :], cs[None, :], sn[None, :], d[None, :],

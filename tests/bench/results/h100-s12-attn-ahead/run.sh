@@ -1,7 +1,8 @@
 # Prepared in session 11, not yet run (no device time was left): attention loading pos, cos,
 # sin and its chunk's first block of cache rows before pos ahead of the PDL wait, and no q loads
 # in chunks past pos (MIXDESK_ATTN_AHEAD=1, a temporary switch in kernels/attention.py)
-# against the kernel before (=0), one process an axis; the GPU attention tests first.
+# against the kernel before (=0: the same loads and wait as on main, with the added selects of
+# zeros), one process an axis; the GPU attention and engine tests first.
 #   git checkout s11-attn-kv-ahead && bash tests/bench/results/h100-s12-attn-ahead/run.sh
 # Keep it if both axes gain; then drop the switch (AHEAD) and merge.
 source tests/bench/gpu_env.sh
