@@ -26,7 +26,6 @@ token's rotated k and its v into the caches.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import torch
@@ -66,7 +65,7 @@ def _split_row(rows, N, A, A_SUB, AXIS0: tl.constexpr):
 
 
 @triton.jit
-def _attention_kernel(  # noqa: PLR0912 - the AHEAD switch's branches, while it lasts
+def _attention_kernel(  # noqa: PLR0912 - AHEAD's branches
     q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, cnt_ptr, out_ptr,
     qkv_ptr, cos_ptr, sin_ptr,
     S, n_kv, n_chunks, scale,
@@ -81,9 +80,13 @@ def _attention_kernel(  # noqa: PLR0912 - the AHEAD switch's branches, while it 
 
     QKV: q, k and v come from their stacked fp32 GEMV output instead (`qkv_attention`): each
     program rotates its heads' q itself, and the program whose chunk holds pos first writes
-    the token's rotated k and its v at cache row pos."""
+    the token's rotated k and its v at cache row pos.
+
+    AHEAD: pos, cos, sin and the chunk's first block of cache rows before pos load before the
+    PDL wait (they are not the kernel before's output), and a chunk past pos loads no q;
+    otherwise the program waits first."""
     pdl_launch_next(PDL)
-    if not AHEAD:  # TEMPORARY A/B switch (MIXDESK_ATTN_AHEAD=0): the kernel before
+    if not AHEAD:  # everything after the kernel before (gemv.pdl_options)
         pdl_wait(PDL)
     c = tl.program_id(0)
     bk = tl.program_id(1)
@@ -261,7 +264,11 @@ def qkv_attention(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *,
     a_rows = q_rows // group  # q's group rows A, and each split matrix's
     return _attend(qkv, k_cache, v_cache, pos, scale, chunk, n_heads, qkv_args={
         "qkv": qkv, "cos": cos.contiguous(), "sin": sin.contiguous(),
-        "rows": (n_rows, a_rows, a_rows // parts), "parts": parts, "axis0": axis == 0})
+        "rows": (n_rows, a_rows, a_rows // parts), "parts": parts, "axis0": axis == 0,
+        # loads ahead of the PDL wait (AHEAD) measured per axis of the q/k/v GEMV before, one
+        # process a decode step (H100, tests/bench/results/h100-s12-attn-ahead/): axis 0
+        # 3.821 -> 3.796 ms, axis 1 4.366 -> 4.376 ms, so only at axis 0
+        "ahead": axis == 0})
 
 
 def chunk_for(max_len: int) -> int:
@@ -332,7 +339,7 @@ def _attend(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, scale: flo
         R=rep, RP=triton.next_power_of_2(max(16, rep)), RC=triton.next_power_of_2(rep),
         HD=head_dim, HDP=triton.next_power_of_2(max(16, head_dim)),  # tl.dot's least size
         CHUNK=chunk, BN=min(chunk, BLOCK_N), BC=COMBINE_BLOCK,
-        AHEAD=os.environ.get("MIXDESK_ATTN_AHEAD", "1") == "1",
+        AHEAD=extra.get("ahead", True),
         PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32",  # a no-op on fp16
         QKV=qkv_args is not None, PARTS=extra.get("parts", 1), AXIS0=extra.get("axis0", False),
         num_warps=4, **pdl_options(k_cache),

@@ -1,3 +1,5 @@
+# Ran 2026-11-23 (session 12): axis 0 3.8205 -> 3.7962 ms, axis 1 4.3662 -> 4.3760 ms; kept at axis 0 only
+# (qkv_attention passes AHEAD = axis == 0), the switch removed.
 # Prepared in session 11, not yet run (no device time was left): attention loading pos, cos,
 # sin and its chunk's first block of cache rows before pos ahead of the PDL wait, and no q loads
 # in chunks past pos (MIXDESK_ATTN_AHEAD=1, a temporary switch in kernels/attention.py)
