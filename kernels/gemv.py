@@ -46,6 +46,7 @@ from mixdesk.kernels.layout import PackedWeight, lanes_per_word
 
 ONE = 0x3F800000  # the bits of fp32 1.0: a zero exponent
 ACT_BLOCK = 1024  # `_act_kernel`'s elements a program
+LANE_MAJOR_BLOCK = 4096  # `_lane_major_kernel`'s: one program for Mixtral's 4096
 
 
 @triton.jit
@@ -474,6 +475,20 @@ def _act_kernel(h_ptr, rw_ptr, g_ptr, F, BLOCK: tl.constexpr, PDL: tl.constexpr 
 
 
 @triton.jit
+def _lane_major_kernel(x_ptr, xt_ptr, K, B, G: tl.constexpr, BLOCK: tl.constexpr,
+                       PDL: tl.constexpr = False):
+    """xt[m * B + b] = x[b * G + m]: x lane-major for the axis-1 GEMV (XT), in the decode
+    graph's PDL chain (a torch copy would start only after the kernel before ends, and the
+    GEMV after it only after the copy ends)."""
+    pdl_launch_next(PDL)
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < K
+    pdl_wait(PDL)
+    v = tl.load(x_ptr + i, mask=mask)
+    tl.store(xt_ptr + (i % G) * B + i // G, v, mask=mask)
+
+
+@triton.jit
 def _fill_slots_kernel(src, dst, ids_ptr, pos_ptr, first, row_len,
                        BLOCK: tl.constexpr, ITERS: tl.constexpr):
     """Program (c, j): chunk c of row ids[j] of src into row pos[j] of dst, if pos[j] >= first."""
@@ -692,7 +707,7 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
     meta = pw.codes if pw.meta is None else pw.meta  # unread when inline
     extra = {}
     if pw.axis == 1 and pw.words > 1 and not (moe or act):  # x lane-major (XT): one small copy
-        x, extra = x.view(b_cols, pw.group).t().contiguous(), {"XT": True}
+        x, extra = _lane_major(x, b_cols, pw.group), {"XT": True}
     elif (pw.axis == 1 and pw.words == 1 and min(pw.group, lanes_per_word(pw.bits)) == 8
           and _aligned8(x, x_slot)):  # 8 lanes in one word: x as int64 words (X8)
         extra = {"X8": True}
@@ -705,6 +720,17 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
         LPS=max(1, min(cfg.lanes_per_shift, 8 // pw.bits)) if pw.axis == 0 else 1,
         num_warps=cfg.num_warps, **extra, **pdl_options(x), **_register_cap(cfg, x),
     )
+
+
+def _lane_major(x: Tensor, b_cols: int, group: int) -> Tensor:
+    """x [b_cols * group] as [group, b_cols]: lane m of group column b at m * b_cols + b."""
+    if os.environ.get("MIXDESK_XT_COPY", "triton") == "torch":  # TEMPORARY A/B switch
+        return x.view(b_cols, group).t().contiguous()
+    xt = torch.empty_like(x)
+    _lane_major_kernel[(triton.cdiv(x.numel(), LANE_MAJOR_BLOCK),)](
+        x, xt, x.numel(), b_cols, G=group, BLOCK=LANE_MAJOR_BLOCK, num_warps=4,
+        **pdl_options(x))
+    return xt
 
 
 def _aligned8(x: Tensor, x_slot: int) -> bool:
