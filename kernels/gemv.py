@@ -46,7 +46,6 @@ from mixdesk.kernels.layout import PackedWeight, lanes_per_word
 
 ONE = 0x3F800000  # the bits of fp32 1.0: a zero exponent
 ACT_BLOCK = 1024  # `_act_kernel`'s elements a program
-LANE_MAJOR_BLOCK = 4096  # `_lane_major_kernel`'s: one program for Mixtral's 4096
 
 
 @triton.jit
@@ -481,11 +480,11 @@ def _lane_major_kernel(x_ptr, xt_ptr, K, B, G: tl.constexpr, BLOCK: tl.constexpr
     graph's PDL chain (a torch copy would start only after the kernel before ends, and the
     GEMV after it only after the copy ends)."""
     pdl_launch_next(PDL)
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = i < K
+    o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # xt's index: stores coalesce
+    mask = o < K
     pdl_wait(PDL)
-    v = tl.load(x_ptr + i, mask=mask)
-    tl.store(xt_ptr + (i % G) * B + i // G, v, mask=mask)
+    v = tl.load(x_ptr + (o % B) * G + o // B, mask=mask)
+    tl.store(xt_ptr + o, v, mask=mask)
 
 
 @triton.jit
@@ -724,12 +723,16 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
 
 def _lane_major(x: Tensor, b_cols: int, group: int) -> Tensor:
     """x [b_cols * group] as [group, b_cols]: lane m of group column b at m * b_cols + b."""
-    if os.environ.get("MIXDESK_XT_COPY", "triton") == "torch":  # TEMPORARY A/B switch
+    how = os.environ.get("MIXDESK_XT_COPY", "torch")  # TEMPORARY A/B switch
+    if how == "torch":
         return x.view(b_cols, group).t().contiguous()
+    if how == "none":  # timing only (wrong products): what a producer writing xt would save
+        return x
     xt = torch.empty_like(x)
-    _lane_major_kernel[(triton.cdiv(x.numel(), LANE_MAJOR_BLOCK),)](
-        x, xt, x.numel(), b_cols, G=group, BLOCK=LANE_MAJOR_BLOCK, num_warps=4,
-        **pdl_options(x))
+    block = int(os.environ.get("MIXDESK_XT_BLOCK", "512"))
+    _lane_major_kernel[(triton.cdiv(x.numel(), block),)](
+        x, xt, x.numel(), b_cols, G=group, BLOCK=block, num_warps=4,
+        **(pdl_options(x) if how == "triton" else {}))
     return xt
 
 
