@@ -46,6 +46,9 @@ from mixdesk.kernels.layout import PackedWeight, lanes_per_word
 
 ONE = 0x3F800000  # the bits of fp32 1.0: a zero exponent
 ACT_BLOCK = 1024  # `_act_kernel`'s elements a program
+# `_lane_major_kernel`'s: 8 programs for Mixtral's 4096 (one program, its stores scattered,
+# made a decode step slower than the torch copy it replaced: 4.361 -> 4.437 ms at axis 1)
+LANE_MAJOR_BLOCK = 512
 
 
 @triton.jit
@@ -477,8 +480,10 @@ def _act_kernel(h_ptr, rw_ptr, g_ptr, F, BLOCK: tl.constexpr, PDL: tl.constexpr 
 def _lane_major_kernel(x_ptr, xt_ptr, K, B, G: tl.constexpr, BLOCK: tl.constexpr,
                        PDL: tl.constexpr = False):
     """xt[m * B + b] = x[b * G + m]: x lane-major for the axis-1 GEMV (XT), in the decode
-    graph's PDL chain (a torch copy would start only after the kernel before ends, and the
-    GEMV after it only after the copy ends)."""
+    graph's PDL chain. A torch copy there starts only after the kernel before has ended, and
+    the GEMV after it only after the copy has: a decode step at axis 1 (two copies a layer)
+    4.346 -> 4.139 ms on an H100, 4.313 without PDL; with no copy at all (wrong products,
+    timing only) 4.064 (tests/bench/results/h100-s12-xt/)."""
     pdl_launch_next(PDL)
     o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # xt's index: stores coalesce
     mask = o < K
@@ -723,16 +728,10 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
 
 def _lane_major(x: Tensor, b_cols: int, group: int) -> Tensor:
     """x [b_cols * group] as [group, b_cols]: lane m of group column b at m * b_cols + b."""
-    how = os.environ.get("MIXDESK_XT_COPY", "torch")  # TEMPORARY A/B switch
-    if how == "torch":
-        return x.view(b_cols, group).t().contiguous()
-    if how == "none":  # timing only (wrong products): what a producer writing xt would save
-        return x
     xt = torch.empty_like(x)
-    block = int(os.environ.get("MIXDESK_XT_BLOCK", "512"))
-    _lane_major_kernel[(triton.cdiv(x.numel(), block),)](
-        x, xt, x.numel(), b_cols, G=group, BLOCK=block, num_warps=4,
-        **(pdl_options(x) if how == "triton" else {}))
+    _lane_major_kernel[(triton.cdiv(x.numel(), LANE_MAJOR_BLOCK),)](
+        x, xt, x.numel(), b_cols, G=group, BLOCK=LANE_MAJOR_BLOCK, num_warps=4,
+        **pdl_options(x))
     return xt
 
 
