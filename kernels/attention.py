@@ -73,7 +73,7 @@ def _attention_kernel(  # noqa: PLR0912 - AHEAD's branches
     R: tl.constexpr, RP: tl.constexpr, RC: tl.constexpr, HD: tl.constexpr, HDP: tl.constexpr,
     CHUNK: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, PRECISION: tl.constexpr,
     QKV: tl.constexpr = False, PARTS: tl.constexpr = 1, AXIS0: tl.constexpr = False,
-    AHEAD: tl.constexpr = True, PDL: tl.constexpr = False,
+    AHEAD: tl.constexpr = True, OG: tl.constexpr = 0, PDL: tl.constexpr = False,
 ):
     """Program (c, b*K + kv): the R query heads of kv head kv over chunk c of the cache; the
     last program of a kv head to finish (a counter) combines the chunks into the output.
@@ -181,14 +181,14 @@ def _attention_kernel(  # noqa: PLR0912 - AHEAD's branches
     tl.debug_barrier()  # every thread's partials stored before the count (release) below
     if tl.atomic_add(cnt_ptr + bk, 1, sem="acq_rel") == n_chunks - 1:  # the last: combine
         _combine(m_ptr, l_ptr, acc_ptr, out_ptr, (b * n_kv + kv) * R, b, kv * R, end,
-                 n_chunks, o_sb, o_sh, R, RC, HD, HDP, CHUNK, BC)
+                 n_chunks, o_sb, o_sh, R, RC, HD, HDP, CHUNK, BC, OG)
         tl.store(cnt_ptr + bk, 0)  # ready for the next launch
 
 
 @triton.jit
 def _combine(m_ptr, l_ptr, acc_ptr, out_ptr, row0, b, h0, end, n_chunks, o_sb, o_sh,
              R: tl.constexpr, RC: tl.constexpr, HD: tl.constexpr, HDP: tl.constexpr,
-             CHUNK: tl.constexpr, BC: tl.constexpr):
+             CHUNK: tl.constexpr, BC: tl.constexpr, OG: tl.constexpr):
     """out of heads h0..h0+R-1: the partials of the chunks up to pos,
     sum_c exp(m_c - M) acc_c / sum_c exp(m_c - M) l_c with M = max_c m_c. Reads bypass L1
     (.cg): other programs, on other SMs, wrote them."""
@@ -220,14 +220,18 @@ def _combine(m_ptr, l_ptr, acc_ptr, out_ptr, row0, b, h0, end, n_chunks, o_sb, o
                       cache_modifier=".cg")  # [RC, BC, HDP]
         num += tl.sum(w[:, :, None] * acc, 1)
     y = num / tl.where(hmask, tl.sum(den, 1), 1.0)[:, None]  # [RC, HDP]; padding heads 0/1
-    tl.store(out_ptr + b * o_sb + (h0 + h)[:, None] * o_sh + d[None, :],
-             y.to(out_ptr.dtype.element_ty), mask=hmask[:, None] & dmask[None, :])
+    if OG:  # batch 1, lane-major for groups of OG: flat i at (i % OG) * (H*HD / OG) + i // OG
+        i = (h0 + h)[:, None] * HD + d[None, :]
+        dst = out_ptr + (i % OG) * (o_sb // OG) + i // OG
+    else:
+        dst = out_ptr + b * o_sb + (h0 + h)[:, None] * o_sh + d[None, :]
+    tl.store(dst, y.to(out_ptr.dtype.element_ty), mask=hmask[:, None] & dmask[None, :])
 
 
 @torch.compiler.disable  # opaque to torch.compile, like the GEMVs
 def qkv_attention(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *, cos: Tensor,
                   sin: Tensor, parts: int, group: int, axis: int, scale: float,
-                  chunk: int | None = None) -> Tensor:
+                  chunk: int | None = None, out_group: int = 0) -> Tensor:
     """One token's attention from its stacked q, k and v GEMV output (`engine.fastpath.fuse_qkv`),
     in one launch: q put back in row order (`layout.merge_rows`) and rotated, k rotated and
     written with v at cache position pos, all rounded to the cache's dtype as the torch path
@@ -241,9 +245,12 @@ def qkv_attention(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *,
         pos: int [1] on the device, the token's position.
         k_cache, v_cache: [1, K, S, Hd] static caches (batch 1), Hd contiguous.
         scale, chunk: as `decode_attention`'s.
+        out_group: > 0: the output written lane-major for groups of that many (flat element
+            i at (i % g) * (H*Hd / g) + i // g), as the axis-1 o GEMV of that group reads it
+            (`gemv(..., x_lane_major=True)`), which then needs no copy of its own.
 
     Returns:
-        [1, H, Hd] in the caches' dtype.
+        [1, H, Hd] in the caches' dtype (lane-major in memory with `out_group`).
     """
     check_device(qkv)
     n_rows = qkv.shape[1]
@@ -261,6 +268,8 @@ def qkv_attention(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *,
     n_heads = q_rows // head_dim
     if n_heads % n_kv:
         raise ValueError(f"{n_heads} query heads do not share {n_kv} kv heads evenly")
+    if out_group < 0 or (out_group and q_rows % out_group):
+        raise ValueError(f"out_group {out_group} does not divide the output's {q_rows} elements")
     a_rows = q_rows // group  # q's group rows A, and each split matrix's
     return _attend(qkv, k_cache, v_cache, pos, scale, chunk, n_heads, qkv_args={
         "qkv": qkv, "cos": cos.contiguous(), "sin": sin.contiguous(),
@@ -268,7 +277,7 @@ def qkv_attention(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *,
         # loads ahead of the PDL wait (AHEAD) measured per axis of the q/k/v GEMV before, one
         # process a decode step (H100, tests/bench/results/h100-s12-attn-ahead/): axis 0
         # 3.821 -> 3.796 ms, axis 1 4.366 -> 4.376 ms, so only at axis 0
-        "ahead": axis == 0})
+        "ahead": axis == 0, "out_group": out_group})
 
 
 def chunk_for(max_len: int) -> int:
@@ -339,7 +348,7 @@ def _attend(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, scale: flo
         R=rep, RP=triton.next_power_of_2(max(16, rep)), RC=triton.next_power_of_2(rep),
         HD=head_dim, HDP=triton.next_power_of_2(max(16, head_dim)),  # tl.dot's least size
         CHUNK=chunk, BN=min(chunk, BLOCK_N), BC=COMBINE_BLOCK,
-        AHEAD=extra.get("ahead", True),
+        AHEAD=extra.get("ahead", True), OG=extra.get("out_group", 0),
         PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32",  # a no-op on fp16
         QKV=qkv_args is not None, PARTS=extra.get("parts", 1), AXIS0=extra.get("axis0", False),
         num_warps=4, **pdl_options(k_cache),

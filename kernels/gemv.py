@@ -696,7 +696,8 @@ def default_config(pw: PackedWeight, launches: int, device: torch.device, *,
 
 def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, out: Tensor, *,
             launches: int, moe: bool, mats: int, act: bool, x_slot: int, out_mat: int,
-            config: Config | None, wait_first: bool = False) -> None:
+            config: Config | None, wait_first: bool = False, x_lane_major: bool = False
+            ) -> None:
     cfg = config or default_config(pw, launches, x.device)
     if pw.axis == 0 and cfg.block_cols % 4:
         raise ValueError(f"axis 0 takes block_cols in multiples of 4, got {cfg.block_cols}")
@@ -710,8 +711,8 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
     kernel = _gemv_axis0_kernel if pw.axis == 0 else _gemv_axis1_kernel
     meta = pw.codes if pw.meta is None else pw.meta  # unread when inline
     extra = {}
-    if pw.axis == 1 and pw.words > 1 and not (moe or act):  # x lane-major (XT): one small copy
-        x, extra = _lane_major(x, b_cols, pw.group), {"XT": True}
+    if reads_lane_major(pw) and not (moe or act):  # x lane-major (XT): copied unless given so
+        x, extra = x if x_lane_major else _lane_major(x, b_cols, pw.group), {"XT": True}
     elif (pw.axis == 1 and pw.words == 1 and min(pw.group, lanes_per_word(pw.bits)) == 8
           and _aligned8(x, x_slot)):  # 8 lanes in one word: x as int64 words (X8)
         extra = {"X8": True}
@@ -784,7 +785,7 @@ def _interpreted_types() -> tuple[type, ...]:
 
 @torch.compiler.disable  # opaque to torch.compile: the glue around it fuses, this stays one launch
 def gemv(x: Tensor, pw: PackedWeight, out: Tensor | None = None, *,
-         config: Config | None = None) -> Tensor:
+         config: Config | None = None, x_lane_major: bool = False) -> Tensor:
     """y = W @ x in fp32, for every matrix of `pw` in one launch (they share x).
 
     Args:
@@ -793,6 +794,9 @@ def gemv(x: Tensor, pw: PackedWeight, out: Tensor | None = None, *,
         out: fp32 [N], or [M, N] for a stack, to add into (zero it first for a plain
             product); new zeros if None.
         config: tile shape; `default_config` if None.
+        x_lane_major: x comes lane-major (`reference.lane_major`, as `router.add_norm` and
+            `attention.qkv_attention` can write it), for a `pw` that reads it so (axis 1, more
+            than one word a group): the launch then makes no copy of it.
 
     Returns:
         `out`, fp32 [N] for one matrix, [M, N] for a stack.
@@ -807,9 +811,18 @@ def gemv(x: Tensor, pw: PackedWeight, out: Tensor | None = None, *,
         out = torch.zeros(shape, dtype=torch.float32, device=x.device)
     elif out.numel() != mats * n_rows or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous fp32 {shape}")
+    if x_lane_major and not reads_lane_major(pw):
+        raise ValueError(f"a {pw.bits}-bit group-{pw.group} axis-{pw.axis} weight does not "
+                         "read x lane-major")
     _launch(x.contiguous(), x, x, x, pw, out, launches=mats, moe=False, mats=1, act=False,
-            x_slot=0, out_mat=n_rows, config=config)
+            x_slot=0, out_mat=n_rows, config=config, x_lane_major=x_lane_major)
     return out
+
+
+def reads_lane_major(pw: PackedWeight) -> bool:
+    """Whether `gemv` reads x lane-major for `pw` (axis 1, more than one word a group): given
+    so (`x_lane_major`), it makes no copy."""
+    return pw.axis == 1 and pw.words > 1
 
 
 @torch.compiler.disable  # opaque to torch.compile: the glue around it fuses, this stays one launch

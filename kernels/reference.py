@@ -61,8 +61,12 @@ def dequantize(pw: PackedWeight, mat: int = 0) -> Tensor:
                               axis=pw.axis)
 
 
-def gemv(x: Tensor, pw: PackedWeight, out: Tensor | None = None) -> Tensor:
-    """Reference of `kernels.gemv.gemv`: fp32 [N] = W @ x, or [M, N] for a stack of M."""
+def gemv(x: Tensor, pw: PackedWeight, out: Tensor | None = None, *,
+         x_lane_major: bool = False) -> Tensor:
+    """Reference of `kernels.gemv.gemv`: fp32 [N] = W @ x, or [M, N] for a stack of M; x given
+    lane-major (`lane_major`) with `x_lane_major`."""
+    if x_lane_major:
+        x = x.reshape(pw.group, -1).t().reshape(-1)
     y = torch.stack([dequantize(pw, m) @ x.float() for m in range(pw.n_mats)])
     y = y[0] if pw.n_mats == 1 else y
     if out is not None:
@@ -119,19 +123,31 @@ def route(x: Tensor, a: Tensor, norm_weight: Tensor, gate_weight: Tensor, *, eps
     return h, normed, ids, weights / weights.sum()
 
 
-def add_norm(x: Tensor, a: Tensor, norm_weight: Tensor, *, eps: float) -> tuple[Tensor, Tensor]:
-    """Reference of `kernels.router.add_norm`: h = x + a (a rounded to x's dtype), RMSNorm(h)."""
+def add_norm(x: Tensor, a: Tensor, norm_weight: Tensor, *, eps: float,
+             lane_group: int = 0) -> tuple[Tensor, Tensor]:
+    """Reference of `kernels.router.add_norm`: h = x + a (a rounded to x's dtype), RMSNorm(h),
+    that lane-major for groups of `lane_group` if it is > 0."""
     h = x.reshape(-1) + a.reshape(-1).to(x.dtype)
     hf = h.float()
-    return h, norm_weight * (hf * torch.rsqrt(hf.pow(2).mean() + eps)).to(h.dtype)
+    normed = norm_weight * (hf * torch.rsqrt(hf.pow(2).mean() + eps)).to(h.dtype)
+    return h, lane_major(normed, lane_group) if lane_group else normed
+
+
+def lane_major(x: Tensor, group: int) -> Tensor:
+    """x's elements flat, element i at (i % group) * (n / group) + i // group: the order an
+    axis-1 GEMV of that group reads x in (`gemv(..., x_lane_major=True)`)."""
+    return x.reshape(-1, group).t().reshape(x.shape)
 
 
 def qkv_attention(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *, cos: Tensor,
-                  sin: Tensor, parts: int, group: int, axis: int, scale: float) -> Tensor:
-    """Reference of `kernels.attention.qkv_attention`: `rope_qkv`, then `decode_attention`."""
+                  sin: Tensor, parts: int, group: int, axis: int, scale: float,
+                  out_group: int = 0) -> Tensor:
+    """Reference of `kernels.attention.qkv_attention`: `rope_qkv`, then `decode_attention`,
+    that lane-major (`lane_major`) for groups of `out_group` if it is > 0."""
     q = rope_qkv(qkv, pos, k_cache, v_cache, cos=cos, sin=sin, parts=parts, group=group,
                  axis=axis)
-    return decode_attention(q, k_cache, v_cache, pos, scale)
+    y = decode_attention(q, k_cache, v_cache, pos, scale)
+    return lane_major(y, out_group) if out_group else y
 
 
 def rope_qkv(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *, cos: Tensor,

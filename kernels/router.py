@@ -54,10 +54,24 @@ def _residual(x_ptr, a_ptr, d, m):
 
 
 @triton.jit
+def _store_normed(n_ptr, d, m, n, D, LG: tl.constexpr, TRANS: tl.constexpr):
+    """The normed row's elements d, plain, or lane-major for groups of LG (LG > 0: element i
+    at (i % LG) * (D / LG) + i // LG, the axis-1 GEMV's XT input). TRANS (the whole row in
+    one block, D = BD): transposed in registers and stored whole; else each element alone."""
+    if LG == 0:
+        tl.store(n_ptr + d, n, mask=m)
+    elif TRANS:
+        tl.store(n_ptr + d, tl.reshape(tl.trans(tl.reshape(n, [n.shape[0] // LG, LG])),
+                                       [n.shape[0]]), mask=m)
+    else:
+        tl.store(n_ptr + (d % LG) * (D // LG) + d // LG, n, mask=m)
+
+
+@triton.jit
 def _route_kernel(x_ptr, a_ptr, nw_ptr, gw_ptr, h_ptr, n_ptr, ids_ptr, w_ptr, D, eps,
                   E: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
                   BD: tl.constexpr, ONE_STEP: tl.constexpr, ROUTE: tl.constexpr,
-                  PDL: tl.constexpr = False):
+                  LG: tl.constexpr = 0, TRANS: tl.constexpr = False, PDL: tl.constexpr = False):
     pdl_launch_next(PDL)
     d0 = tl.arange(0, BD)
     e = tl.arange(0, EP)
@@ -76,7 +90,7 @@ def _route_kernel(x_ptr, a_ptr, nw_ptr, gw_ptr, h_ptr, n_ptr, ids_ptr, w_ptr, D,
         hf = h.to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(hf * hf, 0) / D + eps)
         n = _norm(h, nw, rstd, n_dtype)
-        tl.store(n_ptr + d0, n, mask=m)
+        _store_normed(n_ptr, d0, m, n, D, LG, TRANS)
         if ROUTE:
             logits = tl.sum(g.to(tl.float32) * n.to(tl.float32)[None, :], 1)
     else:
@@ -94,7 +108,7 @@ def _route_kernel(x_ptr, a_ptr, nw_ptr, gw_ptr, h_ptr, n_ptr, ids_ptr, w_ptr, D,
             h = _residual(x_ptr, a_ptr, d, m)
             tl.store(h_ptr + d, h, mask=m)
             n = _norm(h, tl.load(nw_ptr + d, mask=m, other=0.0), rstd, n_dtype)
-            tl.store(n_ptr + d, n, mask=m)
+            _store_normed(n_ptr, d, m, n, D, LG, False)
             if ROUTE:
                 g = tl.load(gw_ptr + e[:, None] * D + d[None, :],
                             mask=emask[:, None] & m[None, :], other=0.0)
@@ -154,7 +168,8 @@ def route(x: Tensor, a: Tensor, norm_weight: Tensor, gate_weight: Tensor, *, eps
 
 
 @torch.compiler.disable  # opaque to torch.compile, like the GEMVs: the glue around it fuses
-def add_norm(x: Tensor, a: Tensor, norm_weight: Tensor, *, eps: float) -> tuple[Tensor, Tensor]:
+def add_norm(x: Tensor, a: Tensor, norm_weight: Tensor, *, eps: float,
+             lane_group: int = 0) -> tuple[Tensor, Tensor]:
     """h = x + a and RMSNorm(h), in one launch: a layer's residual add after its experts
     with the next layer's input norm (or the final norm) on one token.
 
@@ -163,20 +178,26 @@ def add_norm(x: Tensor, a: Tensor, norm_weight: Tensor, *, eps: float) -> tuple[
         a: [D] what to add, in x's dtype or fp32 (rounded to x's dtype first).
         norm_weight: [D] the RMSNorm's weight.
         eps: its epsilon.
+        lane_group: > 0: the normed row written lane-major for groups of that many (element i
+            at (i % g) * (D / g) + i // g), as an axis-1 GEMV of that group reads it
+            (`gemv(..., x_lane_major=True)`), which then needs no copy of its own.
 
     Returns:
         (h [D] in x's dtype, normed h [D], x's and norm_weight's dtypes promoted).
     """
-    return _launch(x, a, norm_weight, eps, None, None, None)
+    return _launch(x, a, norm_weight, eps, None, None, None, lane_group)
 
 
 def _launch(x: Tensor, a: Tensor, norm_weight: Tensor, eps: float, gate_weight: Tensor | None,
-            ids: Tensor | None, weights: Tensor | None) -> tuple[Tensor, Tensor]:
+            ids: Tensor | None, weights: Tensor | None, lane_group: int = 0
+            ) -> tuple[Tensor, Tensor]:
     check_device(x)
     dim = x.numel()
     if a.numel() != dim or norm_weight.numel() != dim:
         raise ValueError(f"shapes do not match: x {tuple(x.shape)}, a {tuple(a.shape)}, norm "
                          f"{tuple(norm_weight.shape)}")
+    if lane_group < 0 or (lane_group and dim % lane_group):
+        raise ValueError(f"lane_group {lane_group} does not divide the row's {dim} elements")
     if a.dtype not in {x.dtype, torch.float32}:
         raise ValueError(f"a is {a.dtype}: it must be x's dtype ({x.dtype}) or fp32")
     block = min(BLOCK_D, triton.next_power_of_2(dim))
@@ -191,7 +212,9 @@ def _launch(x: Tensor, a: Tensor, norm_weight: Tensor, eps: float, gate_weight: 
         h if ids is None else ids, h if weights is None else weights, dim, eps,
         E=n_experts, EP=triton.next_power_of_2(n_experts), TOPK=top_k,
         KP=triton.next_power_of_2(top_k), BD=block, ONE_STEP=dim <= block,
-        ROUTE=gate_weight is not None, num_warps=max(1, min(16, block // 256)),
+        ROUTE=gate_weight is not None, LG=lane_group,
+        TRANS=dim == block and lane_group > 0 and block % lane_group == 0,
+        num_warps=max(1, min(16, block // 256)),
         **pdl_options(x),
     )
     return h, normed

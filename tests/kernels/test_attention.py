@@ -143,16 +143,19 @@ def test_decode_attention_in_a_cuda_graph() -> None:
         assert rel_error(out, ref) <= 1e-3, at
 
 
-@pytest.mark.parametrize(("parts", "group", "axis", "dtype", "at"), [
-    (4, 64, 0, torch.float16, 5),  # Mixtral's q as 4 matrices of k's shape, in small
-    (2, 8, 0, torch.float32, 37),  # pos in the last of 3 chunks (16 positions a chunk)
-    (3, 16, 1, torch.float16, 0),  # pos 0: the token attends to itself only
+@pytest.mark.parametrize(("parts", "group", "axis", "dtype", "at", "out_group"), [
+    (4, 64, 0, torch.float16, 5, 0),  # Mixtral's q as 4 matrices of k's shape, in small
+    (2, 8, 0, torch.float32, 37, 0),  # pos in the last of 3 chunks (16 positions a chunk)
+    (3, 16, 1, torch.float16, 0, 0),  # pos 0: the token attends to itself only
+    (3, 16, 1, torch.float32, 21, 16),  # the output lane-major, for an axis-1 o GEMV
+    (4, 64, 0, torch.float16, 30, 64),  # groups of 64 over heads of 64
 ])
-def test_qkv_attention_equals_the_torch_path(parts: int, group: int, axis: int,
-                                             dtype: torch.dtype, at: int) -> None:
+def test_qkv_attention_equals_the_torch_path(  # noqa: PLR0917 - pytest parameters
+        parts: int, group: int, axis: int, dtype: torch.dtype, at: int, out_group: int) -> None:
     """Attention of one token from its stacked q, k and v GEMV output, in one launch: q back in
     row order and rotated, k rotated into the cache at pos and v copied there, then attention
-    over positions 0..pos, as the torch path computes them."""
+    over positions 0..pos, as the torch path computes them; with out_group, written
+    lane-major."""
     seed = time.time_ns() % 2**31
     print(f"seed {seed}")
     gen = torch.Generator().manual_seed(seed)
@@ -166,7 +169,7 @@ def test_qkv_attention_equals_the_torch_path(parts: int, group: int, axis: int,
               for _ in range(2)]
     want_caches = [c.clone() for c in caches]
     kw = {"cos": cos, "sin": sin, "parts": parts, "group": group, "axis": axis,
-          "scale": head_dim**-0.5}
+          "scale": head_dim**-0.5, "out_group": out_group}
     y = qkv_attention(qkv, pos, *caches, chunk=16, **kw)
     want = reference.qkv_attention(qkv, pos, *want_caches, **kw)
     assert y.dtype == dtype and y.shape == want.shape == (1, parts * n_rows // head_dim, head_dim)
@@ -180,3 +183,5 @@ def test_qkv_attention_equals_the_torch_path(parts: int, group: int, axis: int,
         qkv_attention(qkv[:-1], pos, *caches, **kw)
     with pytest.raises(ValueError, match="shapes do not match"):
         qkv_attention(qkv, pos, caches[0], caches[1][..., :-2], **kw)
+    with pytest.raises(ValueError, match="out_group"):
+        qkv_attention(qkv, pos, *caches, **{**kw, "out_group": 7})

@@ -126,6 +126,24 @@ def test_axis1_groups_of_8_read_x_as_words(dtype: torch.dtype, offset: int) -> N
     assert rel_error(gemv(x, pw), reference.gemv(x, pw)) < 1e-5
 
 
+@pytest.mark.parametrize(("shape", "bits", "group"), [((48, 96), 4, 16), ((40, 128), 3, 64)])
+def test_gemv_takes_x_lane_major_without_a_copy(shape: tuple[int, int], bits: int,
+                                                group: int) -> None:
+    """x handed over lane-major (as add_norm and qkv_attention write it for the axis-1 q/k/v and
+    o GEMVs) gives the same product as x in order; a weight that reads x in order refuses it."""
+    logical = random_logical(shape, bits=bits, group=group, device=DEVICE)
+    pw = pack(*logical, bits=bits, group=group, axis=1)
+    x = torch.randn(shape[1], device=DEVICE)
+    xt = reference.lane_major(x, group)
+    assert not torch.equal(xt, x) and torch.equal(xt.reshape(group, -1)[:, 1], x[group:2 * group])
+    y = gemv(xt, pw, x_lane_major=True)
+    assert rel_error(y, gemv(x, pw)) < 1e-6
+    assert rel_error(y, reference.gemv(xt, pw, x_lane_major=True)) < 1e-5
+    plain = pack(*random_logical(shape, bits=2, group=8, device=DEVICE), bits=2, group=8, axis=1)
+    with pytest.raises(ValueError, match="lane-major"):
+        gemv(x, plain, x_lane_major=True)
+
+
 @pytest.mark.skipif(CUDA, reason="the GPU tests check single matrices at full size")
 @pytest.mark.parametrize("axis", [0, 1])
 def test_gemv_stack_is_one_launch_per_matrix(axis: int) -> None:

@@ -63,6 +63,28 @@ def test_route_interpreter(dim: int, experts: int, top_k: int, dtype: torch.dtyp
     check(dim, experts, top_k, dtype, a_fp32=a_fp32)
 
 
+@pytest.mark.parametrize(("dim", "group", "dtype"), [
+    (64, 8, torch.float32),  # the row in one block: transposed in registers
+    (4096, 64, torch.float16),  # Mixtral's, as the axis-1 q/k/v GEMV reads it
+    (96, 8, torch.float16),  # a padded block: element by element
+    (5000, 8, torch.float32),  # two loop steps
+])
+def test_add_norm_writes_the_normed_row_lane_major(dim: int, group: int,
+                                                   dtype: torch.dtype) -> None:
+    """With lane_group the normed row comes lane-major (element i at (i % g) * (D/g) + i // g),
+    h as before; a group that does not divide the row is refused."""
+    x, a, norm_w, _ = inputs(dim, 8, dtype)
+    h, normed = add_norm(x, a, norm_w, eps=1e-5, lane_group=group)
+    want_h, want_n = reference.add_norm(x, a, norm_w, eps=1e-5, lane_group=group)
+    assert torch.equal(h, want_h)
+    tol = 1e-6 if dtype == torch.float32 else 8e-3
+    assert torch.allclose(normed.float(), want_n.float(), rtol=tol, atol=tol / 8)
+    plain = add_norm(x, a, norm_w, eps=1e-5)[1]
+    assert torch.equal(normed.reshape(group, -1).t().reshape(-1), plain)
+    with pytest.raises(ValueError, match="lane_group"):
+        add_norm(x, a, norm_w, eps=1e-5, lane_group=7)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
