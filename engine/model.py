@@ -96,20 +96,48 @@ class Attention(nn.Module):
         # CUDA): it reads cache positions 0..pos, not the whole static cache
         self.decode_kernel = False
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, pos: Tensor) -> Tensor:
+    def lane_group(self) -> int:
+        """The group whose lane-major order (`kernels.reference.lane_major`) one token's x
+        may come in, so that the q/k/v GEMV makes no copy of it (an axis-1 stack of more than
+        one word a group reads x so; `kernels.router.add_norm` writes it so); 0: in order."""
+        if self.qkv_packed is None or not self.q_parts:  # q apart reads x as it is
+            return 0
+        from mixdesk.kernels.gemv import reads_lane_major  # noqa: PLC0415 - triton only here
+
+        return self.qkv_packed.group if reads_lane_major(self.qkv_packed) else 0
+
+    def _o_lane_group(self) -> int:
+        """Likewise for o_proj's input, the attention's output (`qkv_attention`'s out_group)."""
+        packed = getattr(self.o_proj, "packed", None)
+        if packed is None:
+            return 0
+        from mixdesk.kernels.gemv import reads_lane_major  # noqa: PLC0415 - triton only here
+
+        return packed.group if reads_lane_major(packed) else 0
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, pos: Tensor, *,
+                x_lane_major: bool = False) -> Tensor:
+        """x_lane_major: one token's x comes in `lane_group`'s lane-major order."""
         B, T, _ = x.shape  # noqa: N806
+        if x_lane_major and not (B * T == 1 and self.lane_group()):
+            raise ValueError("x comes lane-major only to a q/k/v GEMV that reads it so")
         if B * T == 1 and self.qkv_packed is not None:  # kernel path: q, k and v in one launch
             from mixdesk.kernels.gemv import gemv  # noqa: PLC0415 - triton only here
 
-            qkv = gemv(x.reshape(-1), self.qkv_packed, self.qkv_out)  # fp32 [Q + 2, K*Hd]
+            qkv = gemv(x.reshape(-1), self.qkv_packed, self.qkv_out,
+                       x_lane_major=x_lane_major)  # fp32 [Q + 2, K*Hd]
             n = self.q_parts
             if n and self.decode_kernel and self.kv_cache is not None:
-                # RoPE, q's row order, the cache writes and attention in one launch
+                # RoPE, q's row order, the cache writes and attention in one launch; its
+                # output lane-major where o's GEMV reads it so (no copy between)
                 from mixdesk.kernels.attention import qkv_attention  # noqa: PLC0415 - triton
 
-                pw, cache = self.qkv_packed, self.kv_cache
+                pw, cache, o_group = self.qkv_packed, self.kv_cache, self._o_lane_group()
                 y = qkv_attention(qkv, pos, cache.k, cache.v, cos=cos, sin=sin, parts=n,
-                                  group=pw.group, axis=pw.axis, scale=self.head_dim**-0.5)
+                                  group=pw.group, axis=pw.axis, scale=self.head_dim**-0.5,
+                                  out_group=o_group)
+                if o_group:
+                    return self.o_proj(y.reshape(B, T, -1), x_lane_major=True)
                 return self.o_proj(y.reshape(B, T, -1))
             if n:
                 pw = self.qkv_packed
@@ -336,17 +364,21 @@ class Block(nn.Module):
         return h + self.moe(self.post_attention_layernorm(h))
 
     def decode(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, pos: Tensor, *,
-               normed: Tensor, next_norm: RMSNorm) -> tuple[Tensor, Tensor]:
+               normed: Tensor, next_norm: RMSNorm, next_lane_group: int = 0
+               ) -> tuple[Tensor, Tensor]:
         """One token through the layer on the kernel path (`route_kernel` set), given its
-        input already normed; returns the output and `next_norm` of it, the residual add and
-        that norm one launch (`kernels.router.add_norm`) in place of three kernels."""
+        input already normed (lane-major if `self_attn.lane_group()`); returns the output and
+        `next_norm` of it (lane-major for groups of `next_lane_group` if > 0), the residual
+        add and that norm one launch (`kernels.router.add_norm`) in place of three kernels."""
         from mixdesk.kernels.router import add_norm  # noqa: PLC0415 - triton only here
 
-        a = self.self_attn(normed, cos, sin, mask, pos)  # o_proj's fp32 GEMV output
+        a = self.self_attn(normed, cos, sin, mask, pos,  # o_proj's fp32 GEMV output
+                           x_lane_major=bool(self.self_attn.lane_group()))
         h, moe_in, chosen, weights = self._route(x, a)
         y = self.moe.run_experts(moe_in.view(1, -1), chosen.view(1, -1), weights.view(1, -1),
                                  keep_fp32=True)
-        out, out_normed = add_norm(h, y.reshape(-1), next_norm.weight, eps=next_norm.eps)
+        out, out_normed = add_norm(h, y.reshape(-1), next_norm.weight, eps=next_norm.eps,
+                                   lane_group=next_lane_group)
         return out.view(x.shape), out_normed.view(x.shape)
 
     def _route(self, x: Tensor, a: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -410,12 +442,18 @@ class Transformer(nn.Module):
             mask = mask[:, :int(pos.max()) + 1]  # [T, U]
         blocks = self.blocks()
         if tokens.numel() == 1 and blocks and all(b.route_kernel for b in blocks):  # kernel path
+            # each layer's normed input lane-major where its q/k/v GEMV reads it so: written
+            # so by the layer before's add_norm, so no copy between them
+            groups = [block.self_attn.lane_group() for block in blocks] + [0]
             normed = blocks[0].input_layernorm(x)
+            if groups[0]:
+                normed = reference.lane_major(normed, groups[0])
             for i, block in enumerate(blocks):
                 last = i + 1 == len(blocks)
                 x, normed = block.decode(
                     x, cos, sin, mask, pos, normed=normed,
-                    next_norm=self.norm if last else blocks[i + 1].input_layernorm)
+                    next_norm=self.norm if last else blocks[i + 1].input_layernorm,
+                    next_lane_group=groups[i + 1])
             return self.lm_head(normed)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, pos)

@@ -522,11 +522,16 @@ class QuantLinear(nn.Module):
             return dense
         return self.quantized().dequantize(dtype)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, *, x_lane_major: bool = False) -> Tensor:
+        """x_lane_major: one token's x in the lane-major order the packed GEMV reads
+        (`kernels.gemv.gemv`'s x_lane_major); it then makes no copy of it."""
+        if x_lane_major and not (self.packed is not None and x.numel() == self.in_features):
+            raise ValueError("x comes lane-major only to one token's packed GEMV")
         if self.packed is not None and x.numel() == self.in_features:  # one token: decode
             from mixdesk.kernels.gemv import gemv  # noqa: PLC0415 - triton only on this path
 
-            y = gemv(x.reshape(-1), self.packed, self.decode_out)  # fp32 [N] or [parts, N/parts]
+            y = gemv(x.reshape(-1), self.packed, self.decode_out,
+                     x_lane_major=x_lane_major)  # fp32 [N] or [parts, N/parts]
             if self.row_parts > 1:
                 from mixdesk.kernels.layout import merge_rows  # noqa: PLC0415 - torch only
 

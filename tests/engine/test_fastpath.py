@@ -250,22 +250,26 @@ def test_decode_workspace_is_zeroed_once_a_step() -> None:
                for b in model.blocks())
 
 
-@pytest.mark.parametrize(("axis", "dim", "parts", "launches_a_layer"), [
+@pytest.mark.parametrize(("axis", "dim", "parts", "bits", "group", "launches_a_layer"), [
     # q [32, 32] as 2 matrices of k's [16, 32]: q, k, v; RoPE, cache writes and attention
     # (qkv_attention, -1); o; add_norm (0)
-    (0, 32, 2, [4, -1, 1, 0]),
+    (0, 32, 2, 2, 8, [4, -1, 1, 0]),
     # q's meta period 4, k's 2: k's and v's tables laid out for 4 (layout.with_period)
-    (1, 56, 2, [4, -1, 1, 0]),
-    (1, 96, 0, [2, 1, 1, 0]),  # q's meta period 3, k's 5: k and v, then q, then o
-], ids=["axis0-q-split", "axis1-q-split-periods-lifted", "axis1-kv-only"])
-def test_q_k_v_are_one_launch_and_equal_the_torch_path(
-        monkeypatch: pytest.MonkeyPatch, axis: int, dim: int, parts: int,
+    (1, 56, 2, 2, 8, [4, -1, 1, 0]),
+    (1, 96, 0, 2, 8, [2, 1, 1, 0]),  # q's meta period 3, k's 5: k and v, then q, then o
+    # two words a group at axis 1: x lane-major, written so by the kernel before each GEMV
+    (1, 64, 2, 4, 16, [4, -1, 1, 0]),
+], ids=["axis0-q-split", "axis1-q-split-periods-lifted", "axis1-kv-only", "axis1-lane-major"])
+def test_q_k_v_are_one_launch_and_equal_the_torch_path(  # noqa: PLR0917 - pytest parameters
+        monkeypatch: pytest.MonkeyPatch, axis: int, dim: int, parts: int, bits: int, group: int,
         launches_a_layer: list[int]) -> None:
     """`finish_decode_path` stacks each layer's k and v with q split to their shape
     (`fuse_qkv`): a decode step launches one GEMV for q, k and v and one for o per layer, and
     gives the torch path's logits; prefill dequantizes q from the split stack; the q, k and v
     modules read views of the stack; `disable_kernels` rebuilds q's stored tensors exactly.
-    Where q's meta-meta period and k's do not divide, k and v alone share a launch."""
+    Where q's meta-meta period and k's do not divide, k and v alone share a launch. Where the
+    GEMVs read x lane-major, the norm before q/k/v and the attention before o write it so, and
+    no GEMV copies it."""
     seed = time.time_ns() % 2**31
     print(f"seed {seed}")
     gen = torch.Generator().manual_seed(seed)
@@ -273,7 +277,7 @@ def test_q_k_v_are_one_launch_and_equal_the_torch_path(
     args = ModelArgs(model_type="mixtral", vocab_size=64, dim=dim, n_layers=2, n_heads=4,
                      n_kv_heads=2, head_dim=dim // 4, ffn_dim=48, n_experts=4, top_k=2)
     model = Transformer(args).requires_grad_(False)
-    spec = QuantSpec(bits=2, group=8, axis=axis)
+    spec = QuantSpec(bits=bits, group=group, axis=axis)
     for block in model.blocks():
         for owner in (block.self_attn, *block.moe.experts):
             for name, child in list(owner.named_children()):
@@ -307,16 +311,24 @@ def test_q_k_v_are_one_launch_and_equal_the_torch_path(
         views = [(attn.k_proj, parts), (attn.v_proj, parts + 1)]
         for module, first in [(attn.q_proj, 0)] * bool(parts) + views:
             assert module.packed.codes.data_ptr() == base[first].data_ptr()
-    real_gemv, real_add_norm = kernels_gemv.gemv, kernels_router.add_norm
-    monkeypatch.setattr(kernels_gemv, "gemv",
-                        lambda *a, **kw: launches.append(a[1].n_mats) or real_gemv(*a, **kw))
-    real_attention = kernels_attention.qkv_attention
-    monkeypatch.setattr(kernels_router, "add_norm",  # after the experts: add + next norm
-                        lambda *a, **kw: launches.append(0) or real_add_norm(*a, **kw))
-    monkeypatch.setattr(kernels_attention, "qkv_attention",  # RoPE, cache writes, attention
-                        lambda *a, **kw: launches.append(-1) or real_attention(*a, **kw))
+    lane_major = axis == 1 and group > 32 // bits  # more than one word a group
+    assert [b.self_attn.lane_group() for b in model.blocks()] == [group * lane_major] * 2
+    copies: list[int] = []  # x made lane-major by a GEMV launch of its own
+    for module, name, log, mark in [  # mark None: the matrices a gemv launch covers
+        (kernels_gemv, "_lane_major", copies, 0),
+        (kernels_gemv, "gemv", launches, None),
+        (kernels_router, "add_norm", launches, 0),  # after the experts: add + next norm
+        (kernels_attention, "qkv_attention", launches, -1),  # RoPE, cache writes, attention
+    ]:
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _r=real, _l=log, _m=mark, **kw:
+                            _l.append(a[1].n_mats if _m is None else _m) or _r(*a, **kw))
     got_prefill, got = run()
     assert launches == launches_a_layer * args.n_layers * len(steps)
+    assert copies == []  # lane-major from the kernel before, or not read so at all
+    with pytest.raises(ValueError, match="lane-major"):  # two tokens: no GEMV reads them so
+        model.blocks()[0].self_attn.o_proj(torch.zeros(1, 2, dim, device=DEVICE),
+                                           x_lane_major=True)
     assert rel_error(got_prefill, want_prefill) < KERNEL_TOL
     for g, w in zip(got, want, strict=True):
         assert rel_error(g, w) < KERNEL_TOL
