@@ -126,7 +126,10 @@ def test_axis1_groups_of_8_read_x_as_words(dtype: torch.dtype, offset: int) -> N
     assert rel_error(gemv(x, pw), reference.gemv(x, pw)) < 1e-5
 
 
-@pytest.mark.parametrize(("shape", "bits", "group"), [((48, 96), 4, 16), ((40, 128), 3, 64)])
+@pytest.mark.parametrize(("shape", "bits", "group"), [
+    ((48, 96), 4, 16), ((40, 128), 3, 64),
+    pytest.param((4096, 4096), 4, 64, marks=[pytest.mark.gpu, needs_cuda]),  # Mixtral's o
+])
 def test_gemv_takes_x_lane_major_without_a_copy(shape: tuple[int, int], bits: int,
                                                 group: int) -> None:
     """x handed over lane-major (as add_norm and qkv_attention write it for the axis-1 q/k/v and

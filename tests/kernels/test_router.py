@@ -68,6 +68,8 @@ def test_route_interpreter(dim: int, experts: int, top_k: int, dtype: torch.dtyp
     (4096, 64, torch.float16),  # Mixtral's, as the axis-1 q/k/v GEMV reads it
     (96, 8, torch.float16),  # a padded block: element by element
     (5000, 8, torch.float32),  # two loop steps
+    pytest.param(4096, 64, torch.bfloat16, marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not CUDA, reason="needs a CUDA GPU")]),  # Mixtral's on the GPU
 ])
 def test_add_norm_writes_the_normed_row_lane_major(dim: int, group: int,
                                                    dtype: torch.dtype) -> None:
