@@ -102,10 +102,6 @@ class Attention(nn.Module):
         one word a group reads x so; `kernels.router.add_norm` writes it so); 0: in order."""
         if self.qkv_packed is None or not self.q_parts:  # q apart reads x as it is
             return 0
-        import os  # noqa: PLC0415 - TEMPORARY A/B switch
-
-        if os.environ.get("MIXDESK_LANE_FROM", "producer") == "copy":
-            return 0
         from mixdesk.kernels.gemv import reads_lane_major  # noqa: PLC0415 - triton only here
 
         return self.qkv_packed.group if reads_lane_major(self.qkv_packed) else 0
@@ -113,9 +109,7 @@ class Attention(nn.Module):
     def _o_lane_group(self) -> int:
         """Likewise for o_proj's input, the attention's output (`qkv_attention`'s out_group)."""
         packed = getattr(self.o_proj, "packed", None)
-        import os  # noqa: PLC0415 - TEMPORARY A/B switch
-
-        if packed is None or os.environ.get("MIXDESK_LANE_FROM", "producer") == "copy":
+        if packed is None:
             return 0
         from mixdesk.kernels.gemv import reads_lane_major  # noqa: PLC0415 - triton only here
 
