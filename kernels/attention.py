@@ -26,6 +26,7 @@ token's rotated k and its v into the caches.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import torch
@@ -277,7 +278,8 @@ def qkv_attention(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *,
         # loads ahead of the PDL wait (AHEAD) measured per axis of the q/k/v GEMV before, one
         # process a decode step (H100, tests/bench/results/h100-s12-attn-ahead/): axis 0
         # 3.821 -> 3.796 ms, axis 1 4.366 -> 4.376 ms, so only at axis 0
-        "ahead": axis == 0, "out_group": out_group})
+        "ahead": axis == 0 or os.environ.get("MIXDESK_ATTN_AHEAD1") == "1",  # TEMPORARY A/B
+        "out_group": out_group})
 
 
 def chunk_for(max_len: int) -> int:
