@@ -26,7 +26,6 @@ token's rotated k and its v into the caches.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import torch
@@ -66,7 +65,7 @@ def _split_row(rows, N, A, A_SUB, AXIS0: tl.constexpr):
 
 
 @triton.jit
-def _attention_kernel(  # noqa: PLR0912 - AHEAD's branches
+def _attention_kernel(
     q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, cnt_ptr, out_ptr,
     qkv_ptr, cos_ptr, sin_ptr,
     S, n_kv, n_chunks, scale,
@@ -74,7 +73,7 @@ def _attention_kernel(  # noqa: PLR0912 - AHEAD's branches
     R: tl.constexpr, RP: tl.constexpr, RC: tl.constexpr, HD: tl.constexpr, HDP: tl.constexpr,
     CHUNK: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, PRECISION: tl.constexpr,
     QKV: tl.constexpr = False, PARTS: tl.constexpr = 1, AXIS0: tl.constexpr = False,
-    AHEAD: tl.constexpr = True, OG: tl.constexpr = 0, PDL: tl.constexpr = False,
+    OG: tl.constexpr = 0, PDL: tl.constexpr = False,
 ):
     """Program (c, b*K + kv): the R query heads of kv head kv over chunk c of the cache; the
     last program of a kv head to finish (a counter) combines the chunks into the output.
@@ -83,12 +82,11 @@ def _attention_kernel(  # noqa: PLR0912 - AHEAD's branches
     program rotates its heads' q itself, and the program whose chunk holds pos first writes
     the token's rotated k and its v at cache row pos.
 
-    AHEAD: pos, cos, sin and the chunk's first block of cache rows before pos load before the
-    PDL wait (they are not the kernel before's output), and a chunk past pos loads no q;
-    otherwise the program waits first."""
+    pos, cos, sin and the chunk's first block of cache rows before pos load before the PDL
+    wait (they are not the kernel before's output), and a chunk past pos loads no q.
+
+    OG > 0 (batch 1): the output lane-major for groups of OG (`qkv_attention`'s out_group)."""
     pdl_launch_next(PDL)
-    if not AHEAD:  # everything after the kernel before (gemv.pdl_options)
-        pdl_wait(PDL)
     c = tl.program_id(0)
     bk = tl.program_id(1)
     b = (bk // n_kv).to(tl.int64)
@@ -107,10 +105,7 @@ def _attention_kernel(  # noqa: PLR0912 - AHEAD's branches
     k_base = k_ptr + b * k_sb + kv * k_sh
     v_base = v_ptr + b * v_sb + kv * v_sh
     n_first = start + tl.arange(0, BN)  # the chunk's first block: its rows before pos
-    if AHEAD:
-        early = n_first < tl.minimum(stop, pos)
-    else:
-        early = n_first < start  # none
+    early = n_first < tl.minimum(stop, pos)
     kt_first = tl.load(k_base + n_first[None, :] * k_ss + d[:, None],
                        mask=dmask[:, None] & early[None, :], other=0.0)  # [HDP, BN]
     vt_first = tl.load(v_base + n_first[:, None] * v_ss + d[None, :],
@@ -118,8 +113,7 @@ def _attention_kernel(  # noqa: PLR0912 - AHEAD's branches
     if QKV:
         cs = tl.load(cos_ptr + d, mask=dmask, other=0.0)
         sn = tl.load(sin_ptr + d, mask=dmask, other=0.0)
-    if AHEAD:
-        pdl_wait(PDL)  # q, and the cache row pos (written by the kernel before or below)
+    pdl_wait(PDL)  # q, and the cache row pos (written by the kernel before or below)
     if QKV:  # batch 1
         dtype = k_ptr.dtype.element_ty
         HALF: tl.constexpr = HD // 2
@@ -127,10 +121,7 @@ def _attention_kernel(  # noqa: PLR0912 - AHEAD's branches
         cs = cs.to(dtype).to(tl.float32)
         sn = sn.to(dtype).to(tl.float32)
         heads = (kv * R + r)[:, None] * HD
-        if AHEAD:
-            used = rmask & (start + r * 0 < end)  # a chunk past pos never reads q: no loads
-        else:
-            used = rmask
+        used = rmask & (start + r * 0 < end)  # a chunk past pos never reads q: no loads
         q = _rope(qkv_ptr, _split_row(heads + d[None, :], N, A, A_SUB, AXIS0),
                   _split_row(heads + partner[None, :], N, A, A_SUB, AXIS0),
                   used[:, None] & dmask[None, :], cs[None, :], sn[None, :], d[None, :],
@@ -153,10 +144,7 @@ def _attention_kernel(  # noqa: PLR0912 - AHEAD's branches
         n = n0 + tl.arange(0, BN)
         nmask = n < stop
         first = n < start + BN  # all of the first block, none of a later one
-        if AHEAD:
-            late = nmask & ((n >= pos) | ~first)  # the rows not loaded ahead of the wait
-        else:
-            late = nmask
+        late = nmask & ((n >= pos) | ~first)  # the rows not loaded ahead of the wait
         kt = tl.load(k_base + n[None, :] * k_ss + d[:, None],
                      mask=dmask[:, None] & late[None, :], other=0.0)  # [HDP, BN]
         kt += tl.where(first[None, :], kt_first, tl.zeros_like(kt_first))
@@ -275,10 +263,6 @@ def qkv_attention(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *,
     return _attend(qkv, k_cache, v_cache, pos, scale, chunk, n_heads, qkv_args={
         "qkv": qkv, "cos": cos.contiguous(), "sin": sin.contiguous(),
         "rows": (n_rows, a_rows, a_rows // parts), "parts": parts, "axis0": axis == 0,
-        # loads ahead of the PDL wait (AHEAD) measured per axis of the q/k/v GEMV before, one
-        # process a decode step (H100, tests/bench/results/h100-s12-attn-ahead/): axis 0
-        # 3.821 -> 3.796 ms, axis 1 4.366 -> 4.376 ms, so only at axis 0
-        "ahead": axis == 0 or os.environ.get("MIXDESK_ATTN_AHEAD1") == "1",  # TEMPORARY A/B
         "out_group": out_group})
 
 
@@ -350,7 +334,7 @@ def _attend(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, scale: flo
         R=rep, RP=triton.next_power_of_2(max(16, rep)), RC=triton.next_power_of_2(rep),
         HD=head_dim, HDP=triton.next_power_of_2(max(16, head_dim)),  # tl.dot's least size
         CHUNK=chunk, BN=min(chunk, BLOCK_N), BC=COMBINE_BLOCK,
-        AHEAD=extra.get("ahead", True), OG=extra.get("out_group", 0),
+        OG=extra.get("out_group", 0),
         PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32",  # a no-op on fp16
         QKV=qkv_args is not None, PARTS=extra.get("parts", 1), AXIS0=extra.get("axis0", False),
         num_warps=4, **pdl_options(k_cache),
