@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mixdesk.engine.bench import step_bytes
+from mixdesk.engine.bench import _compare_hqq, step_bytes
 from mixdesk.engine.loader import load_model
 from mixdesk.engine.qformat import quantize_model
 from mixdesk.engine.quantize import QuantLinear
@@ -75,3 +75,19 @@ def test_variants_are_timed_interleaved_round_by_round() -> None:
     assert calls == [("a", "b"), ("c", "d")] * 3
     assert [(r["variant"], r["us_median"]) for r in rows] == [("x", 2.0), ("y", 8.0)]
     assert rows[1]["us"] == pytest.approx([9.0, 7.0, 8.0])
+
+
+def test_hqq_is_compared_with_the_engine_in_either_order() -> None:
+    """The step's matmuls under hqq's torch.compile against each engine row, whichever section
+    ran first; nothing without both."""
+    hqq = [{"case": f"{name} 2-bit", "hqq_compile_us": us}
+           for name, us in (("w1/w3", 100.0), ("w2", 50.0), ("q/o", 20.0), ("k/v", 10.0))]
+    rows = [{"axis": 0, "layers": 32, "decode_ms_per_token": 4.0}]
+    assert not _compare_hqq({"engine": rows})
+    assert not _compare_hqq({"hqq": hqq})
+    assert not _compare_hqq({"engine": rows, "hqq": hqq[:3]})  # a matmul missing
+    assert "speedup_vs_hqq_compile" not in rows[0]
+    assert _compare_hqq({"hqq": hqq, "engine": rows})
+    per_layer = 2 * (2 * 100 + 50) + 2 * 20 + 2 * 10  # 2 experts x (w1, w3, w2), q, k, v, o
+    assert rows[0]["hqq_compile_step_ms"] == pytest.approx(32 * per_layer / 1e3)
+    assert rows[0]["speedup_vs_hqq_compile"] == pytest.approx(32 * per_layer / 1e3 / 4.0)
