@@ -4,7 +4,8 @@ At the Mixtral shape (4-bit g64, either axis) a layer is two launches: q (split 
 k's shape, `layout.split_rows`), k and v stacked as one GEMV of 6 [1024, 4096] matrices
 (`engine.fastpath.fuse_qkv`; at axis 1 k's and v's meta tables laid out for q's period,
 `layout.with_period`), then o (4096x4096). Timed in a CUDA graph over 4 layers (past
-L2). Prints the best tiles against `default_config`'s, in GB/s of the bytes they hold.
+L2). Prints the best tiles against `default_config`'s, in GB/s of the bytes they hold. At axis 1
+x comes lane-major, as the decode step's add_norm and attention write it (no copy launch).
 
     python tests/bench/attn_sweep.py [--axis 1] --out $OUT/attn_sweep.json
 
@@ -65,9 +66,9 @@ def main() -> None:
 
     def timed(c_qkv: Config, c_o: Config) -> float:
         def step() -> None:
-            for i in range(LAYERS):
-                gemv(x, qkv[i], out_qkv, config=c_qkv)
-                gemv(x, o[i], out_o, config=c_o)
+            for i in range(LAYERS):  # at axis 1 x as the decode step hands it over: lane-major
+                gemv(x, qkv[i], out_qkv, config=c_qkv, x_lane_major=args.axis == 1)
+                gemv(x, o[i], out_o, config=c_o, x_lane_major=args.axis == 1)
         return time_graph(step, LAYERS)
 
     dev = torch.device("cuda")
