@@ -1,0 +1,1 @@
+source tests/bench/gpu_env.sh; timeout 560 python3 tests/bench/attn_sweep.py --axis 1 --out $OUT/attn_sweep_axis1.json  # session 12: the shipped tiles stay best (q/k/v+o 17.55 us a layer with x lane-major given)
