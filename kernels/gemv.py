@@ -634,7 +634,7 @@ TUNED: dict[tuple[int, int, int, int, int], Tile] = {
 TUNED_MOE: dict[tuple[int, int, int, int, int], Tile] = {
     # axis 0 again with a quarter of the accumulators (`_quarters`; moe_sweep.py --lanes 4,
     # tests/bench/results/h100-s7-moe-sweep.json): 106.4 -> 88.1 us (1707 -> 2062 GB/s)
-    (2, 8, 0, 14336, 4096): (8, 128, 4, True, 16),
+    (2, 8, 0, 14336, 4096): (2, 128, 1, False, 32),
     # w2 with registers capped at 112 a thread (`Config.max_registers`; moe_sweep.py --variants,
     # tests/bench/results/h100-s10-regs/): MoE 87.1 -> 85.7 us, a decode step 3.839/3.844 ->
     # 3.815/3.820 ms (two rounds each, alternating); caps that spill (96, 80) were slower
@@ -676,6 +676,9 @@ def default_config(pw: PackedWeight, launches: int, device: torch.device, *,
     fill the GPU."""
     key = (pw.bits, pw.group, pw.axis, *pw.shape)
     tuned = (table or {}).get(key) or TUNED.get(key)
+    if os.environ.get("MIXDESK_TILE_AB") and table is TUNED_MOE:  # TEMPORARY A/B switch
+        tuned = {"w13-8x128x4": {(2, 8, 0, 14336, 4096): (8, 128, 4, True, 16)},
+                 }[os.environ["MIXDESK_TILE_AB"]].get(key, tuned)
     lps = LANES_PER_SHIFT.get(pw.bits, 1) if pw.axis == 0 else 1
     if tuned is not None:
         rows, cols, warps, prefetch, *extra = tuned

@@ -47,8 +47,18 @@ def main() -> None:
     parser.add_argument("--out", default="attn_sweep.json")
     parser.add_argument("--axis", type=int, default=0)
     parser.add_argument("--caps", default="", help="register caps to time the shipped tiles at")
+    parser.add_argument("--tiles", help="tiles to sweep instead, ROWSxCOLSxWARPS,...")
+    parser.add_argument("--per-sm", help="programs per SM to aim at instead, N,...")
     args = parser.parse_args()
-    tiles, per_sm = (TILES, PER_SM) if args.axis == 0 else (TILES_AXIS1, PER_SM_AXIS1)
+    tiles = TILES if args.axis == 0 else TILES_AXIS1
+    per_sm: tuple[int, ...] = PER_SM if args.axis == 0 else PER_SM_AXIS1
+    if args.tiles:
+        tiles = []
+        for tile in args.tiles.split(","):
+            rows, cols, warps = (int(n) for n in tile.split("x"))
+            tiles.append((rows, cols, warps))
+    if args.per_sm:
+        per_sm = tuple(int(n) for n in args.per_sm.split(","))
     dim = MIXTRAL_SHAPES["q/o"][1]
     qo = Case("q/o", *MIXTRAL_SHAPES["q/o"], 4, 64, args.axis)
     kv = Case("k/v", *MIXTRAL_SHAPES["k/v"], 4, 64, args.axis)
