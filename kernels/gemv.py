@@ -608,8 +608,8 @@ TUNED: dict[tuple[int, int, int, int, int], Tile] = {
     # tests/bench/results/h100-s6-attn-sweep.json): 24.2 -> 21.4 us a layer
     # Re-swept 2026-11-23 with a quarter of the accumulators (`_quarters`;
     # tests/bench/results/h100-s7-attn-sweep.json): 22.7 -> 19.6 us a layer
-    (4, 64, 0, 4096, 4096): (8, 128, 4, True),
-    (4, 64, 0, 1024, 4096): (4, 256, 4, True, 2),
+    (4, 64, 0, 4096, 4096): (4, 128, 1, False, 16),
+    (4, 64, 0, 1024, 4096): (4, 128, 1, False, 16),
     (2, 8, 1, 14336, 4096): (16, 128, 4, False),
     (2, 8, 1, 4096, 14336): (64, 32, 4, True),
     # o at axis 1 beside the stacked q/k/v launch (attn_sweep.py --axis 1,
@@ -634,7 +634,7 @@ TUNED: dict[tuple[int, int, int, int, int], Tile] = {
 TUNED_MOE: dict[tuple[int, int, int, int, int], Tile] = {
     # axis 0 again with a quarter of the accumulators (`_quarters`; moe_sweep.py --lanes 4,
     # tests/bench/results/h100-s7-moe-sweep.json): 106.4 -> 88.1 us (1707 -> 2062 GB/s)
-    (2, 8, 0, 14336, 4096): (2, 128, 1, False, 32),
+    (2, 8, 0, 14336, 4096): (8, 128, 4, True, 16),
     # w2 with registers capped at 112 a thread (`Config.max_registers`; moe_sweep.py --variants,
     # tests/bench/results/h100-s10-regs/): MoE 87.1 -> 85.7 us, a decode step 3.839/3.844 ->
     # 3.815/3.820 ms (two rounds each, alternating); caps that spill (96, 80) were slower
@@ -676,8 +676,9 @@ def default_config(pw: PackedWeight, launches: int, device: torch.device, *,
     fill the GPU."""
     key = (pw.bits, pw.group, pw.axis, *pw.shape)
     tuned = (table or {}).get(key) or TUNED.get(key)
-    if os.environ.get("MIXDESK_TILE_AB") and table is TUNED_MOE:  # TEMPORARY A/B switch
-        tuned = {"w13-8x128x4": {(2, 8, 0, 14336, 4096): (8, 128, 4, True, 16)},
+    if os.environ.get("MIXDESK_TILE_AB") and table is None:  # TEMPORARY A/B switch
+        tuned = {"attn-4-warps": {(4, 64, 0, 4096, 4096): (8, 128, 4, True),
+                                  (4, 64, 0, 1024, 4096): (4, 256, 4, True, 2)},
                  }[os.environ["MIXDESK_TILE_AB"]].get(key, tuned)
     lps = LANES_PER_SHIFT.get(pw.bits, 1) if pw.axis == 0 else 1
     if tuned is not None:
