@@ -608,6 +608,10 @@ TUNED: dict[tuple[int, int, int, int, int], Tile] = {
     # tests/bench/results/h100-s6-attn-sweep.json): 24.2 -> 21.4 us a layer
     # Re-swept 2026-11-23 with a quarter of the accumulators (`_quarters`;
     # tests/bench/results/h100-s7-attn-sweep.json): 22.7 -> 19.6 us a layer
+    # One warp, 128 columns (a warp's 32 threads x 4): the [cols] meta-meta and x vectors load
+    # straight into the tile's columns; 4 warps on 128 columns took each through shared memory
+    # (8 barriers a tile). attn_sweep.py --tiles (tests/bench/results/h100-s12-warps/):
+    # 17.86 -> 16.73 us a layer; a decode step 3.715 -> 3.650 ms in one process
     (4, 64, 0, 4096, 4096): (4, 128, 1, False, 16),
     (4, 64, 0, 1024, 4096): (4, 128, 1, False, 16),
     (2, 8, 1, 14336, 4096): (16, 128, 4, False),
@@ -633,7 +637,9 @@ TUNED: dict[tuple[int, int, int, int, int], Tile] = {
 # with TUNED's tiles, 109.0 us with these (1088 -> 1667 GB/s).
 TUNED_MOE: dict[tuple[int, int, int, int, int], Tile] = {
     # axis 0 again with a quarter of the accumulators (`_quarters`; moe_sweep.py --lanes 4,
-    # tests/bench/results/h100-s7-moe-sweep.json): 106.4 -> 88.1 us (1707 -> 2062 GB/s)
+    # tests/bench/results/h100-s7-moe-sweep.json): 106.4 -> 88.1 us (1707 -> 2062 GB/s).
+    # One warp, (2, 128, 1, no prefetch, 32 a SM), swept faster (86.3 -> 84.2 us) but made the
+    # decode step slower, 3.801 -> 3.812 ms (tests/bench/results/h100-s12-warps/)
     (2, 8, 0, 14336, 4096): (8, 128, 4, True, 16),
     # w2 with registers capped at 112 a thread (`Config.max_registers`; moe_sweep.py --variants,
     # tests/bench/results/h100-s10-regs/): MoE 87.1 -> 85.7 us, a decode step 3.839/3.844 ->
@@ -676,10 +682,6 @@ def default_config(pw: PackedWeight, launches: int, device: torch.device, *,
     fill the GPU."""
     key = (pw.bits, pw.group, pw.axis, *pw.shape)
     tuned = (table or {}).get(key) or TUNED.get(key)
-    if os.environ.get("MIXDESK_TILE_AB") and table is None:  # TEMPORARY A/B switch
-        tuned = {"attn-4-warps": {(4, 64, 0, 4096, 4096): (8, 128, 4, True),
-                                  (4, 64, 0, 1024, 4096): (4, 256, 4, True, 2)},
-                 }[os.environ["MIXDESK_TILE_AB"]].get(key, tuned)
     lps = LANES_PER_SHIFT.get(pw.bits, 1) if pw.axis == 0 else 1
     if tuned is not None:
         rows, cols, warps, prefetch, *extra = tuned

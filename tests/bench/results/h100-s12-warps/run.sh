@@ -1,3 +1,4 @@
+# Ran 2026-11-23: w1/w3 (2, 128, 1) 3.8010 -> 3.8122 ms a step (not kept); one-warp q/k/v and o swept 17.86 -> 16.73 us a layer.
 # session 12: tiles as wide as a warp's 32 threads x 4 columns have no layout conversion in the
 # loop (the [cols] meta-meta vectors load straight into the tile's columns; with 4 warps on 128
 # columns each vector went through shared memory, 8 barriers a tile). First the MoE sweep with

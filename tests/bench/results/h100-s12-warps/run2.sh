@@ -1,3 +1,4 @@
+# Ran 2026-11-23: one-warp q/k/v and o 3.7148 -> 3.6501 ms a step at axis 0 (kept, switch removed); GPU tests 36 passed.
 # session 12, second: w1/w3 back at (8, 128, 4) (the one-warp tile was slower in the step,
 # 3.8010 -> 3.8122 ms); q/k/v and o at the one-warp tiles the sweep found (4, 128, 1, no
 # prefetch, 16 a SM; 17.86 -> 16.73 us a layer) against the 4-warp ones (MIXDESK_TILE_AB), in
