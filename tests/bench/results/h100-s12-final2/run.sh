@@ -1,3 +1,4 @@
+# Ran 2026-11-23: axis 0 3.705 ms 269.9 tok/s 60.81% of the read floor, axis 1 4.127 ms 54.54%; hqq 27.6x / 24.8x. The axis-1 sweep after it ran out of its 200 s (no result).
 # session 12, last run: the bench of both axes with hqq in the same run (engine first), then the
 # axis-1 q/k/v and o tiles swept with one-warp tiles (x given lane-major).
 #   bash tests/bench/results/h100-s12-final2/run.sh
