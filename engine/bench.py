@@ -229,6 +229,18 @@ def candidate_configs(pw: PackedWeight) -> list[Any]:
     return [default, *rest]
 
 
+def parse_tiles(tiles: str | list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """"128x32x4,64x16x4" as [(128, 32, 4), (64, 16, 4)] (rows, columns, warps); a list as
+    it is (the sweep scripts' --tiles options)."""
+    if not isinstance(tiles, str):
+        return tiles
+    out = []
+    for tile in tiles.split(","):
+        r, c, w = (int(n) for n in tile.split("x"))
+        out.append((r, c, w))
+    return out
+
+
 def sweep_configs(pw: PackedWeight, tiles: Sequence[tuple[int, int, int]], launches: int, *,
                   per_sm: Sequence[int] = (4, 8), lanes: Sequence[int] = (1,)) -> list[Any]:
     """Every (rows, cols, warps) tile x programs per SM x prefetch x lanes per shift, the K

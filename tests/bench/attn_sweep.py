@@ -25,6 +25,7 @@ import torch
 from mixdesk.engine.bench import (
     MIXTRAL_SHAPES,
     Case,
+    parse_tiles,
     random_packed,
     sweep_configs,
     time_graph,
@@ -50,7 +51,9 @@ def main() -> None:
     parser.add_argument("--tiles", help="tiles to sweep instead, ROWSxCOLSxWARPS,...")
     parser.add_argument("--per-sm", help="programs per SM to aim at instead, N,...")
     args = parser.parse_args()
-    tiles, per_sm = _tiles_and_per_sm(args)
+    tiles = parse_tiles(args.tiles or (TILES if args.axis == 0 else TILES_AXIS1))
+    per_sm = (tuple(int(n) for n in args.per_sm.split(",")) if args.per_sm
+              else PER_SM if args.axis == 0 else PER_SM_AXIS1)
     dim = MIXTRAL_SHAPES["q/o"][1]
     qo = Case("q/o", *MIXTRAL_SHAPES["q/o"], 4, 64, args.axis)
     kv = Case("k/v", *MIXTRAL_SHAPES["k/v"], 4, 64, args.axis)
@@ -98,21 +101,6 @@ def main() -> None:
     print(json.dumps(result, indent=1))
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
-
-
-def _tiles_and_per_sm(args: argparse.Namespace
-                      ) -> tuple[list[tuple[int, int, int]], tuple[int, ...]]:
-    """The tiles and programs per SM to sweep: --tiles and --per-sm, else the axis's lists."""
-    tiles = TILES if args.axis == 0 else TILES_AXIS1
-    per_sm: tuple[int, ...] = PER_SM if args.axis == 0 else PER_SM_AXIS1
-    if args.tiles:
-        tiles = []
-        for tile in args.tiles.split(","):
-            rows, cols, warps = (int(n) for n in tile.split("x"))
-            tiles.append((rows, cols, warps))
-    if args.per_sm:
-        per_sm = tuple(int(n) for n in args.per_sm.split(","))
-    return tiles, per_sm
 
 
 def time_caps(timed: Callable[[Config, Config], float], d_qkv: Config, d_o: Config,

@@ -27,6 +27,7 @@ import torch
 from mixdesk.engine.bench import (
     MIXTRAL_SHAPES,
     Case,
+    parse_tiles,
     random_packed,
     sweep_configs,
     time_graph,
@@ -59,18 +60,6 @@ VARIANTS: dict[str, tuple[dict[str, int], dict[str, int]]] = {
     "w2 cap 104": ({}, {"max_registers": 104}),
     "w13 cap 76": ({"max_registers": 76}, {}),
 }
-
-
-def parse_tiles(tiles: str | list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
-    """"128x32x4,64x16x4" as [(128, 32, 4), (64, 16, 4)] (rows, columns, warps); a list as
-    it is."""
-    if not isinstance(tiles, str):
-        return tiles
-    out = []
-    for tile in tiles.split(","):
-        r, c, w = (int(n) for n in tile.split("x"))
-        out.append((r, c, w))
-    return out
 
 
 def configs(pw, tiles, launches, lanes=LANES_PER_SHIFT, per_sm=PER_SM):

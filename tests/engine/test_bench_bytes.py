@@ -91,3 +91,14 @@ def test_hqq_is_compared_with_the_engine_in_either_order() -> None:
     per_layer = 2 * (2 * 100 + 50) + 2 * 20 + 2 * 10  # 2 experts x (w1, w3, w2), q, k, v, o
     assert rows[0]["hqq_compile_step_ms"] == pytest.approx(32 * per_layer / 1e3)
     assert rows[0]["speedup_vs_hqq_compile"] == pytest.approx(32 * per_layer / 1e3 / 4.0)
+
+
+def test_sweep_tiles_parse_from_the_command_line() -> None:
+    """`--tiles 2x128x1,8x64x4` (attn_sweep.py, moe_sweep.py's --tiles-13/--tiles-2)."""
+    from mixdesk.engine.bench import parse_tiles  # noqa: PLC0415
+
+    assert parse_tiles("2x128x1,8x64x4") == [(2, 128, 1), (8, 64, 4)]
+    tiles = [(16, 128, 4)]
+    assert parse_tiles(tiles) is tiles
+    with pytest.raises(ValueError):  # noqa: PT011 - int()'s own message
+        parse_tiles("2x128")
