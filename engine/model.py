@@ -77,6 +77,15 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (x * cos.to(x.dtype)) + (rotated * sin.to(x.dtype))
 
 
+def _lane_group(packed: PackedWeight | None) -> int:
+    """The group of a packed weight whose GEMV reads one token's x lane-major, else 0."""
+    if packed is None:
+        return 0
+    from mixdesk.kernels.gemv import reads_lane_major  # noqa: PLC0415 - triton only here
+
+    return packed.group if reads_lane_major(packed) else 0
+
+
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
@@ -100,20 +109,11 @@ class Attention(nn.Module):
         """The group whose lane-major order (`kernels.reference.lane_major`) one token's x
         may come in, so that the q/k/v GEMV makes no copy of it (an axis-1 stack of more than
         one word a group reads x so; `kernels.router.add_norm` writes it so); 0: in order."""
-        if self.qkv_packed is None or not self.q_parts:  # q apart reads x as it is
-            return 0
-        from mixdesk.kernels.gemv import reads_lane_major  # noqa: PLC0415 - triton only here
-
-        return self.qkv_packed.group if reads_lane_major(self.qkv_packed) else 0
+        return _lane_group(self.qkv_packed) if self.q_parts else 0  # q apart reads x as it is
 
     def _o_lane_group(self) -> int:
         """Likewise for o_proj's input, the attention's output (`qkv_attention`'s out_group)."""
-        packed = getattr(self.o_proj, "packed", None)
-        if packed is None:
-            return 0
-        from mixdesk.kernels.gemv import reads_lane_major  # noqa: PLC0415 - triton only here
-
-        return packed.group if reads_lane_major(packed) else 0
+        return _lane_group(getattr(self.o_proj, "packed", None))
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, pos: Tensor, *,
                 x_lane_major: bool = False) -> Tensor:
