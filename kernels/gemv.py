@@ -49,6 +49,10 @@ ACT_BLOCK = 1024  # `_act_kernel`'s elements a program
 # `_lane_major_kernel`'s: 8 programs for Mixtral's 4096 (one program, its stores scattered,
 # made a decode step slower than the torch copy it replaced: 4.361 -> 4.437 ms at axis 1)
 LANE_MAJOR_BLOCK = 512
+# x prepared for one-word groups of 8 at axis 1 (`_store_prepared`): XP_ROWS rows of B, the
+# 8 lanes scaled for their shared shift, the groups' sums of x, and each dot's start
+XP_ROWS = 10
+PREP_BLOCK = 128  # `_prep_x_kernel`'s groups a program
 
 
 @triton.jit
@@ -374,6 +378,36 @@ def _x8(x_base, first, bmask):
 
 
 @triton.jit
+def _store_prepared(xp_base, b, bmask, v, B, BITS: tl.constexpr, LPS: tl.constexpr):
+    """x of group columns b (v [BLOCK, 8] fp32) stored as the axis-1 kernel reads it (`XP`):
+    row j < 8 is lane j times 2**(BITS*k), k its place below the top lane of its shift group
+    (`_lane` decodes it as 1 + q/2**(BITS*(k+1))), row 8 the group's sum of x, row 9
+    sum(x) - sum(row j): the start of a dot sum_j f_j x'_j, which then comes to
+    sum(x) + sum_j q_j x_j / 2**BITS."""
+    j = tl.arange(0, 8)
+    top = tl.minimum((j // LPS) * LPS + LPS - 1, 7)
+    mul = ((127 + BITS * (top - j)) << 23).to(tl.float32, bitcast=True)  # exact powers of 2
+    scaled = v * mul[None, :]
+    tl.store(xp_base + j[None, :] * B + b[:, None], scaled, mask=bmask[:, None])
+    total = tl.sum(v, 1)
+    tl.store(xp_base + 8 * B + b, total, mask=bmask)
+    tl.store(xp_base + 9 * B + b, total - tl.sum(scaled, 1), mask=bmask)
+
+
+@triton.jit
+def _prep_x_kernel(x_ptr, xp_ptr, B, BITS: tl.constexpr, LPS: tl.constexpr,
+                   BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+    """x [8B] prepared (`_store_prepared`) into xp [XP_ROWS, B]."""
+    pdl_launch_next(PDL)
+    b = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    bmask = b < B
+    pdl_wait(PDL)
+    v = tl.load(x_ptr + b[:, None] * 8 + tl.arange(0, 8)[None, :], mask=bmask[:, None],
+                other=0.0).to(tl.float32)
+    _store_prepared(xp_ptr, b, bmask, v, B, BITS, LPS)
+
+
+@triton.jit
 def _gemv_axis1_kernel(
     x_ptr, x2_ptr,  # noqa: ARG001 - the axis-0 kernel's h3; axis 1 takes w2's input computed
     rw_ptr, ids_ptr, q_ptr, m_ptr, t_ptr, out_ptr,
@@ -381,13 +415,15 @@ def _gemv_axis1_kernel(
     BITS: tl.constexpr, G: tl.constexpr, V: tl.constexpr, S: tl.constexpr,
     INLINE: tl.constexpr, MOE: tl.constexpr, MATS: tl.constexpr, ACT: tl.constexpr,
     BA: tl.constexpr, BB: tl.constexpr, SPLIT: tl.constexpr, PREFETCH: tl.constexpr,
-    LPS: tl.constexpr,  # noqa: ARG001 - the axis-0 kernel's argument; axis 1 decodes one shift a lane
-    XT: tl.constexpr = False, X8: tl.constexpr = False, WAIT_FIRST: tl.constexpr = False,
-    PDL: tl.constexpr = False,
+    LPS: tl.constexpr,  # lanes a shift with x prepared (XP); else one shift a lane
+    XT: tl.constexpr = False, X8: tl.constexpr = False, XP: tl.constexpr = False,
+    WAIT_FIRST: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """XT: x comes lane-major, lane m of group column b at m * B + b (`_launch` transposes it
     for groups of several words), so a lane's x is one coalesced load, not a gather at G apart.
     X8 (a group of 8 lanes in one word, x on 8 bytes): its 8 x are read as int64 words.
+    XP (a group of 8 lanes in one word): x comes prepared (`_store_prepared`, XP_ROWS rows of
+    B a slot), its 8 lanes scaled so that LPS lanes share a shift, with the groups' sums.
     No ACT: `moe_decode` hands w2 its input computed (`_act_kernel`)."""
     tl.static_assert(not ACT, "axis 1 takes x computed: moe_decode's _act_kernel")
     LANES: tl.constexpr = V if G > V else G
@@ -435,9 +471,17 @@ def _gemv_axis1_kernel(
         m = m.to(tl.int32)
         scale = _byte(m, MPOS, one) * ss[None, :] + so[None, :]  # 2**BITS * scale
         zterm = _byte(m, MPOS + 8, one) * zs[None, :] + zo[None, :]  # 1 + zero / 2**BITS
-        dot = tl.zeros([BA, BB], tl.float32)  # sum_j f_j x_j of each group
-        xsum = tl.zeros([BB], tl.float32)  # sum_j x_j of each group
-        for r in tl.static_range(S):
+        if XP:  # x prepared: dot = sum(x) + sum_j q_j x_j / 2**BITS, LPS lanes a shift
+            xr = x_base + b
+            xsum = tl.load(xr + 8 * B, mask=bmask, other=0.0)
+            dot = tl.broadcast_to(tl.load(xr + 9 * B, mask=bmask, other=0.0)[None, :], [BA, BB])
+            for j in tl.static_range(8):
+                xj = tl.load(xr + j * B, mask=bmask, other=0.0)
+                dot += _lane(w, j, BITS, one, 8, LPS) * xj[None, :]
+        else:
+            dot = tl.zeros([BA, BB], tl.float32)  # sum_j f_j x_j of each group
+            xsum = tl.zeros([BB], tl.float32)  # sum_j x_j of each group
+        for r in tl.static_range(0 if XP else S):
             if r > 0:
                 w = tl.load(q_base + r * ab + woff, mask=mask, other=0)
             if X8:  # the word's 8 x in 2 or 4 int64 loads a column, not 8 scalar ones
@@ -463,17 +507,29 @@ def _gemv_axis1_kernel(
 
 
 @triton.jit
-def _act_kernel(h_ptr, rw_ptr, g_ptr, F, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+def _act_kernel(h_ptr, rw_ptr, g_ptr, F, BLOCK: tl.constexpr, XP: tl.constexpr = False,
+                BITS: tl.constexpr = 2, LPS: tl.constexpr = 1, PDL: tl.constexpr = False):
     """g[slot] = silu(h1) * h3 * routing weight of a slot's w1/w3 output h[slot] = (h1, h3):
-    w2's input at axis 1 (`moe_decode`), computed once instead of in every w2 program."""
+    w2's input at axis 1 (`moe_decode`), computed once instead of in every w2 program. XP:
+    written prepared (`_store_prepared`, XP_ROWS rows of F/8 a slot), BLOCK groups a program."""
     pdl_launch_next(PDL)
     slot = tl.program_id(1)
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = i < F
+    if XP:
+        b = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        bmask = b < F // 8
+        i = b[:, None] * 8 + tl.arange(0, 8)[None, :]
+        mask = bmask[:, None]
+    else:
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = i < F
     pdl_wait(PDL)
     h1 = tl.load(h_ptr + slot * 2 * F + i, mask=mask, other=0.0)
     h3 = tl.load(h_ptr + slot * 2 * F + F + i, mask=mask, other=0.0)
-    tl.store(g_ptr + slot * F + i, _act(h1, h3, tl.load(rw_ptr + slot), True), mask=mask)
+    g = _act(h1, h3, tl.load(rw_ptr + slot), True)
+    if XP:
+        _store_prepared(g_ptr + slot * XP_ROWS * (F // 8), b, bmask, g, F // 8, BITS, LPS)
+    else:
+        tl.store(g_ptr + slot * F + i, g, mask=mask)
 
 
 @triton.jit
@@ -702,8 +758,8 @@ def default_config(pw: PackedWeight, launches: int, device: torch.device, *,
 
 def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, out: Tensor, *,
             launches: int, moe: bool, mats: int, act: bool, x_slot: int, out_mat: int,
-            config: Config | None, wait_first: bool = False, x_lane_major: bool = False
-            ) -> None:
+            config: Config | None, wait_first: bool = False, x_lane_major: bool = False,
+            x_prepared: bool = False) -> None:
     cfg = config or default_config(pw, launches, x.device)
     if pw.axis == 0 and cfg.block_cols % 4:
         raise ValueError(f"axis 0 takes block_cols in multiples of 4, got {cfg.block_cols}")
@@ -719,6 +775,10 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
     extra = {}
     if reads_lane_major(pw) and not (moe or act):  # x lane-major (XT): copied unless given so
         x, extra = x if x_lane_major else _lane_major(x, b_cols, pw.group), {"XT": True}
+    elif reads_prepared(pw):  # x prepared (XP): by the kernel before, or here
+        if not x_prepared:
+            x, x_slot = _prepare_x(x, b_cols, pw.bits), 0
+        extra = {"XP": True}
     elif (pw.axis == 1 and pw.words == 1 and min(pw.group, lanes_per_word(pw.bits)) == 8
           and _aligned8(x, x_slot)):  # 8 lanes in one word: x as int64 words (X8)
         extra = {"X8": True}
@@ -728,7 +788,8 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
         BITS=pw.bits, G=pw.group, V=lanes_per_word(pw.bits), S=pw.words,
         INLINE=pw.meta is None, MOE=moe, MATS=mats, ACT=act, WAIT_FIRST=wait_first,
         BA=cfg.block_rows, BB=cfg.block_cols, SPLIT=split, PREFETCH=cfg.prefetch,
-        LPS=max(1, min(cfg.lanes_per_shift, 8 // pw.bits)) if pw.axis == 0 else 1,
+        LPS=(max(1, min(cfg.lanes_per_shift, 8 // pw.bits)) if pw.axis == 0
+             else _prepared_lanes_per_shift(pw.bits)),
         num_warps=cfg.num_warps, **extra, **pdl_options(x), **_register_cap(cfg, x),
     )
 
@@ -740,6 +801,26 @@ def _lane_major(x: Tensor, b_cols: int, group: int) -> Tensor:
         x, xt, x.numel(), b_cols, G=group, BLOCK=LANE_MAJOR_BLOCK, num_warps=4,
         **pdl_options(x))
     return xt
+
+
+def reads_prepared(pw: PackedWeight) -> bool:
+    """Whether the axis-1 kernel reads x prepared for `pw` (`_store_prepared`): groups of 8
+    in one word, the experts' 2-bit g8."""
+    return (pw.axis == 1 and pw.group == 8 and pw.words == 1
+            and os.environ.get("MIXDESK_XP", "1") != "0")
+
+
+def _prepared_lanes_per_shift(bits: int) -> int:
+    return LANES_PER_SHIFT.get(bits, 1)
+
+
+def _prepare_x(x: Tensor, b_cols: int, bits: int) -> Tensor:
+    """x [8 * b_cols] as the axis-1 kernel reads it for groups of 8 in one word (XP)."""
+    xp = torch.empty((XP_ROWS, b_cols), dtype=torch.float32, device=x.device)
+    _prep_x_kernel[(triton.cdiv(b_cols, PREP_BLOCK),)](
+        x, xp, b_cols, BITS=bits, LPS=_prepared_lanes_per_shift(bits), BLOCK=PREP_BLOCK,
+        num_warps=4, **pdl_options(x))
+    return xp
 
 
 def _aligned8(x: Tensor, x_slot: int) -> bool:
@@ -877,11 +958,17 @@ def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
         return out
     # axis 1: a word holds 8 columns, so every w2 program would compute 8 activations a word
     # (each thread again for each of its row tiles): one launch computes them once instead
-    g = torch.empty((topk, ffn), dtype=torch.float32, device=x.device)
-    _act_kernel[(math.ceil(ffn / ACT_BLOCK), topk)](h, rw, g, ffn, BLOCK=ACT_BLOCK, num_warps=4,
-                                                   **pdl_options(x))
-    _launch(g, g, rw, ids, w2, out, launches=topk, moe=True, mats=1, act=False, x_slot=ffn,
-            out_mat=0, config=c2)
+    if reads_prepared(w2):  # written as w2 reads it: XP_ROWS rows of ffn / 8 a slot
+        g = torch.empty((topk, XP_ROWS, ffn // 8), dtype=torch.float32, device=x.device)
+        _act_kernel[(math.ceil(ffn / 8 / PREP_BLOCK), topk)](
+            h, rw, g, ffn, BLOCK=PREP_BLOCK, XP=True, BITS=w2.bits,
+            LPS=_prepared_lanes_per_shift(w2.bits), num_warps=4, **pdl_options(x))
+    else:
+        g = torch.empty((topk, ffn), dtype=torch.float32, device=x.device)
+        _act_kernel[(math.ceil(ffn / ACT_BLOCK), topk)](h, rw, g, ffn, BLOCK=ACT_BLOCK,
+                                                       num_warps=4, **pdl_options(x))
+    _launch(g, g, rw, ids, w2, out, launches=topk, moe=True, mats=1, act=False,
+            x_slot=g[0].numel(), out_mat=0, config=c2, x_prepared=reads_prepared(w2))
     return out
 
 
