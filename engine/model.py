@@ -212,9 +212,27 @@ class MoE(nn.Module):
         weights = weights / weights.sum(dim=-1, keepdim=True)  # fp32
         return self.run_experts(x, chosen, weights).view(shape)
 
+    def prepared_input(self) -> Tensor | None:
+        """A buffer for one token's input as the packed w1/w3 read it, if they read it prepared
+        (`kernels.gemv.reads_prepared`: axis 1, groups of 8), for `kernels.router.route` to
+        write and `run_experts(..., x_prepared=)` to hand `moe_decode`; else None."""
+        if self.packed is None or self.offload is not None:
+            return None
+        import os  # noqa: PLC0415 - TEMPORARY A/B switch
+        if os.environ.get("MIXDESK_XP_ROUTE", "1") == "0":
+            return None
+        from mixdesk.kernels.gemv import XP_ROWS, reads_prepared  # noqa: PLC0415 - triton only here
+
+        w13 = self.packed[0]
+        if not reads_prepared(w13):
+            return None
+        return torch.empty((XP_ROWS, w13.shape[1] // 8), dtype=torch.float32,
+                           device=w13.codes.device)
+
     def run_experts(self, x: Tensor, chosen: Tensor, weights: Tensor, *,
-                    keep_fp32: bool = False) -> Tensor:
+                    keep_fp32: bool = False, x_prepared: Tensor | None = None) -> Tensor:
         """sum_a weights[:, a] * expert[chosen[:, a]](x) for x [N, D]; weights fp32, normalised.
+        `x_prepared`: one token's x as `prepared_input` holds it, written by the router.
 
         Returns:
             [N, D] in x's dtype; `moe_decode`'s fp32 output as it is with `keep_fp32`.
@@ -225,7 +243,8 @@ class MoE(nn.Module):
             from mixdesk.kernels.gemv import moe_decode  # noqa: PLC0415 - triton only here
 
             out, h = self.decode_out or (None, None)
-            y = moe_decode(x[0], *self.packed, chosen[0], weights[0], out=out, h=h)  # fp32 [D]
+            y = moe_decode(x[0], *self.packed, chosen[0], weights[0], out=out, h=h,
+                           x_prepared=x_prepared)  # fp32 [D]
             return (y if keep_fp32 else y.to(x.dtype)).view(1, -1)
         if self.packed is not None:  # CUDA: dequantize from the stacks, one matmul for w1|w3
             return packed_experts(x, chosen, weights, len(self.experts), self.packed)
@@ -374,20 +393,23 @@ class Block(nn.Module):
 
         a = self.self_attn(normed, cos, sin, mask, pos,  # o_proj's fp32 GEMV output
                            x_lane_major=bool(self.self_attn.lane_group()))
-        h, moe_in, chosen, weights = self._route(x, a)
+        prepared = self.moe.prepared_input()  # if the experts read x prepared, route writes it
+        h, moe_in, chosen, weights = self._route(x, a, prepared)
         y = self.moe.run_experts(moe_in.view(1, -1), chosen.view(1, -1), weights.view(1, -1),
-                                 keep_fp32=True)
+                                 keep_fp32=True, x_prepared=prepared)
         out, out_normed = add_norm(h, y.reshape(-1), next_norm.weight, eps=next_norm.eps,
                                    lane_group=next_lane_group)
         return out.view(x.shape), out_normed.view(x.shape)
 
-    def _route(self, x: Tensor, a: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _route(self, x: Tensor, a: Tensor, prepared: Tensor | None = None
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         from mixdesk.kernels.router import route  # noqa: PLC0415 - triton only here
 
         gate, norm = self.moe.gate, self.post_attention_layernorm
         assert isinstance(gate, nn.Linear), "route_kernel is set on routed layers only"
+        bits = self.moe.packed[0].bits if self.moe.packed is not None else 2
         return route(x.reshape(-1), a.reshape(-1), norm.weight, gate.weight, eps=norm.eps,
-                     top_k=self.moe.top_k)
+                     top_k=self.moe.top_k, prepared=prepared, prepared_bits=bits)
 
 
 class Transformer(nn.Module):

@@ -49,9 +49,10 @@ ACT_BLOCK = 1024  # `_act_kernel`'s elements a program
 # `_lane_major_kernel`'s: 8 programs for Mixtral's 4096 (one program, its stores scattered,
 # made a decode step slower than the torch copy it replaced: 4.361 -> 4.437 ms at axis 1)
 LANE_MAJOR_BLOCK = 512
-# x prepared for one-word groups of 8 at axis 1 (`_store_prepared`): XP_ROWS rows of B, the
+# x prepared for one-word groups of 8 at axis 1 (`store_prepared`): XP_ROWS rows of B, the
 # 8 lanes scaled for their shared shift, the groups' sums of x, and each dot's start
 XP_ROWS = 10
+_XP_ROWS = tl.constexpr(XP_ROWS)  # the same, for the kernels
 PREP_BLOCK = 128  # `_prep_x_kernel`'s groups a program
 
 
@@ -378,7 +379,7 @@ def _x8(x_base, first, bmask):
 
 
 @triton.jit
-def _store_prepared(xp_base, b, bmask, v, B, BITS: tl.constexpr, LPS: tl.constexpr):
+def store_prepared(xp_base, b, bmask, v, B, BITS: tl.constexpr, LPS: tl.constexpr):
     """x of group columns b (v [BLOCK, 8] fp32) stored as the axis-1 kernel reads it (`XP`):
     row j < 8 is lane j times 2**(BITS*k), k its place below the top lane of its shift group
     (`_lane` decodes it as 1 + q/2**(BITS*(k+1))), row 8 the group's sum of x, row 9
@@ -397,14 +398,14 @@ def _store_prepared(xp_base, b, bmask, v, B, BITS: tl.constexpr, LPS: tl.constex
 @triton.jit
 def _prep_x_kernel(x_ptr, xp_ptr, B, BITS: tl.constexpr, LPS: tl.constexpr,
                    BLOCK: tl.constexpr, PDL: tl.constexpr = False):
-    """x [8B] prepared (`_store_prepared`) into xp [XP_ROWS, B]."""
+    """x [8B] prepared (`store_prepared`) into xp [XP_ROWS, B]."""
     pdl_launch_next(PDL)
     b = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     bmask = b < B
     pdl_wait(PDL)
     v = tl.load(x_ptr + b[:, None] * 8 + tl.arange(0, 8)[None, :], mask=bmask[:, None],
                 other=0.0).to(tl.float32)
-    _store_prepared(xp_ptr, b, bmask, v, B, BITS, LPS)
+    store_prepared(xp_ptr, b, bmask, v, B, BITS, LPS)
 
 
 @triton.jit
@@ -422,7 +423,7 @@ def _gemv_axis1_kernel(
     """XT: x comes lane-major, lane m of group column b at m * B + b (`_launch` transposes it
     for groups of several words), so a lane's x is one coalesced load, not a gather at G apart.
     X8 (a group of 8 lanes in one word, x on 8 bytes): its 8 x are read as int64 words.
-    XP (a group of 8 lanes in one word): x comes prepared (`_store_prepared`, XP_ROWS rows of
+    XP (a group of 8 lanes in one word): x comes prepared (`store_prepared`, XP_ROWS rows of
     B a slot), its 8 lanes scaled so that LPS lanes share a shift, with the groups' sums.
     No ACT: `moe_decode` hands w2 its input computed (`_act_kernel`)."""
     tl.static_assert(not ACT, "axis 1 takes x computed: moe_decode's _act_kernel")
@@ -511,7 +512,7 @@ def _act_kernel(h_ptr, rw_ptr, g_ptr, F, BLOCK: tl.constexpr, XP: tl.constexpr =
                 BITS: tl.constexpr = 2, LPS: tl.constexpr = 1, PDL: tl.constexpr = False):
     """g[slot] = silu(h1) * h3 * routing weight of a slot's w1/w3 output h[slot] = (h1, h3):
     w2's input at axis 1 (`moe_decode`), computed once instead of in every w2 program. XP:
-    written prepared (`_store_prepared`, XP_ROWS rows of F/8 a slot), BLOCK groups a program."""
+    written prepared (`store_prepared`, XP_ROWS rows of F/8 a slot), BLOCK groups a program."""
     pdl_launch_next(PDL)
     slot = tl.program_id(1)
     if XP:
@@ -527,7 +528,7 @@ def _act_kernel(h_ptr, rw_ptr, g_ptr, F, BLOCK: tl.constexpr, XP: tl.constexpr =
     h3 = tl.load(h_ptr + slot * 2 * F + F + i, mask=mask, other=0.0)
     g = _act(h1, h3, tl.load(rw_ptr + slot), True)
     if XP:
-        _store_prepared(g_ptr + slot * XP_ROWS * (F // 8), b, bmask, g, F // 8, BITS, LPS)
+        store_prepared(g_ptr + slot * _XP_ROWS * (F // 8), b, bmask, g, F // 8, BITS, LPS)
     else:
         tl.store(g_ptr + slot * F + i, g, mask=mask)
 
@@ -701,10 +702,11 @@ TUNED_MOE: dict[tuple[int, int, int, int, int], Tile] = {
     # tests/bench/results/h100-s10-regs/): MoE 87.1 -> 85.7 us, a decode step 3.839/3.844 ->
     # 3.815/3.820 ms (two rounds each, alternating); caps that spill (96, 80) were slower
     (2, 8, 0, 4096, 14336): (32, 64, 4, False, 4, 112),
+    (2, 8, 1, 14336, 4096): (32, 64, 4, True, 4),
+    (2, 8, 1, 4096, 14336): (64, 32, 4, True, 8),
+}
+_X8_TILES: dict[tuple[int, int, int, int, int], Tile] = {  # TEMPORARY: the A/B's X8 side
     (2, 8, 1, 14336, 4096): (64, 32, 4, True, 8),
-    # w2 at axis 1 reads its input computed (`_act_kernel`) and x as int64 words (X8): with
-    # both, prefetching the next tile won (moe_sweep.py --axis 1,
-    # tests/bench/results/h100-s11-x8wide/moe-sweep-axis1.json): 105.1 -> 98.2 us
     (2, 8, 1, 4096, 14336): (16, 128, 4, True),
 }
 
@@ -775,9 +777,7 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
     extra = {}
     if reads_lane_major(pw) and not (moe or act):  # x lane-major (XT): copied unless given so
         x, extra = x if x_lane_major else _lane_major(x, b_cols, pw.group), {"XT": True}
-    elif reads_prepared(pw):  # x prepared (XP): by the kernel before, or here
-        if not x_prepared:
-            x, x_slot = _prepare_x(x, b_cols, pw.bits), 0
+    elif x_prepared:  # x prepared (XP), by moe_decode's launch or the kernel before
         extra = {"XP": True}
     elif (pw.axis == 1 and pw.words == 1 and min(pw.group, lanes_per_word(pw.bits)) == 8
           and _aligned8(x, x_slot)):  # 8 lanes in one word: x as int64 words (X8)
@@ -789,7 +789,7 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
         INLINE=pw.meta is None, MOE=moe, MATS=mats, ACT=act, WAIT_FIRST=wait_first,
         BA=cfg.block_rows, BB=cfg.block_cols, SPLIT=split, PREFETCH=cfg.prefetch,
         LPS=(max(1, min(cfg.lanes_per_shift, 8 // pw.bits)) if pw.axis == 0
-             else _prepared_lanes_per_shift(pw.bits)),
+             else prepared_lanes_per_shift(pw.bits)),
         num_warps=cfg.num_warps, **extra, **pdl_options(x), **_register_cap(cfg, x),
     )
 
@@ -804,23 +804,40 @@ def _lane_major(x: Tensor, b_cols: int, group: int) -> Tensor:
 
 
 def reads_prepared(pw: PackedWeight) -> bool:
-    """Whether the axis-1 kernel reads x prepared for `pw` (`_store_prepared`): groups of 8
-    in one word, the experts' 2-bit g8."""
+    """Whether `moe_decode` reads x prepared (`prepare_x`) for `pw` as its w13 or w2: groups of
+    8 in one word at axis 1 (the experts' 2-bit g8). `gemv` reads such a weight's x as it is
+    (as int64 words, `X8`), which costs no launch to prepare it."""
     return (pw.axis == 1 and pw.group == 8 and pw.words == 1
             and os.environ.get("MIXDESK_XP", "1") != "0")
 
 
-def _prepared_lanes_per_shift(bits: int) -> int:
+def prepared_lanes_per_shift(bits: int) -> int:
     return LANES_PER_SHIFT.get(bits, 1)
 
 
-def _prepare_x(x: Tensor, b_cols: int, bits: int) -> Tensor:
-    """x [8 * b_cols] as the axis-1 kernel reads it for groups of 8 in one word (XP)."""
-    xp = torch.empty((XP_ROWS, b_cols), dtype=torch.float32, device=x.device)
+def prepare_x(x: Tensor, bits: int, out: Tensor | None = None) -> Tensor:
+    """x [K] as the axis-1 kernel reads it for a weight of `bits` whose groups of 8 are one
+    word each (`reads_prepared`): fp32 [XP_ROWS, K / 8] (`store_prepared`). In a decode graph
+    `router.route(..., prepared=)` writes it instead, and `moe_decode(..., x_prepared=)` then
+    makes no launch of its own for it.
+
+    Args:
+        x: [K], K a multiple of 8, fp16, bf16 or fp32.
+        bits: the weight's bits (2, 3 or 4).
+        out: fp32 [XP_ROWS, K / 8] to write; new if None.
+    """
+    check_device(x)
+    if x.numel() % 8:
+        raise ValueError(f"x has {x.numel()} elements, not a multiple of 8")
+    b_cols = x.numel() // 8
+    if out is None:
+        out = torch.empty((XP_ROWS, b_cols), dtype=torch.float32, device=x.device)
+    elif out.shape != (XP_ROWS, b_cols) or out.dtype != torch.float32 or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous fp32 ({XP_ROWS}, {b_cols})")
     _prep_x_kernel[(triton.cdiv(b_cols, PREP_BLOCK),)](
-        x, xp, b_cols, BITS=bits, LPS=_prepared_lanes_per_shift(bits), BLOCK=PREP_BLOCK,
-        num_warps=4, **pdl_options(x))
-    return xp
+        x.contiguous(), out, b_cols, BITS=bits, LPS=prepared_lanes_per_shift(bits),
+        BLOCK=PREP_BLOCK, num_warps=4, **pdl_options(x))
+    return out
 
 
 def _aligned8(x: Tensor, x_slot: int) -> bool:
@@ -915,7 +932,8 @@ def reads_lane_major(pw: PackedWeight) -> bool:
 @torch.compiler.disable  # opaque to torch.compile: the glue around it fuses, this stays one launch
 def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
                topk_weights: Tensor, *, out: Tensor | None = None, h: Tensor | None = None,
-               configs: tuple[Config | None, Config | None] = (None, None)) -> Tensor:
+               configs: tuple[Config | None, Config | None] = (None, None),
+               x_prepared: Tensor | None = None) -> Tensor:
     """One token through its top-k experts: sum_s w_s * W2[e_s] (silu(W1[e_s] x) * W3[e_s] x).
 
     Two launches (three at axis 1, where w2's input is computed by a launch of its own) and no
@@ -931,6 +949,9 @@ def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
         out: fp32 [D] to add into; new zeros if None.
         h: zeroed fp32 [k, 2, F] workspace for W1 x and W3 x; new zeros if None.
         configs: tile shapes of the w1/w3 and w2 launches.
+        x_prepared: x as `prepare_x(x, w13.bits)` gives it, for a w13 that reads it so
+            (`reads_prepared`; `router.route(..., prepared=)` writes it): then w1/w3 read it
+            and no launch prepares x here.
 
     Returns:
         `out`, fp32 [D].
@@ -948,10 +969,22 @@ def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
         h = torch.zeros((topk, 2, ffn), dtype=torch.float32, device=x.device)  # h1, h3 per slot
     if out is None:
         out = torch.zeros(dim, dtype=torch.float32, device=x.device)
-    c13 = configs[0] or default_config(w13, 2 * topk, x.device, table=TUNED_MOE)
-    c2 = configs[1] or default_config(w2, topk, x.device, table=TUNED_MOE)
-    _launch(x.contiguous(), x, rw, ids, w13, h, launches=2 * topk, moe=True, mats=2, act=False,
-            x_slot=0, out_mat=ffn, config=c13, wait_first=True)
+    table = TUNED_MOE if os.environ.get("MIXDESK_XP", "1") != "0" else {**TUNED_MOE, **_X8_TILES}
+    c13 = configs[0] or default_config(w13, 2 * topk, x.device, table=table)
+    c2 = configs[1] or default_config(w2, topk, x.device, table=table)
+    if x_prepared is not None:
+        if not reads_prepared(w13):
+            raise ValueError(f"a {w13.bits}-bit group-{w13.group} axis-{w13.axis} w13 does not "
+                             "read x prepared")
+        if (x_prepared.shape != (XP_ROWS, dim // 8) or x_prepared.dtype != torch.float32
+                or not x_prepared.is_contiguous()):
+            raise ValueError(f"x_prepared must be a contiguous fp32 ({XP_ROWS}, {dim // 8}), "
+                             f"got {x_prepared.dtype} {tuple(x_prepared.shape)}")
+    elif reads_prepared(w13):  # no kernel before wrote it: one launch here
+        x_prepared = prepare_x(x, w13.bits)
+    _launch(x.contiguous() if x_prepared is None else x_prepared, x, rw, ids, w13, h,
+            launches=2 * topk, moe=True, mats=2, act=False, x_slot=0, out_mat=ffn, config=c13,
+            wait_first=True, x_prepared=x_prepared is not None)
     if w2.axis == 0:  # w2 computes its input as it loads it
         _launch(h, h[:, 1], rw, ids, w2, out, launches=topk, moe=True, mats=1, act=True,
                 x_slot=2 * ffn, out_mat=0, config=c2)
@@ -962,7 +995,7 @@ def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
         g = torch.empty((topk, XP_ROWS, ffn // 8), dtype=torch.float32, device=x.device)
         _act_kernel[(math.ceil(ffn / 8 / PREP_BLOCK), topk)](
             h, rw, g, ffn, BLOCK=PREP_BLOCK, XP=True, BITS=w2.bits,
-            LPS=_prepared_lanes_per_shift(w2.bits), num_warps=4, **pdl_options(x))
+            LPS=prepared_lanes_per_shift(w2.bits), num_warps=4, **pdl_options(x))
     else:
         g = torch.empty((topk, ffn), dtype=torch.float32, device=x.device)
         _act_kernel[(math.ceil(ffn / ACT_BLOCK), topk)](h, rw, g, ffn, BLOCK=ACT_BLOCK,

@@ -139,6 +139,19 @@ def lane_major(x: Tensor, group: int) -> Tensor:
     return x.reshape(-1, group).t().reshape(x.shape)
 
 
+def prepare_x(x: Tensor, bits: int, lanes_per_shift: int) -> Tensor:
+    """Reference of `kernels.gemv.prepare_x` (the kernels take `lanes_per_shift` from
+    `gemv.prepared_lanes_per_shift(bits)`): fp32 [10, K/8], row j < 8 lane j of each group of 8
+    times 2**(bits*k) (k: lane j's place below the top lane of its `lanes_per_shift`), row 8
+    the groups' sums of x, row 9 row 8 minus the sums of rows 0..7."""
+    groups = x.float().reshape(-1, 8)  # [K/8, 8]
+    lane = torch.arange(8, device=x.device)
+    top = torch.clamp((lane // lanes_per_shift) * lanes_per_shift + lanes_per_shift - 1, max=7)
+    scaled = groups * torch.exp2((bits * (top - lane)).float())
+    total = groups.sum(1)
+    return torch.cat([scaled.t(), total[None], (total - scaled.sum(1))[None]])
+
+
 def qkv_attention(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *, cos: Tensor,
                   sin: Tensor, parts: int, group: int, axis: int, scale: float,
                   out_group: int = 0) -> Tensor:

@@ -30,7 +30,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from mixdesk.kernels.gemv import check_device, pdl_launch_next, pdl_options, pdl_wait
+from mixdesk.kernels.gemv import (
+    XP_ROWS,
+    check_device,
+    pdl_launch_next,
+    pdl_options,
+    pdl_wait,
+    prepare_x,
+    prepared_lanes_per_shift,
+    store_prepared,
+)
 
 # Hidden-state elements per step of the program's loops: Mixtral's whole row (D = 4096) in
 # one step, 16 warps (103 registers a thread). On an H100, 1024 a step (four dependent rounds
@@ -68,10 +77,13 @@ def _store_normed(n_ptr, d, m, n, D, LG: tl.constexpr, TRANS: tl.constexpr):
 
 
 @triton.jit
-def _route_kernel(x_ptr, a_ptr, nw_ptr, gw_ptr, h_ptr, n_ptr, ids_ptr, w_ptr, D, eps,
+def _route_kernel(x_ptr, a_ptr, nw_ptr, gw_ptr, h_ptr, n_ptr, ids_ptr, w_ptr, xp_ptr, D, eps,
                   E: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
                   BD: tl.constexpr, ONE_STEP: tl.constexpr, ROUTE: tl.constexpr,
-                  LG: tl.constexpr = 0, TRANS: tl.constexpr = False, PDL: tl.constexpr = False):
+                  LG: tl.constexpr = 0, TRANS: tl.constexpr = False, XP_BITS: tl.constexpr = 0,
+                  XP_LPS: tl.constexpr = 1, PDL: tl.constexpr = False):
+    """XP_BITS > 0 (ONE_STEP only): the normed row also goes to xp_ptr prepared for the
+    experts' axis-1 GEMV of that many bits (`gemv.store_prepared`)."""
     pdl_launch_next(PDL)
     d0 = tl.arange(0, BD)
     e = tl.arange(0, EP)
@@ -91,6 +103,10 @@ def _route_kernel(x_ptr, a_ptr, nw_ptr, gw_ptr, h_ptr, n_ptr, ids_ptr, w_ptr, D,
         rstd = 1.0 / tl.sqrt(tl.sum(hf * hf, 0) / D + eps)
         n = _norm(h, nw, rstd, n_dtype)
         _store_normed(n_ptr, d0, m, n, D, LG, TRANS)
+        if XP_BITS > 0:
+            col = tl.arange(0, BD // 8)
+            store_prepared(xp_ptr, col, col < D // 8, tl.reshape(n.to(tl.float32), [BD // 8, 8]),
+                           D // 8, XP_BITS, XP_LPS)
         if ROUTE:
             logits = tl.sum(g.to(tl.float32) * n.to(tl.float32)[None, :], 1)
     else:
@@ -139,7 +155,8 @@ def _top_k(logits, emask, e, ids_ptr, w_ptr, EP: tl.constexpr, TOPK: tl.constexp
 
 @torch.compiler.disable  # opaque to torch.compile, like the GEMVs: the glue around it fuses
 def route(x: Tensor, a: Tensor, norm_weight: Tensor, gate_weight: Tensor, *, eps: float,
-          top_k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+          top_k: int, prepared: Tensor | None = None, prepared_bits: int = 2
+          ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The residual add, RMSNorm and top-k routing of one token (module docstring).
 
     Args:
@@ -150,6 +167,10 @@ def route(x: Tensor, a: Tensor, norm_weight: Tensor, gate_weight: Tensor, *, eps
         gate_weight: [E, D] the router's weight.
         eps: the RMSNorm's epsilon.
         top_k: experts to choose, <= E.
+        prepared: fp32 [XP_ROWS, D / 8] to write the normed row into as well, as
+            `gemv.prepare_x(normed, prepared_bits)` gives it: the input of experts whose w1/w3
+            read x prepared (`gemv.reads_prepared`; `gemv.moe_decode(..., x_prepared=)`).
+        prepared_bits: the experts' bits, for `prepared`.
 
     Returns:
         (h [D] = x + a, normed h [D] (x's and norm_weight's dtypes promoted, as torch
@@ -163,7 +184,8 @@ def route(x: Tensor, a: Tensor, norm_weight: Tensor, gate_weight: Tensor, *, eps
         raise ValueError(f"top_k {top_k} is not in 1..{n_experts}")
     ids = torch.empty(top_k, dtype=torch.int64, device=x.device)
     weights = torch.empty(top_k, dtype=torch.float32, device=x.device)
-    h, normed = _launch(x, a, norm_weight, eps, gate_weight, ids, weights)
+    h, normed = _launch(x, a, norm_weight, eps, gate_weight, ids, weights,
+                        prepared=prepared, prepared_bits=prepared_bits)
     return h, normed, ids, weights
 
 
@@ -189,8 +211,8 @@ def add_norm(x: Tensor, a: Tensor, norm_weight: Tensor, *, eps: float,
 
 
 def _launch(x: Tensor, a: Tensor, norm_weight: Tensor, eps: float, gate_weight: Tensor | None,
-            ids: Tensor | None, weights: Tensor | None, lane_group: int = 0
-            ) -> tuple[Tensor, Tensor]:
+            ids: Tensor | None, weights: Tensor | None, lane_group: int = 0, *,
+            prepared: Tensor | None = None, prepared_bits: int = 2) -> tuple[Tensor, Tensor]:
     check_device(x)
     dim = x.numel()
     if a.numel() != dim or norm_weight.numel() != dim:
@@ -200,6 +222,12 @@ def _launch(x: Tensor, a: Tensor, norm_weight: Tensor, eps: float, gate_weight: 
         raise ValueError(f"lane_group {lane_group} does not divide the row's {dim} elements")
     if a.dtype not in {x.dtype, torch.float32}:
         raise ValueError(f"a is {a.dtype}: it must be x's dtype ({x.dtype}) or fp32")
+    if prepared is not None and (prepared.shape != (XP_ROWS, dim // 8) or dim % 8
+                                 or prepared.dtype != torch.float32
+                                 or not prepared.is_contiguous()):
+        raise ValueError(f"prepared must be a contiguous fp32 ({XP_ROWS}, {dim // 8}) for a "
+                         f"row of {dim} (a multiple of 8), got {prepared.dtype} "
+                         f"{tuple(prepared.shape)}")
     block = min(BLOCK_D, triton.next_power_of_2(dim))
     h = torch.empty(dim, dtype=x.dtype, device=x.device)
     normed = torch.empty(dim, dtype=torch.promote_types(norm_weight.dtype, x.dtype),
@@ -207,14 +235,20 @@ def _launch(x: Tensor, a: Tensor, norm_weight: Tensor, eps: float, gate_weight: 
     n_experts = 1 if gate_weight is None else gate_weight.shape[0]
     top_k = 1 if ids is None else ids.numel()
     gate = norm_weight if gate_weight is None else gate_weight.contiguous()  # unread: no router
+    in_kernel = prepared is not None and dim <= block  # a longer row: prepare_x after it
     _route_kernel[(1,)](
         x.contiguous(), a.contiguous(), norm_weight.contiguous(), gate, h, normed,
-        h if ids is None else ids, h if weights is None else weights, dim, eps,
+        h if ids is None else ids, h if weights is None else weights,
+        prepared if in_kernel else h, dim, eps,
         E=n_experts, EP=triton.next_power_of_2(n_experts), TOPK=top_k,
         KP=triton.next_power_of_2(top_k), BD=block, ONE_STEP=dim <= block,
         ROUTE=gate_weight is not None, LG=lane_group,
         TRANS=dim == block and lane_group > 0 and block % lane_group == 0,
+        XP_BITS=prepared_bits if in_kernel else 0,
+        XP_LPS=prepared_lanes_per_shift(prepared_bits),
         num_warps=max(1, min(16, block // 256)),
         **pdl_options(x),
     )
+    if prepared is not None and not in_kernel:
+        prepare_x(normed, prepared_bits, out=prepared)
     return h, normed

@@ -104,8 +104,9 @@ def quantized_moe(dim: int, ffn: int, experts: int, spec: QuantSpec,
     return moe.requires_grad_(False).to(DEVICE)
 
 
-@pytest.mark.parametrize("spec", [QuantSpec(bits=2, group=8), QuantSpec(bits=4, group=64, axis=1)],
-                         ids=["2b-g8-ax0", "4b-g64-ax1"])
+@pytest.mark.parametrize("spec", [QuantSpec(bits=2, group=8), QuantSpec(bits=2, group=8, axis=1),
+                                  QuantSpec(bits=4, group=64, axis=1)],
+                         ids=["2b-g8-ax0", "2b-g8-ax1", "4b-g64-ax1"])
 def test_moe_decode_kernel_path_equals_torch_path(spec: QuantSpec) -> None:
     gen = torch.Generator().manual_seed(time.time_ns() % 2**31)
     moe = quantized_moe(64, 128, 4, spec, gen)
@@ -269,7 +270,8 @@ def test_q_k_v_are_one_launch_and_equal_the_torch_path(  # noqa: PLR0917 - pytes
     modules read views of the stack; `disable_kernels` rebuilds q's stored tensors exactly.
     Where q's meta-meta period and k's do not divide, k and v alone share a launch. Where the
     GEMVs read x lane-major, the norm before q/k/v and the attention before o write it so, and
-    no GEMV copies it."""
+    no GEMV copies it; where the experts read x prepared (2 bits, groups of 8, axis 1), the
+    router writes it so."""
     seed = time.time_ns() % 2**31
     print(f"seed {seed}")
     gen = torch.Generator().manual_seed(seed)
@@ -291,10 +293,12 @@ def test_q_k_v_are_one_launch_and_equal_the_torch_path(  # noqa: PLR0917 - pytes
     steps = [torch.randint(0, 64, (1, 1), device=DEVICE) for _ in range(3)]
 
     launches: list[int] = []  # matrices a gemv launch covers, decode steps only
+    copies: list[int] = []  # x made lane-major or prepared by a GEMV launch of its own
 
     def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
         first = model(prompt, torch.arange(6, device=DEVICE))
         launches.clear()  # prefill runs an expert picked by one token as a one-row gemv
+        copies.clear()
         return first, [model(t, torch.tensor([6 + i], device=DEVICE)) for i, t in enumerate(steps)]
 
     want_prefill, want = run()
@@ -313,9 +317,9 @@ def test_q_k_v_are_one_launch_and_equal_the_torch_path(  # noqa: PLR0917 - pytes
             assert module.packed.codes.data_ptr() == base[first].data_ptr()
     lane_major = axis == 1 and group > 32 // bits  # more than one word a group
     assert [b.self_attn.lane_group() for b in model.blocks()] == [group * lane_major] * 2
-    copies: list[int] = []  # x made lane-major by a GEMV launch of its own
     for module, name, log, mark in [  # mark None: the matrices a gemv launch covers
         (kernels_gemv, "_lane_major", copies, 0),
+        (kernels_gemv, "prepare_x", copies, 0),
         (kernels_gemv, "gemv", launches, None),
         (kernels_router, "add_norm", launches, 0),  # after the experts: add + next norm
         (kernels_attention, "qkv_attention", launches, -1),  # RoPE, cache writes, attention
@@ -325,7 +329,9 @@ def test_q_k_v_are_one_launch_and_equal_the_torch_path(  # noqa: PLR0917 - pytes
                             _l.append(a[1].n_mats if _m is None else _m) or _r(*a, **kw))
     got_prefill, got = run()
     assert launches == launches_a_layer * args.n_layers * len(steps)
-    assert copies == []  # lane-major from the kernel before, or not read so at all
+    # lane-major from the kernel before, or not read so at all; the experts' x prepared (2-bit
+    # g8 at axis 1) by the router
+    assert copies == []
     with pytest.raises(ValueError, match="lane-major"):  # two tokens: no GEMV reads them so
         model.blocks()[0].self_attn.o_proj(torch.zeros(1, 2, dim, device=DEVICE),
                                            x_lane_major=True)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mixdesk.kernels import reference
+from mixdesk.kernels.gemv import XP_ROWS, prepare_x, prepared_lanes_per_shift
 from mixdesk.kernels.router import add_norm, route
 
 CUDA = torch.cuda.is_available()
@@ -85,6 +86,32 @@ def test_add_norm_writes_the_normed_row_lane_major(dim: int, group: int,
     assert torch.equal(normed.reshape(group, -1).t().reshape(-1), plain)
     with pytest.raises(ValueError, match="lane_group"):
         add_norm(x, a, norm_w, eps=1e-5, lane_group=7)
+
+
+@pytest.mark.parametrize(("dim", "bits", "dtype"), [
+    (64, 2, torch.float32),  # the row in one block: written by the route kernel
+    (96, 4, torch.float16),  # a padded block, 4 bits: no lanes share a shift
+    (5000, 2, torch.float32),  # two loop steps: prepare_x after the route kernel
+    pytest.param(4096, 2, torch.float16, marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not CUDA, reason="needs a CUDA GPU")]),  # Mixtral's on the GPU
+])
+def test_route_writes_the_experts_input_prepared(dim: int, bits: int, dtype: torch.dtype) -> None:
+    """With `prepared` the normed row also comes as the axis-1 expert GEMV reads it
+    (`gemv.prepare_x` of the normed row); the rest of route's output is unchanged; a buffer of
+    the wrong shape is refused before any launch."""
+    x, a, norm_w, gate_w = inputs(dim, 8, dtype)
+    prepared = torch.full((XP_ROWS, dim // 8), float("nan"), device=DEVICE)
+    h, normed, ids, weights = route(x, a, norm_w, gate_w, eps=1e-5, top_k=2, prepared=prepared,
+                                    prepared_bits=bits)
+    want = reference.prepare_x(normed, bits, prepared_lanes_per_shift(bits))
+    assert torch.equal(prepared[:8], want[:8])  # x times powers of 2: exact
+    assert torch.allclose(prepared[8:], want[8:], rtol=1e-5, atol=1e-4)  # sums: their order
+    assert torch.equal(prepared[:8], prepare_x(normed, bits)[:8])
+    plain = route(x, a, norm_w, gate_w, eps=1e-5, top_k=2)
+    for got, was in zip((h, normed, ids, weights), plain, strict=True):
+        assert torch.equal(got, was)
+    with pytest.raises(ValueError, match="prepared must be"):
+        route(x, a, norm_w, gate_w, eps=1e-5, top_k=2, prepared=prepared[:, 1:])
 
 
 @pytest.mark.gpu
