@@ -218,9 +218,6 @@ class MoE(nn.Module):
         write and `run_experts(..., x_prepared=)` to hand `moe_decode`; else None."""
         if self.packed is None or self.offload is not None:
             return None
-        import os  # noqa: PLC0415 - TEMPORARY A/B switch
-        if os.environ.get("MIXDESK_XP_ROUTE", "1") == "0":
-            return None
         from mixdesk.kernels.gemv import XP_ROWS, reads_prepared  # noqa: PLC0415 - triton only here
 
         w13 = self.packed[0]

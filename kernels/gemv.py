@@ -702,12 +702,12 @@ TUNED_MOE: dict[tuple[int, int, int, int, int], Tile] = {
     # tests/bench/results/h100-s10-regs/): MoE 87.1 -> 85.7 us, a decode step 3.839/3.844 ->
     # 3.815/3.820 ms (two rounds each, alternating); caps that spill (96, 80) were slower
     (2, 8, 0, 4096, 14336): (32, 64, 4, False, 4, 112),
+    # axis 1 with x prepared (`prepare_x`, `store_prepared`: 4 lanes a shift, the groups' sums
+    # given), swept again (moe_sweep.py --axis 1, tests/bench/results/h100-s13-xp/): the MoE
+    # 97.0 us (X8, (64, 32, 4, True, 8) and (16, 128, 4, True)) -> 87.5 us. X8's w2 tile
+    # (16, 128, 4) took 120.6 us with it: its loop moves vectors through shared memory
     (2, 8, 1, 14336, 4096): (32, 64, 4, True, 4),
     (2, 8, 1, 4096, 14336): (64, 32, 4, True, 8),
-}
-_X8_TILES: dict[tuple[int, int, int, int, int], Tile] = {  # TEMPORARY: the A/B's X8 side
-    (2, 8, 1, 14336, 4096): (64, 32, 4, True, 8),
-    (2, 8, 1, 4096, 14336): (16, 128, 4, True),
 }
 
 
@@ -807,8 +807,7 @@ def reads_prepared(pw: PackedWeight) -> bool:
     """Whether `moe_decode` reads x prepared (`prepare_x`) for `pw` as its w13 or w2: groups of
     8 in one word at axis 1 (the experts' 2-bit g8). `gemv` reads such a weight's x as it is
     (as int64 words, `X8`), which costs no launch to prepare it."""
-    return (pw.axis == 1 and pw.group == 8 and pw.words == 1
-            and os.environ.get("MIXDESK_XP", "1") != "0")
+    return pw.axis == 1 and pw.group == 8 and pw.words == 1
 
 
 def prepared_lanes_per_shift(bits: int) -> int:
@@ -969,9 +968,8 @@ def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
         h = torch.zeros((topk, 2, ffn), dtype=torch.float32, device=x.device)  # h1, h3 per slot
     if out is None:
         out = torch.zeros(dim, dtype=torch.float32, device=x.device)
-    table = TUNED_MOE if os.environ.get("MIXDESK_XP", "1") != "0" else {**TUNED_MOE, **_X8_TILES}
-    c13 = configs[0] or default_config(w13, 2 * topk, x.device, table=table)
-    c2 = configs[1] or default_config(w2, topk, x.device, table=table)
+    c13 = configs[0] or default_config(w13, 2 * topk, x.device, table=TUNED_MOE)
+    c2 = configs[1] or default_config(w2, topk, x.device, table=TUNED_MOE)
     if x_prepared is not None:
         if not reads_prepared(w13):
             raise ValueError(f"a {w13.bits}-bit group-{w13.group} axis-{w13.axis} w13 does not "

@@ -48,9 +48,11 @@ TILES_13_AXIS1 = [(16, 128, 4), (8, 128, 4), (32, 64, 4), (16, 64, 4), (64, 32, 
 TILES_2_AXIS1 = [(64, 32, 4), (32, 64, 4), (16, 128, 4), (32, 32, 4), (16, 64, 4), (8, 128, 4),
                  (64, 64, 8)]
 PER_SM = (4, 8, 16)
-# kernels/gemv.py _lane: 1 is the exact decode. Axis 0 only: lanes sharing a shift at axis 1
-# (x taken times 2**(bits*k)) measured slower, 109.3 -> 115.7 us at the best tiles (2026-11-23,
-# tests/bench/results/h100-s7-moe-sweep-axis1-lanes.json)
+# kernels/gemv.py _lane: 1 is the exact decode. Axis 0 only: at axis 1 the lanes per shift come
+# with x prepared (`prepare_x`, 4 at 2 bits), fixed by the bits. Taking x times 2**(bits*k) in
+# the kernel instead measured slower, 109.3 -> 115.7 us (2026-11-23,
+# tests/bench/results/h100-s7-moe-sweep-axis1-lanes.json); prepared by the kernel before, faster
+# (97.0 -> 87.5 us, tests/bench/results/h100-s13-xp/)
 LANES_PER_SHIFT = (1, 2, 4)
 # --variants: (w1/w3 changes, w2 changes) against the shipped configs
 VARIANTS: dict[str, tuple[dict[str, int], dict[str, int]]] = {
