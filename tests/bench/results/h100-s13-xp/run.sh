@@ -1,3 +1,4 @@
+# Ran 2026-11-24: MoE at the shipped tiles X8 97.0 us, XP 120.6 us (w2 16x128x4 slow with XP); XP sweep best 87.5 us (w13 32x64x4 split 1, w2 64x32x4 split 9); step 4.081 (X8) vs 4.780 ms (XP, X8 tiles); GPU kernel tests: 1 failed (act kernel used a non-constexpr global; fixed), then 18 passed.
 # session 13: x prepared for the axis-1 experts (XP: 8 lanes scaled so 4 share a shift, the
 # groups' sums and each dot's start written by the kernel before) against reading it as int64
 # words (X8; MIXDESK_XP=0, a switch in kernels/gemv.py while this ran). MoE at the shipped

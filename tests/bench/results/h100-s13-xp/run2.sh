@@ -1,3 +1,4 @@
+# Ran 2026-11-24: step at axis 1 4.0966 ms (X8) -> 3.7316 ms (XP at the new tiles), 54.6% -> 60.0% of the read floor; the re-sweep put the best pair at 88.2 us against the shipped 89.2 (not taken).
 # session 13, second: the axis-1 MoE tiles from run.sh's sweep with XP in TUNED_MOE (w1/w3
 # (32, 64, 4, prefetch, 4 a SM), w2 (64, 32, 4, prefetch, 8 a SM)); the decode step against X8
 # at its shipped tiles (MIXDESK_XP=0 also took X8's tiles: a switch while this ran), then

@@ -1,3 +1,4 @@
+# Ran 2026-11-24: axis 1 X8 4.0963 ms, XP prepared by a launch 3.7334 ms, XP prepared by the router 3.7104 ms (61.2% of this machine's read floor); axis 0 3.6671 ms.
 # session 13, third: the decode step at axis 1 three ways in one process: X8 at its tiles
 # (MIXDESK_XP=0), x prepared by a launch of moe_decode's own (MIXDESK_XP_ROUTE=0), and x
 # prepared by the router (the default); both switches in the code while this ran. Then axis 0
