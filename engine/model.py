@@ -404,9 +404,10 @@ class Block(nn.Module):
 
         gate, norm = self.moe.gate, self.post_attention_layernorm
         assert isinstance(gate, nn.Linear), "route_kernel is set on routed layers only"
-        bits = self.moe.packed[0].bits if self.moe.packed is not None else 2
+        packed = self.moe.packed  # prepared is None unless the experts are packed
         return route(x.reshape(-1), a.reshape(-1), norm.weight, gate.weight, eps=norm.eps,
-                     top_k=self.moe.top_k, prepared=prepared, prepared_bits=bits)
+                     top_k=self.moe.top_k, prepared=prepared,
+                     prepared_bits=packed[0].bits if packed is not None else 2)
 
 
 class Transformer(nn.Module):

@@ -789,7 +789,7 @@ def _launch(x: Tensor, x2: Tensor, rw: Tensor, ids: Tensor, pw: PackedWeight, ou
         INLINE=pw.meta is None, MOE=moe, MATS=mats, ACT=act, WAIT_FIRST=wait_first,
         BA=cfg.block_rows, BB=cfg.block_cols, SPLIT=split, PREFETCH=cfg.prefetch,
         LPS=(max(1, min(cfg.lanes_per_shift, 8 // pw.bits)) if pw.axis == 0
-             else prepared_lanes_per_shift(pw.bits)),
+             else prepared_lanes_per_shift(pw.bits) if x_prepared else 1),
         num_warps=cfg.num_warps, **extra, **pdl_options(x), **_register_cap(cfg, x),
     )
 
@@ -811,6 +811,8 @@ def reads_prepared(pw: PackedWeight) -> bool:
 
 
 def prepared_lanes_per_shift(bits: int) -> int:
+    """Lanes that share a shift where x comes prepared (`prepare_x` scales lane k below the
+    top of its shift group by 2**(bits*k)): the axis-0 choice, LANES_PER_SHIFT."""
     return LANES_PER_SHIFT.get(bits, 1)
 
 
