@@ -567,7 +567,7 @@ def step_bytes(model: Any, context_used: int, context_read: int) -> dict[str, in
 def time_decode_graph(model: Any, tokens: Tensor, positions: Tensor, steps: int, *,
                       compile_glue: bool) -> dict[str, Any]:
     """Decode `steps` tokens after the prompt through a fresh `fastpath.DecodeGraph`: per token
-    as engine.generate does it (sample on the device, queue the next replay, read the id),
+    as engine.generate does it greedy (the graph's argmax, queue the next replay, read the id),
     and replays alone back to back (CUDA events)."""
     from mixdesk.engine.fastpath import DecodeGraph  # noqa: PLC0415
     from mixdesk.engine.generate import TokenReadback  # noqa: PLC0415
@@ -576,19 +576,21 @@ def time_decode_graph(model: Any, tokens: Tensor, positions: Tensor, steps: int,
     graph = DecodeGraph(torch.device("cuda"), compile_glue=compile_glue)
     nxt = model(tokens, positions)[0, -1].argmax(-1, keepdim=True)
     started = time.perf_counter()
-    logits = graph.step(model, nxt, prompt)
+    graph.step(model, nxt, prompt)
     torch.cuda.synchronize()
     capture_s = time.perf_counter() - started
     started = time.perf_counter()
     readback = TokenReadback(torch.device("cuda"))
     for i in range(steps):  # the next step queued before the last id is read back
-        nxt = logits.argmax(-1, keepdim=True)
+        nxt = graph.greedy_token()  # the graph's own argmax, as generate takes it greedy
+        assert nxt is not None
         readback.start(nxt)
-        logits = graph.step(model, nxt, prompt + 1 + i)
+        graph.step(model, nxt, prompt + 1 + i)
         readback.result()
     torch.cuda.synchronize()
     per_token = (time.perf_counter() - started) / steps
     assert graph.graph is not None and graph.captures == 1
+    graph.pos.fill_(prompt + 1)  # each replay advances pos: over the positions decoded above
     replay = time_replays(graph.graph, steps)
     return {"compiled": graph.compiled, "capture_s": capture_s,
             "decode_ms_per_token": per_token * 1e3, "decode_tok_per_s": 1 / per_token,

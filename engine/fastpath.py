@@ -316,7 +316,9 @@ class DecodeGraph:
     writes the logits into a static buffer; the KV cache is the model's static cache.
     A step copies the token (device to device) and fills the position (a kernel
     argument), then replays: no host sync. Sampling runs on the logits after it, on
-    the device (`engine.generate.sample`).
+    the device (`engine.generate.sample`). The graph ends by writing its logits' argmax
+    into the token buffer and advancing the position: greedy decoding hands that token
+    back (`greedy_token`) and the next step launches nothing before its replay.
 
     Attributes:
         replays: steps run, for tests and stats.
@@ -336,6 +338,7 @@ class DecodeGraph:
         self.replays = 0
         self.captures = 0
         self.failed = False
+        self.next_pos = -1  # what the pos buffer holds after the last replay (-1: unknown)
 
     def _capture(self, model: Transformer) -> None:
         # torch.compile fuses the step's ~60 small torch ops a layer (norms, RoPE, attention,
@@ -347,6 +350,10 @@ class DecodeGraph:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self.logits = forward(model, self.token, self.pos)
+                # the next greedy step's token and position, so that it needs no launch of
+                # its own before the replay (`greedy_token`, `step`)
+                self.token.copy_(self.logits.argmax(-1).view(1, 1))
+                self.pos.add_(1)
         self.graph = graph
         self.cache_ptr = _cache_ptr(model)
         self.captures += 1
@@ -378,9 +385,15 @@ class DecodeGraph:
         torch.cuda.current_stream().wait_stream(side)
 
     def step(self, model: Transformer, token: torch.Tensor, pos: int) -> torch.Tensor:
-        """Logits [V] of `token` (a device tensor of one id) at cache position `pos`."""
-        self.token.copy_(token.reshape(1, 1))
-        self.pos.fill_(pos)
+        """Logits [V] of `token` (a device tensor of one id) at cache position `pos`.
+
+        `token` from `greedy_token` is in place already, and so is `pos` when it follows the
+        last replay's: then nothing is launched before the replay."""
+        if token.data_ptr() != self.token.data_ptr():
+            self.token.copy_(token.reshape(1, 1))
+        if pos != self.next_pos:
+            self.pos.fill_(pos)
+        self.next_pos = -1
         if self.failed:
             return model(self.token, self.pos)[0, -1]
         if self.graph is None or self.cache_ptr != _cache_ptr(model):
@@ -395,7 +408,15 @@ class DecodeGraph:
         assert self.graph is not None and self.logits is not None
         self.graph.replay()
         self.replays += 1
+        self.next_pos = pos + 1
         return self.logits
+
+    def greedy_token(self) -> torch.Tensor | None:
+        """The last replay's argmax, [1] on the device, written by the graph into the token
+        buffer that the next replay reads (so `step` needs no copy of it); None when the last
+        step did not replay (eager after a failed capture). Read it before the next step:
+        that step's replay overwrites it (work queued before the step sees this token)."""
+        return self.token.view(1) if self.next_pos >= 0 else None
 
 
 def _decode_forward(model: Transformer, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

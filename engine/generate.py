@@ -26,7 +26,7 @@ from mixdesk.engine.errors import (
     TokenizerError,
 )
 from mixdesk.engine.events import Done, Event, Failed, FinishReason, SamplingParams, Stats, Token
-from mixdesk.engine.fastpath import decode_graph
+from mixdesk.engine.fastpath import DecodeGraph, decode_graph
 from mixdesk.engine.loader import LoadedModel
 
 Prompt = str | Sequence[dict[str, str]] | Sequence[int]
@@ -137,6 +137,15 @@ def sample(logits: Tensor, params: SamplingParams, history: Tensor,
         probs = probs.scatter(0, order, sorted_probs.masked_fill(drop, 0.0))
     noise = torch.empty_like(probs).exponential_(1, generator=generator)
     return (probs / noise).argmax(-1, keepdim=True)
+
+
+def _next_id(logits: Tensor, params: SamplingParams, history: Tensor,
+             generator: torch.Generator | None, graph: DecodeGraph | None) -> Tensor:
+    """`sample`; or, greedy and unpenalised after a replay of `graph` (whose logits these
+    are), the argmax that replay wrote into the buffer the next one reads: no launch."""
+    greedy = (graph.greedy_token() if graph is not None and params.temperature == 0
+              and params.repetition_penalty == 1.0 else None)
+    return greedy if greedy is not None else sample(logits, params, history, generator)
 
 
 class TokenReadback:
@@ -308,7 +317,8 @@ def _decode_loop(lm: LoadedModel, prompt_ids: list[int], params: SamplingParams,
         elif ids:
             pos = torch.tensor([n_prompt + len(ids) - 1], device=device)
             logits = lm.model(history[-1:][None], pos)[0, -1]
-        next_id = sample(logits, params, history, generator)
+        next_id = _next_id(logits, params, history, generator,
+                           graph if queued is not None else None)
         history = torch.cat([history, next_id])
         readback.start(next_id)
         # the next step (one CUDA-graph replay, no host sync) goes on the queue before this

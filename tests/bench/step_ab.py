@@ -56,6 +56,7 @@ def capture(model: Any, nxt: torch.Tensor, settings: dict[str, str]) -> tuple[An
 
 
 def replay_ms(graph: Any, steps: int) -> float:
+    graph.pos.fill_(PROMPT)  # each replay advances pos: every round over the same positions
     graph.graph.replay()  # warm: the other variant's graph ran last
     return time_replays(graph.graph, steps) * 1e3
 

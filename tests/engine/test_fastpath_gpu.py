@@ -196,7 +196,7 @@ def test_decode_graph_equals_eager_and_never_syncs(kernel_src: Path, tmp_path: P
     """The whole decode step as one CUDA graph (fastpath.DecodeGraph): captured once, one
     replay per token, no host sync inside a step (sync debug mode "error" around every
     step after the capture), and its logits are the eager step's (fp32: only the order of
-    the kernels' float atomics differs)."""
+    the kernels' float atomics differs); fed its own argmax (`greedy_token`), the same."""
     folder = quantize_model(kernel_src, tmp_path / "card", "hqq-card", device="cuda")
     eager, graphed = (_load(folder, kernels=True, dtype=torch.float32).model for _ in range(2))
     prompt = torch.tensor([PROMPT], device="cuda")
@@ -226,6 +226,19 @@ def test_decode_graph_equals_eager_and_never_syncs(kernel_src: Path, tmp_path: P
           f"error {max(errors):.2e}")
     assert max(errors) < 1e-4
     assert [int(g.argmax()) for g in got] == tokens[1:]
+    # greedy: each replay writes its argmax into the token buffer and advances pos, so the
+    # steps after the first (back at the start: pos filled) launch nothing before the replay
+    chained = [graph.step(graphed, ids[0:1], start).clone()]
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(1, 16):
+            greedy = graph.greedy_token()
+            assert greedy is not None and greedy.data_ptr() == graph.token.data_ptr()
+            chained.append(graph.step(graphed, greedy, start + step).clone())
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert max(rel_error(g, w) for g, w in zip(chained, want, strict=True)) < 1e-4
+    assert int(graph.token) == tokens[16] and int(graph.pos) == start + 16
 
 
 @torch.inference_mode()
