@@ -1,3 +1,4 @@
+# Ran 2026-11-24: GPU tests 37 passed; axis 0 3.695 ms 270.7 tok/s 61.33% of the read floor (replays 3.669 ms: 26 us between), axis 1 3.728 ms 268.3 tok/s 60.73% (replays 3.707: 21 us); TTFT 0.168 / 0.145 s; hqq 24.1x / 23.9x.
 # session 13: the decode graph ends with its logits' argmax written into its token buffer and
 # pos advanced; greedy decoding hands that token back (DecodeGraph.greedy_token), so nothing is
 # launched between replays but the id's readback. GPU tests of the engine and kernels, then
