@@ -970,8 +970,14 @@ def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
         h = torch.zeros((topk, 2, ffn), dtype=torch.float32, device=x.device)  # h1, h3 per slot
     if out is None:
         out = torch.zeros(dim, dtype=torch.float32, device=x.device)
-    c13 = configs[0] or default_config(w13, 2 * topk, x.device, table=TUNED_MOE)
-    c2 = configs[1] or default_config(w2, topk, x.device, table=TUNED_MOE)
+    table = dict(TUNED_MOE)  # TEMPORARY: the tile A/B's switch
+    for part in filter(None, os.environ.get("MIXDESK_TILE_AB", "").split("+")):
+        name, tile = part.split("=")
+        rows, cols, warps, pre, per_sm = (int(v) for v in tile.split("x"))
+        table[(2, 8, 1, 14336, 4096) if name == "w13" else (2, 8, 1, 4096, 14336)] = (
+            rows, cols, warps, bool(pre), per_sm)
+    c13 = configs[0] or default_config(w13, 2 * topk, x.device, table=table)
+    c2 = configs[1] or default_config(w2, topk, x.device, table=table)
     if x_prepared is not None:
         if not reads_prepared(w13):
             raise ValueError(f"a {w13.bits}-bit group-{w13.group} axis-{w13.axis} w13 does not "
