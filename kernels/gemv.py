@@ -705,9 +705,12 @@ TUNED_MOE: dict[tuple[int, int, int, int, int], Tile] = {
     # axis 1 with x prepared (`prepare_x`, `store_prepared`: 4 lanes a shift, the groups' sums
     # given), swept again (moe_sweep.py --axis 1, tests/bench/results/h100-s13-xp/): the MoE
     # 97.0 us (X8, (64, 32, 4, True, 8) and (16, 128, 4, True)) -> 87.5 us. X8's w2 tile
-    # (16, 128, 4) took 120.6 us with it: its loop moves vectors through shared memory
+    # (16, 128, 4) took 120.6 us with it: its loop moves vectors through shared memory. Then
+    # in the decode step, one process (tests/bench/results/h100-s13-tiles/): w2 (64, 32, 4,
+    # prefetch, 8 a SM) 3.7137 ms -> (128, 32, 4, no prefetch, 4 a SM) 3.7001 ms; w1/w3 at
+    # (64, 64, 8), fewer reads of the prepared x, was slower: 3.7606 ms
     (2, 8, 1, 14336, 4096): (32, 64, 4, True, 4),
-    (2, 8, 1, 4096, 14336): (64, 32, 4, True, 8),
+    (2, 8, 1, 4096, 14336): (128, 32, 4, False, 4),
 }
 
 
@@ -970,14 +973,8 @@ def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
         h = torch.zeros((topk, 2, ffn), dtype=torch.float32, device=x.device)  # h1, h3 per slot
     if out is None:
         out = torch.zeros(dim, dtype=torch.float32, device=x.device)
-    table = dict(TUNED_MOE)  # TEMPORARY: the tile A/B's switch
-    for part in filter(None, os.environ.get("MIXDESK_TILE_AB", "").split("+")):
-        name, tile = part.split("=")
-        rows, cols, warps, pre, per_sm = (int(v) for v in tile.split("x"))
-        table[(2, 8, 1, 14336, 4096) if name == "w13" else (2, 8, 1, 4096, 14336)] = (
-            rows, cols, warps, bool(pre), per_sm)
-    c13 = configs[0] or default_config(w13, 2 * topk, x.device, table=table)
-    c2 = configs[1] or default_config(w2, topk, x.device, table=table)
+    c13 = configs[0] or default_config(w13, 2 * topk, x.device, table=TUNED_MOE)
+    c2 = configs[1] or default_config(w2, topk, x.device, table=TUNED_MOE)
     if x_prepared is not None:
         if not reads_prepared(w13):
             raise ValueError(f"a {w13.bits}-bit group-{w13.group} axis-{w13.axis} w13 does not "

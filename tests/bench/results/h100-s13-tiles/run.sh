@@ -1,3 +1,4 @@
+# Ran 2026-11-24: axis 1 shipped 3.7137 ms, w1/w3 (64, 64, 8) 3.7606, w2 (128, 32, 4, no prefetch) 3.7001 (taken), both 3.7558.
 # session 13: the axis-1 MoE tiles the XP re-sweep ranked near the shipped ones, in the decode
 # step (one process): w1/w3 (64, 64, 8) reads the prepared x half as often as (32, 64, 4); w2
 # (128, 32, 4, no prefetch) was the sweep's best. MIXDESK_TILE_AB (NAME=ROWSxCOLSxWARPSxPREFETCHxPER_SM
