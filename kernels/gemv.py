@@ -409,26 +409,8 @@ def _prep_x_kernel(x_ptr, xp_ptr, B, BITS: tl.constexpr, LPS: tl.constexpr,
 
 
 @triton.jit
-def _act_prepared(h_base, xp_base, rw, b_start, b_end, B, BITS: tl.constexpr,
-                  LPS: tl.constexpr, CB: tl.constexpr):
-    """w2's input silu(h1) * h3 * rw for group columns b_start .. b_end, stored prepared
-    (`store_prepared`) at xp_base, then a barrier so that the program's loads see it. Each
-    program of a column range writes the same values there (every residue's program computes
-    them: a few percent of w2's instructions, in place of a launch of its own that w2 waited
-    for)."""
-    for c0 in range(b_start, b_end, CB):
-        cb = c0 + tl.arange(0, CB)
-        cmask = cb < b_end
-        i = cb[:, None] * 8 + tl.arange(0, 8)[None, :]
-        h1 = tl.load(h_base + i, mask=cmask[:, None], other=0.0)
-        h3 = tl.load(h_base + 8 * B + i, mask=cmask[:, None], other=0.0)
-        store_prepared(xp_base, cb, cmask, _act(h1, h3, rw, True), B, BITS, LPS)
-    tl.debug_barrier()
-
-
-@triton.jit
 def _gemv_axis1_kernel(
-    x_ptr, x2_ptr,  # x2: with ACT, h [slot, 2, F] of w1/w3 (F = 8B), x the buffer to prepare
+    x_ptr, x2_ptr,  # noqa: ARG001 - the axis-0 kernel's h3; axis 1 takes w2's input computed
     rw_ptr, ids_ptr, q_ptr, m_ptr, t_ptr, out_ptr,
     A, B, P, NRB, SPLIT_LEN, T_LEN, X_SLOT, OUT_MAT, one,
     BITS: tl.constexpr, G: tl.constexpr, V: tl.constexpr, S: tl.constexpr,
@@ -444,7 +426,7 @@ def _gemv_axis1_kernel(
     XP (a group of 8 lanes in one word): x comes prepared (`store_prepared`, XP_ROWS rows of
     B a slot), its 8 lanes scaled so that LPS lanes share a shift, with the groups' sums.
     No ACT: `moe_decode` hands w2 its input computed (`_act_kernel`)."""
-    tl.static_assert(XP or not ACT, "axis 1 computes w2's input only prepared")
+    tl.static_assert(not ACT, "axis 1 takes x computed: moe_decode's _act_kernel")
     LANES: tl.constexpr = V if G > V else G
     pid = tl.program_id(0)
     sid = pid % SPLIT
@@ -476,8 +458,6 @@ def _gemv_axis1_kernel(
                                     T_LEN, INLINE)
     if not WAIT_FIRST:
         pdl_wait(PDL)
-    if ACT:  # w2: its input for this program's columns, from h, prepared into x before the loop
-        _act_prepared(x2_ptr + slot * 16 * B, x_base, rw, b_start, b_end, B, BITS, LPS, BB)
     for b0 in range(b_start, b_start + SPLIT_LEN, BB):
         b = b0 + tl.arange(0, BB)
         bmask = b < b_end
@@ -1014,12 +994,6 @@ def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
         return out
     # axis 1: a word holds 8 columns, so every w2 program would compute 8 activations a word
     # (each thread again for each of its row tiles): one launch computes them once instead
-    if reads_prepared(w2) and os.environ.get("MIXDESK_ACT_LAUNCH", "0") != "1":  # TEMPORARY switch
-        # each w2 program computes its columns' input from h, prepared, before its loop
-        g = torch.empty((topk, XP_ROWS, ffn // 8), dtype=torch.float32, device=x.device)
-        _launch(g, h, rw, ids, w2, out, launches=topk, moe=True, mats=1, act=True,
-                x_slot=g[0].numel(), out_mat=0, config=c2, x_prepared=True)
-        return out
     if reads_prepared(w2):  # written as w2 reads it: XP_ROWS rows of ffn / 8 a slot
         g = torch.empty((topk, XP_ROWS, ffn // 8), dtype=torch.float32, device=x.device)
         _act_kernel[(math.ceil(ffn / 8 / PREP_BLOCK), topk)](

@@ -1,3 +1,4 @@
+# Ran 2026-11-24: axis 0 3.713 ms 269.3 tok/s 60.83% of the read floor, axis 1 3.765 ms 265.6 tok/s 59.94%; TTFT 0.140 / 0.144 s; hqq 23.0x / 22.7x; GPU MoE tests 2 passed.
 # session 13, last: the final code (w2's axis-1 tile from h100-s13-tiles/) benched, both axes
 # with hqq in the same run (engine first), then the GPU MoE tests.
 #   bash tests/bench/results/h100-s13-final3/run.sh
