@@ -341,6 +341,8 @@ class DecodeGraph:
         self.next_pos = -1  # what the pos buffer holds after the last replay (-1: unknown)
 
     def _capture(self, model: Transformer) -> None:
+        from mixdesk.kernels.greedy import greedy_next  # noqa: PLC0415 - triton only here
+
         # torch.compile fuses the step's ~60 small torch ops a layer (norms, RoPE, attention,
         # router, casts) into a few kernels; the low-bit kernels are opaque to it
         # (`torch.compiler.disable`), so each layer is a handful of compiled regions between
@@ -351,9 +353,8 @@ class DecodeGraph:
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self.logits = forward(model, self.token, self.pos)
                 # the next greedy step's token and position, so that it needs no launch of
-                # its own before the replay (`greedy_token`, `step`)
-                self.token.copy_(self.logits.argmax(-1).view(1, 1))
-                self.pos.add_(1)
+                # its own before the replay (`greedy_token`, `step`): one launch
+                greedy_next(self.logits.contiguous(), self.token, self.pos)
         self.graph = graph
         self.cache_ptr = _cache_ptr(model)
         self.captures += 1

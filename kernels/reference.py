@@ -139,6 +139,12 @@ def lane_major(x: Tensor, group: int) -> Tensor:
     return x.reshape(-1, group).t().reshape(x.shape)
 
 
+def greedy_next(logits: Tensor, token: Tensor, pos: Tensor) -> None:
+    """Reference of `kernels.greedy.greedy_next`: token = argmax(logits), pos += 1."""
+    token.copy_(logits.argmax().reshape(token.shape))
+    pos.add_(1)
+
+
 def prepare_x(x: Tensor, bits: int, lanes_per_shift: int) -> Tensor:
     """Reference of `kernels.gemv.prepare_x` (the kernels take `lanes_per_shift` from
     `gemv.prepared_lanes_per_shift(bits)`): fp32 [10, K/8], row j < 8 lane j of each group of 8

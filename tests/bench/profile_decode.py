@@ -15,7 +15,7 @@ from mixdesk.engine.bench import synthetic_mixtral
 from mixdesk.engine.fastpath import DecodeGraph
 
 # kernels/attention.py and kernels/router.py: the step's small kernels of our own
-OUR_SMALL_KERNELS = {"_attention_kernel", "_route_kernel"}
+OUR_SMALL_KERNELS = {"_attention_kernel", "_route_kernel", "_greedy_kernel"}
 
 
 def main() -> None:

@@ -1,0 +1,7 @@
+# session 13: the decode graph's greedy end in one Triton launch (kernels.greedy.greedy_next:
+# argmax into the token buffer and pos + 1) in place of torch's argmax reduction (10.9 us a
+# step), copy and add. GPU tests, then `mixdesk bench` of both axes with hqq.
+#   bash tests/bench/results/h100-s13-argmax/run.sh
+source tests/bench/gpu_env.sh
+timeout 230 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="--strict-markers" -W ignore tests/kernels tests/engine/test_fastpath_gpu.py -k "dequantize or moe_decode_mixtral or attention or route or fastpath_gpu or lane_major or mixtral_shapes or prepared or greedy" 2>&1 | tail -3
+SKIP_PYTEST=1 SECTIONS=engine,hqq BENCH_TIMEOUT=330 bash tests/bench/gpu_graph_check.sh --axes 0,1 | grep -v "^{"
