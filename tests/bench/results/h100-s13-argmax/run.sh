@@ -1,3 +1,4 @@
+# Ran 2026-11-24: the pytest line ran past its 230 s (no summary; rerun alone: pytest.txt, 14 passed: the greedy kernel at 32000 in three dtypes, every test of test_fastpath_gpu.py, the MoE graphs); bench axis 0 3.682 ms 271.6 tok/s 61.23% of the read floor (replays 3.655), axis 1 3.721 ms 268.8 tok/s 60.53% (replays 3.712); TTFT 0.131 / 0.164 s; hqq 24.2x / 24.0x.
 # session 13: the decode graph's greedy end in one Triton launch (kernels.greedy.greedy_next:
 # argmax into the token buffer and pos + 1) in place of torch's argmax reduction (10.9 us a
 # step), copy and add. GPU tests, then `mixdesk bench` of both axes with hqq.
