@@ -837,12 +837,21 @@ def prepare_x(x: Tensor, bits: int, out: Tensor | None = None) -> Tensor:
     b_cols = x.numel() // 8
     if out is None:
         out = torch.empty((XP_ROWS, b_cols), dtype=torch.float32, device=x.device)
-    elif out.shape != (XP_ROWS, b_cols) or out.dtype != torch.float32 or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous fp32 ({XP_ROWS}, {b_cols})")
+    else:
+        check_prepared(out, x.numel(), "out")
     _prep_x_kernel[(triton.cdiv(b_cols, PREP_BLOCK),)](
         x.contiguous(), out, b_cols, BITS=bits, LPS=prepared_lanes_per_shift(bits),
         BLOCK=PREP_BLOCK, num_warps=4, **pdl_options(x))
     return out
+
+
+def check_prepared(buf: Tensor, k: int, name: str) -> None:
+    """Raise unless `buf` can hold an x of k elements prepared (`prepare_x`): a contiguous
+    fp32 [XP_ROWS, k / 8], k a multiple of 8."""
+    if (k % 8 or buf.shape != (XP_ROWS, k // 8) or buf.dtype != torch.float32
+            or not buf.is_contiguous()):
+        raise ValueError(f"{name} must be a contiguous fp32 ({XP_ROWS}, {k // 8}) for {k} "
+                         f"elements (a multiple of 8), got {buf.dtype} {tuple(buf.shape)}")
 
 
 def _aligned8(x: Tensor, x_slot: int) -> bool:
@@ -980,10 +989,7 @@ def moe_decode(x: Tensor, w13: PackedWeight, w2: PackedWeight, topk_ids: Tensor,
         if not reads_prepared(w13):
             raise ValueError(f"a {w13.bits}-bit group-{w13.group} axis-{w13.axis} w13 does not "
                              "read x prepared")
-        if (x_prepared.shape != (XP_ROWS, dim // 8) or x_prepared.dtype != torch.float32
-                or not x_prepared.is_contiguous()):
-            raise ValueError(f"x_prepared must be a contiguous fp32 ({XP_ROWS}, {dim // 8}), "
-                             f"got {x_prepared.dtype} {tuple(x_prepared.shape)}")
+        check_prepared(x_prepared, dim, "x_prepared")
     elif reads_prepared(w13):  # no kernel before wrote it: one launch here
         x_prepared = prepare_x(x, w13.bits)
     _launch(x.contiguous() if x_prepared is None else x_prepared, x, rw, ids, w13, h,

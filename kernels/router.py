@@ -31,8 +31,8 @@ import triton.language as tl
 from torch import Tensor
 
 from mixdesk.kernels.gemv import (
-    XP_ROWS,
     check_device,
+    check_prepared,
     pdl_launch_next,
     pdl_options,
     pdl_wait,
@@ -222,12 +222,8 @@ def _launch(x: Tensor, a: Tensor, norm_weight: Tensor, eps: float, gate_weight: 
         raise ValueError(f"lane_group {lane_group} does not divide the row's {dim} elements")
     if a.dtype not in {x.dtype, torch.float32}:
         raise ValueError(f"a is {a.dtype}: it must be x's dtype ({x.dtype}) or fp32")
-    if prepared is not None and (prepared.shape != (XP_ROWS, dim // 8) or dim % 8
-                                 or prepared.dtype != torch.float32
-                                 or not prepared.is_contiguous()):
-        raise ValueError(f"prepared must be a contiguous fp32 ({XP_ROWS}, {dim // 8}) for a "
-                         f"row of {dim} (a multiple of 8), got {prepared.dtype} "
-                         f"{tuple(prepared.shape)}")
+    if prepared is not None:
+        check_prepared(prepared, dim, "prepared")
     block = min(BLOCK_D, triton.next_power_of_2(dim))
     h = torch.empty(dim, dtype=x.dtype, device=x.device)
     normed = torch.empty(dim, dtype=torch.promote_types(norm_weight.dtype, x.dtype),
