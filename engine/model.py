@@ -136,9 +136,7 @@ class Attention(nn.Module):
                 y = qkv_attention(qkv, pos, cache.k, cache.v, cos=cos, sin=sin, parts=n,
                                   group=pw.group, axis=pw.axis, scale=self.head_dim**-0.5,
                                   out_group=o_group)
-                if o_group:
-                    return self.o_proj(y.reshape(B, T, -1), x_lane_major=True)
-                return self.o_proj(y.reshape(B, T, -1))
+                return self.o_proj(y.reshape(B, T, -1), x_lane_major=bool(o_group))
             if n:
                 pw = self.qkv_packed
                 q = merge_rows(qkv[:n], pw.group, pw.axis).to(x.dtype)  # [H*Hd]
