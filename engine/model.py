@@ -115,9 +115,17 @@ class Attention(nn.Module):
         """Likewise for o_proj's input, the attention's output (`qkv_attention`'s out_group)."""
         return _lane_group(getattr(self.o_proj, "packed", None))
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, pos: Tensor, *,
+    def rope_at_pos(self) -> bool:
+        """Whether one token's step reads its RoPE rows from the whole cos and sin tables at
+        pos itself (`kernels.attention.qkv_attention`): the step then indexes none."""
+        return (bool(self.q_parts) and self.qkv_packed is not None and self.decode_kernel
+                and self.kv_cache is not None)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, pos: Tensor, *,
                 x_lane_major: bool = False) -> Tensor:
-        """x_lane_major: one token's x comes in `lane_group`'s lane-major order."""
+        """cos, sin: the rows of x's positions, or for one token where `rope_at_pos` the whole
+        tables. mask: the causal mask, which only many tokens read (one reads 0..pos).
+        x_lane_major: one token's x comes in `lane_group`'s lane-major order."""
         B, T, _ = x.shape  # noqa: N806
         if x_lane_major and not (B * T == 1 and self.lane_group()):
             raise ValueError("x comes lane-major only to a q/k/v GEMV that reads it so")
@@ -159,6 +167,7 @@ class Attention(nn.Module):
                 decode_attention = reference.decode_attention
             y = decode_attention(q[:, :, 0], k, v, pos, self.head_dim**-0.5)  # [B, H, Hd]
             return self.o_proj(y.reshape(B, T, -1))
+        assert mask is not None, "many tokens take the causal mask"
         rep = self.n_heads // self.n_kv_heads
         used = mask.shape[-1]  # prefill: only the positions written so far (Transformer.forward)
         k = k[:, :, :used].repeat_interleave(rep, dim=1)  # [B, H, U, Hd]
@@ -377,7 +386,7 @@ class Block(nn.Module):
         h = x + a
         return h + self.moe(self.post_attention_layernorm(h))
 
-    def decode(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, pos: Tensor, *,
+    def decode(self, x: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, *,
                normed: Tensor, next_norm: RMSNorm, next_lane_group: int = 0
                ) -> tuple[Tensor, Tensor]:
         """One token through the layer on the kernel path (`route_kernel` set), given its
@@ -386,7 +395,7 @@ class Block(nn.Module):
         add and that norm one launch (`kernels.router.add_norm`) in place of three kernels."""
         from mixdesk.kernels.router import add_norm  # noqa: PLC0415 - triton only here
 
-        a = self.self_attn(normed, cos, sin, mask, pos,  # o_proj's fp32 GEMV output
+        a = self.self_attn(normed, cos, sin, None, pos,  # o_proj's fp32 GEMV output
                            x_lane_major=bool(self.self_attn.lane_group()))
         prepared = self.moe.prepared_input()  # if the experts read x prepared, route writes it
         h, moe_in, chosen, weights = self._route(x, a, prepared)
@@ -450,6 +459,9 @@ class Transformer(nn.Module):
         assert self.cos is not None and self.sin is not None, "call setup_cache first"
         if tokens.numel() == 1 and self.decode_workspace is not None:
             self.decode_workspace.zero_()  # the GEMVs add into their slices
+        blocks = self.blocks()
+        if tokens.numel() == 1 and blocks and all(b.route_kernel for b in blocks):
+            return self._decode_kernels(tokens, pos, blocks)
         x = self.embed_tokens(tokens)  # [B, T, D]
         cos, sin = self.cos[pos], self.sin[pos]  # [T, Hd]
         # causal mask over the whole static cache: position p sees 0..p
@@ -458,21 +470,32 @@ class Transformer(nn.Module):
         if tokens.shape[1] > 1:  # prefill: sdpa over the U positions written so far, not S, keeps
             # fp32 logits bit-equal to transformers'; decode keeps the static shape (CUDA graph)
             mask = mask[:, :int(pos.max()) + 1]  # [T, U]
-        blocks = self.blocks()
-        if tokens.numel() == 1 and blocks and all(b.route_kernel for b in blocks):  # kernel path
-            # each layer's normed input lane-major where its q/k/v GEMV reads it so: written
-            # so by the layer before's add_norm, so no copy between them
-            groups = [block.self_attn.lane_group() for block in blocks] + [0]
-            normed = blocks[0].input_layernorm(x)
-            if groups[0]:
-                normed = reference.lane_major(normed, groups[0])
-            for i, block in enumerate(blocks):
-                last = i + 1 == len(blocks)
-                x, normed = block.decode(
-                    x, cos, sin, mask, pos, normed=normed,
-                    next_norm=self.norm if last else blocks[i + 1].input_layernorm,
-                    next_lane_group=groups[i + 1])
-            return self.lm_head(normed)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, pos)
         return self.lm_head(self.norm(x))
+
+    def _decode_kernels(self, tokens: Tensor, pos: Tensor, blocks: list[Block]) -> Tensor:
+        """One token on the kernel path (every block's `route_kernel` set): the embedding row
+        and the first norm in one launch (`kernels.router.embed_norm`), each layer's normed
+        input lane-major where its q/k/v GEMV reads it so (written so by the layer before's
+        add_norm: no copy between), the RoPE tables whole where every attention reads its rows
+        at pos (`Attention.rope_at_pos`), and no causal mask (one token reads 0..pos)."""
+        from mixdesk.kernels.router import embed_norm  # noqa: PLC0415 - triton only here
+
+        assert self.cos is not None and self.sin is not None
+        groups = [block.self_attn.lane_group() for block in blocks] + [0]
+        first = blocks[0].input_layernorm
+        x, normed = embed_norm(tokens, self.embed_tokens.weight, first.weight, eps=first.eps,
+                               lane_group=groups[0])
+        x, normed = x.view(1, 1, -1), normed.view(1, 1, -1)
+        if all(block.self_attn.rope_at_pos() for block in blocks):
+            cos, sin = self.cos, self.sin
+        else:
+            cos, sin = self.cos[pos], self.sin[pos]  # [1, Hd]
+        for i, block in enumerate(blocks):
+            last = i + 1 == len(blocks)
+            x, normed = block.decode(
+                x, cos, sin, pos, normed=normed,
+                next_norm=self.norm if last else blocks[i + 1].input_layernorm,
+                next_lane_group=groups[i + 1])
+        return self.lm_head(normed)

@@ -69,7 +69,7 @@ def _attention_kernel(
     q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, cnt_ptr, out_ptr,
     qkv_ptr, cos_ptr, sin_ptr,
     S, n_kv, n_chunks, scale,
-    q_sb, q_sh, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss, o_sb, o_sh, N, A, A_SUB,
+    q_sb, q_sh, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss, o_sb, o_sh, N, A, A_SUB, CS_ROW,
     R: tl.constexpr, RP: tl.constexpr, RC: tl.constexpr, HD: tl.constexpr, HDP: tl.constexpr,
     CHUNK: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, PRECISION: tl.constexpr,
     QKV: tl.constexpr = False, PARTS: tl.constexpr = 1, AXIS0: tl.constexpr = False,
@@ -111,8 +111,8 @@ def _attention_kernel(
     vt_first = tl.load(v_base + n_first[:, None] * v_ss + d[None, :],
                        mask=early[:, None] & dmask[None, :], other=0.0)  # [BN, HDP]
     if QKV:
-        cs = tl.load(cos_ptr + d, mask=dmask, other=0.0)
-        sn = tl.load(sin_ptr + d, mask=dmask, other=0.0)
+        cs = tl.load(cos_ptr + pos * CS_ROW + d, mask=dmask, other=0.0)  # the row, or row pos
+        sn = tl.load(sin_ptr + pos * CS_ROW + d, mask=dmask, other=0.0)
     pdl_wait(PDL)  # q, and the cache row pos (written by the kernel before or below)
     if QKV:  # batch 1
         dtype = k_ptr.dtype.element_ty
@@ -230,7 +230,8 @@ def qkv_attention(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *,
         qkv: fp32 [parts + 2, N]: q as `parts` matrices of N rows, then k and v (N = K*Hd).
         parts: how many matrices q was split into (>= 1).
         group, axis: q's quantization group and axis (its split's row order).
-        cos, sin: [1, Hd] RoPE rows of the token's position (half-split layout).
+        cos, sin: [1, Hd] RoPE rows of the token's position (half-split layout), or the
+            whole [S, Hd] tables: the kernel then reads row pos itself (no index launch).
         pos: int [1] on the device, the token's position.
         k_cache, v_cache: [1, K, S, Hd] static caches (batch 1), Hd contiguous.
         scale, chunk: as `decode_attention`'s.
@@ -250,8 +251,9 @@ def qkv_attention(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *,
                          f"{qkv.dtype} {tuple(qkv.shape)}")
     if (k_cache.shape[0] != 1 or v_cache.shape != k_cache.shape or n_rows != n_kv * head_dim
             or q_rows % head_dim or head_dim % 2 or k_cache.stride(3) != 1
-            or v_cache.stride(3) != 1 or cos.numel() != head_dim or sin.numel() != head_dim
-            or k_cache.dtype != v_cache.dtype or pos.numel() != 1):
+            or v_cache.stride(3) != 1 or cos.shape != sin.shape
+            or cos.numel() not in {head_dim, k_cache.shape[2] * head_dim}
+            or cos.shape[-1] != head_dim or k_cache.dtype != v_cache.dtype or pos.numel() != 1):
         raise ValueError(f"shapes do not match: qkv {tuple(qkv.shape)}, caches "
                          f"{tuple(k_cache.shape)} {tuple(v_cache.shape)}, cos {tuple(cos.shape)}")
     n_heads = q_rows // head_dim
@@ -262,6 +264,7 @@ def qkv_attention(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *,
     a_rows = q_rows // group  # q's group rows A, and each split matrix's
     return _attend(qkv, k_cache, v_cache, pos, scale, chunk, n_heads, qkv_args={
         "qkv": qkv, "cos": cos.contiguous(), "sin": sin.contiguous(),
+        "cs_row": head_dim if cos.numel() > head_dim else 0,
         "rows": (n_rows, a_rows, a_rows // parts), "parts": parts, "axis0": axis == 0,
         "out_group": out_group})
 
@@ -330,7 +333,7 @@ def _attend(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, scale: flo
         max_len, n_kv, n_chunks, scale,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
-        n_rows, a_rows, a_sub,
+        n_rows, a_rows, a_sub, extra.get("cs_row", 0),
         R=rep, RP=triton.next_power_of_2(max(16, rep)), RC=triton.next_power_of_2(rep),
         HD=head_dim, HDP=triton.next_power_of_2(max(16, head_dim)),  # tl.dot's least size
         CHUNK=chunk, BN=min(chunk, BLOCK_N), BC=COMBINE_BLOCK,

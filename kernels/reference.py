@@ -133,6 +133,14 @@ def add_norm(x: Tensor, a: Tensor, norm_weight: Tensor, *, eps: float,
     return h, lane_major(normed, lane_group) if lane_group else normed
 
 
+def embed_norm(token: Tensor, table: Tensor, norm_weight: Tensor, *, eps: float,
+               lane_group: int = 0) -> tuple[Tensor, Tensor]:
+    """Reference of `kernels.router.embed_norm`: the token's row of the table and
+    `add_norm`'s norm of it."""
+    x = table[token.reshape(-1)[0]]
+    return add_norm(x, torch.zeros_like(x), norm_weight, eps=eps, lane_group=lane_group)
+
+
 def lane_major(x: Tensor, group: int) -> Tensor:
     """x's elements flat, element i at (i % group) * (n / group) + i // group: the order an
     axis-1 GEMV of that group reads x in (`gemv(..., x_lane_major=True)`)."""
@@ -179,12 +187,14 @@ def rope_qkv(qkv: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, *, cos:
     q = merge_rows(qkv[:parts], group, axis).to(dtype).view(1, -1, head_dim)  # [1, H, Hd]
     k = qkv[parts].to(dtype).view(1, -1, head_dim)
     half = head_dim // 2
+    at = int(pos.reshape(-1)[0])
+    if cos.numel() > head_dim:  # the whole tables: row pos
+        cos, sin = cos[at], sin[at]
 
     def rotate(x: Tensor) -> Tensor:
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos.reshape(-1).to(dtype) + rotated * sin.reshape(-1).to(dtype)
 
-    at = int(pos.reshape(-1)[0])
     k_cache[0, :, at] = rotate(k)[0]
     v_cache[0, :, at] = qkv[parts + 1].to(dtype).view(-1, head_dim)
     return rotate(q)

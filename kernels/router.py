@@ -18,6 +18,8 @@ critical path. A row longer than BLOCK_D takes two passes over x and a.
 
 `add_norm` is the same program without the router: the residual add after the experts
 with the next layer's input norm (three kernels on the torch path, ~4.6 us a layer).
+`embed_norm` is the decode step's first launch: the token's embedding row and the first
+layer's input norm, in place of an index, a norm and (axis 1) a lane-major copy.
 """
 
 # Triton kernels take their arguments positionally.
@@ -77,14 +79,27 @@ def _store_normed(n_ptr, d, m, n, D, LG: tl.constexpr, TRANS: tl.constexpr):
 
 
 @triton.jit
+def _row(x_ptr, a_ptr, d, m, EMBED: tl.constexpr):
+    """The row to norm: x + a (`_residual`), or with EMBED x itself (an embedding row)."""
+    if EMBED:
+        return tl.load(x_ptr + d, mask=m, other=0.0)
+    return _residual(x_ptr, a_ptr, d, m)
+
+
+@triton.jit
 def _route_kernel(x_ptr, a_ptr, nw_ptr, gw_ptr, h_ptr, n_ptr, ids_ptr, w_ptr, xp_ptr, D, eps,
                   E: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
                   BD: tl.constexpr, ONE_STEP: tl.constexpr, ROUTE: tl.constexpr,
                   LG: tl.constexpr = 0, TRANS: tl.constexpr = False, XP_BITS: tl.constexpr = 0,
-                  XP_LPS: tl.constexpr = 1, PDL: tl.constexpr = False):
+                  XP_LPS: tl.constexpr = 1, EMBED: tl.constexpr = False,
+                  PDL: tl.constexpr = False):
     """XP_BITS > 0 (ONE_STEP only): the normed row also goes to xp_ptr prepared for the
-    experts' axis-1 GEMV of that many bits (`gemv.store_prepared`)."""
+    experts' axis-1 GEMV of that many bits (`gemv.store_prepared`). EMBED: x_ptr is an
+    embedding table and a_ptr the token id; the token's row is h (no add)."""
     pdl_launch_next(PDL)
+    if EMBED:  # the step's first launch: the token comes from the step before (or a copy)
+        pdl_wait(PDL)
+        x_ptr += tl.load(a_ptr).to(tl.int64) * D
     d0 = tl.arange(0, BD)
     e = tl.arange(0, EP)
     emask = e < E
@@ -97,7 +112,7 @@ def _route_kernel(x_ptr, a_ptr, nw_ptr, gw_ptr, h_ptr, n_ptr, ids_ptr, w_ptr, xp
                         mask=emask[:, None] & m[None, :], other=0.0)
         nw = tl.load(nw_ptr + d0, mask=m, other=0.0)
         pdl_wait(PDL)  # x and a are the kernels' before
-        h = _residual(x_ptr, a_ptr, d0, m)
+        h = _row(x_ptr, a_ptr, d0, m, EMBED)
         tl.store(h_ptr + d0, h, mask=m)
         hf = h.to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(hf * hf, 0) / D + eps)
@@ -114,14 +129,14 @@ def _route_kernel(x_ptr, a_ptr, nw_ptr, gw_ptr, h_ptr, n_ptr, ids_ptr, w_ptr, xp
         sq = tl.zeros([BD], tl.float32)
         for start in range(0, D, BD):  # pass 1: the sum of h's squares
             d = start + d0
-            hf = _residual(x_ptr, a_ptr, d, d < D).to(tl.float32)
+            hf = _row(x_ptr, a_ptr, d, d < D, EMBED).to(tl.float32)
             sq += hf * hf
         rstd = 1.0 / tl.sqrt(tl.sum(sq, 0) / D + eps)
         logits = tl.zeros([EP], tl.float32)
         for start in range(0, D, BD):  # pass 2: h, the normed row and the gate's dot products
             d = start + d0
             m = d < D
-            h = _residual(x_ptr, a_ptr, d, m)
+            h = _row(x_ptr, a_ptr, d, m, EMBED)
             tl.store(h_ptr + d, h, mask=m)
             n = _norm(h, tl.load(nw_ptr + d, mask=m, other=0.0), rstd, n_dtype)
             _store_normed(n_ptr, d, m, n, D, LG, False)
@@ -210,17 +225,41 @@ def add_norm(x: Tensor, a: Tensor, norm_weight: Tensor, *, eps: float,
     return _launch(x, a, norm_weight, eps, None, None, None, lane_group)
 
 
+@torch.compiler.disable  # opaque to torch.compile, like the GEMVs: the glue around it fuses
+def embed_norm(token: Tensor, table: Tensor, norm_weight: Tensor, *, eps: float,
+               lane_group: int = 0) -> tuple[Tensor, Tensor]:
+    """A token's embedding row and its RMSNorm, in one launch: the decode step's start (the
+    first layer's input norm), reading the token id on the device.
+
+    Args:
+        token: one int id on the device, in 0..V-1 (a CUDA graph's token buffer).
+        table: [V, D] the embedding table, fp16, bf16 or fp32.
+        norm_weight: [D] the RMSNorm's weight.
+        eps: its epsilon.
+        lane_group: as `add_norm`'s.
+
+    Returns:
+        (x [D], the row in the table's dtype; normed x [D], as `add_norm` gives it).
+    """
+    if table.dim() != 2 or token.numel() != 1 or token.dtype not in {torch.int32, torch.int64}:
+        raise ValueError(f"embed_norm takes one int id and a [V, D] table, got {token.dtype} "
+                         f"{tuple(token.shape)} and {tuple(table.shape)}")
+    return _launch(table, token, norm_weight, eps, None, None, None, lane_group, embed=True)
+
+
 def _launch(x: Tensor, a: Tensor, norm_weight: Tensor, eps: float, gate_weight: Tensor | None,
             ids: Tensor | None, weights: Tensor | None, lane_group: int = 0, *,
-            prepared: Tensor | None = None, prepared_bits: int = 2) -> tuple[Tensor, Tensor]:
+            prepared: Tensor | None = None, prepared_bits: int = 2, embed: bool = False
+            ) -> tuple[Tensor, Tensor]:
+    """embed: x is a [V, D] table and a the token's id (`embed_norm`)."""
     check_device(x)
-    dim = x.numel()
-    if a.numel() != dim or norm_weight.numel() != dim:
+    dim = x.shape[-1] if embed else x.numel()
+    if (not embed and a.numel() != dim) or norm_weight.numel() != dim:
         raise ValueError(f"shapes do not match: x {tuple(x.shape)}, a {tuple(a.shape)}, norm "
                          f"{tuple(norm_weight.shape)}")
     if lane_group < 0 or (lane_group and dim % lane_group):
         raise ValueError(f"lane_group {lane_group} does not divide the row's {dim} elements")
-    if a.dtype not in {x.dtype, torch.float32}:
+    if not embed and a.dtype not in {x.dtype, torch.float32}:
         raise ValueError(f"a is {a.dtype}: it must be x's dtype ({x.dtype}) or fp32")
     if prepared is not None:
         check_prepared(prepared, dim, "prepared")
@@ -241,7 +280,7 @@ def _launch(x: Tensor, a: Tensor, norm_weight: Tensor, eps: float, gate_weight: 
         ROUTE=gate_weight is not None, LG=lane_group,
         TRANS=dim == block and lane_group > 0 and block % lane_group == 0,
         XP_BITS=prepared_bits if in_kernel else 0,
-        XP_LPS=prepared_lanes_per_shift(prepared_bits),
+        XP_LPS=prepared_lanes_per_shift(prepared_bits), EMBED=embed,
         num_warps=max(1, min(16, block // 256)),
         **pdl_options(x),
     )

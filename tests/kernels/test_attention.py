@@ -179,6 +179,15 @@ def test_qkv_attention_equals_the_torch_path(  # noqa: PLR0917 - pytest paramete
     for got, ref in zip(caches, want_caches, strict=True):
         assert torch.allclose(got.float(), ref.float(), rtol=cache_tol, atol=cache_tol)
     assert not attention._counters(caches[0].device, n_kv).any()
+    # the whole RoPE tables, row pos read by the kernel: the same, bit for bit (the cache
+    # row pos written again with the same values)
+    tables = [torch.randn(max_len, head_dim, generator=gen).to(DEVICE) for _ in range(2)]
+    tables[0][at], tables[1][at] = cos[0], sin[0]
+    at_pos = {**kw, "cos": tables[0], "sin": tables[1]}
+    assert torch.equal(qkv_attention(qkv, pos, *caches, chunk=16, **at_pos), y)
+    assert rel_error(reference.qkv_attention(qkv, pos, *want_caches, **at_pos), want) == 0
+    with pytest.raises(ValueError, match="shapes do not match"):
+        qkv_attention(qkv, pos, *caches, **{**at_pos, "cos": tables[0][1:]})
     with pytest.raises(ValueError, match="qkv"):
         qkv_attention(qkv[:-1], pos, *caches, **kw)
     with pytest.raises(ValueError, match="shapes do not match"):

@@ -10,7 +10,7 @@ import torch
 
 from mixdesk.kernels import reference
 from mixdesk.kernels.gemv import XP_ROWS, prepare_x, prepared_lanes_per_shift
-from mixdesk.kernels.router import add_norm, route
+from mixdesk.kernels.router import add_norm, embed_norm, route
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -86,6 +86,40 @@ def test_add_norm_writes_the_normed_row_lane_major(dim: int, group: int,
     assert torch.equal(normed.reshape(group, -1).t().reshape(-1), plain)
     with pytest.raises(ValueError, match="lane_group"):
         add_norm(x, a, norm_w, eps=1e-5, lane_group=7)
+
+
+@pytest.mark.parametrize(("dim", "group", "dtype"), [
+    (64, 0, torch.float32),  # the row in one block
+    (96, 8, torch.float16),  # a padded block, lane-major element by element
+    (5000, 8, torch.bfloat16),  # two loop steps
+    pytest.param(4096, 64, torch.float16, marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not CUDA, reason="needs a CUDA GPU")]),  # Mixtral's on the GPU
+])
+def test_embed_norm_reads_the_token_on_the_device(dim: int, group: int,
+                                                  dtype: torch.dtype) -> None:
+    """The decode step's first launch: the token's embedding row (the id read on the device)
+    and its RMSNorm, lane-major with lane_group, as the torch path's embedding and norm give
+    them; the first and the last id; a table or id of the wrong shape is refused."""
+    seed = time.time_ns() % 2**31
+    print(f"seed {seed}")
+    gen = torch.Generator().manual_seed(seed)
+    vocab = 37
+    table = torch.randn(vocab, dim, generator=gen).to(DEVICE, dtype)
+    norm_w = (1 + 0.1 * torch.randn(dim, generator=gen)).to(DEVICE, dtype)
+    for tid in (0, vocab - 1, int(torch.randint(vocab, (1,), generator=gen))):
+        token = torch.tensor([[tid]], device=DEVICE)
+        x, normed = embed_norm(token, table, norm_w, eps=1e-5, lane_group=group)
+        want_x, want_n = reference.embed_norm(token, table, norm_w, eps=1e-5, lane_group=group)
+        assert torch.equal(x, table[tid]) and torch.equal(want_x, x)
+        # two roundings (before and after the scale): an ulp or two of fp16, bf16
+        tol = {torch.float32: 1e-6, torch.float16: 8e-3, torch.bfloat16: 3e-2}[dtype]
+        assert torch.allclose(normed.float(), want_n.float(), rtol=tol, atol=tol / 8)
+    with pytest.raises(ValueError, match="one int id"):
+        embed_norm(token.float(), table, norm_w, eps=1e-5)
+    with pytest.raises(ValueError, match="one int id"):
+        embed_norm(token, table[0], norm_w, eps=1e-5)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        embed_norm(token, table, norm_w[:8], eps=1e-5)
 
 
 @pytest.mark.parametrize(("dim", "bits", "dtype"), [
