@@ -1,3 +1,4 @@
+# Ran 2026-11-24: axis 0 3.6754 -> 3.6631 ms a step (61.3 -> 61.5% of the read floor), axis 1 3.7022 -> 3.6911 ms (61.4 -> 61.5%), logits at axis 1 equal to the bit (axis 0: its float-atomic order, see PERFORMANCE.md). Kept, switch removed.
 # session 14: the decode step's start in one launch (kernels.router.embed_norm: the token's
 # embedding row and the first layer's input norm, lane-major at axis 1; qkv_attention reading
 # its RoPE rows at pos from the whole tables; no causal mask on the one-token path) against the

@@ -1,4 +1,4 @@
-# Ran 2026-11-24: GPU MoE tests 18 passed; MoE at the shipped tiles apart 88.1 us, fused 89.6 us (best fused w1/w3 tile 32x64x4, 87.7 us); decode step at axis 1 apart 3.6987 ms, fused 3.8651 ms with logits 0.99 (relative) off the apart ones: not kept (code reverted; interpreter and GPU MoE-graph tests of the fused launch had passed, the cause of the engine mismatch was not found).
+# Ran 2026-11-24: GPU MoE tests 18 passed; MoE at the shipped tiles apart 88.1 us, fused 89.6 us (best fused w1/w3 tile 32x64x4, 87.7 us); decode step at axis 1 apart 3.6987 ms, fused 3.8651 ms: not kept (code reverted). Its logits differed from the apart graph by 0.99 (relative), as any change of arithmetic does on the synthetic model (PERFORMANCE.md, on step_ab.py's logits column); the fused launch passed its interpreter tests and the GPU MoE-graph test.
 # session 14: at axis 1 the w1/w3 launch writes w2's input itself (PAIR: a program takes rows of
 # both w1 and w3, silu(h1) * h3 * w stored prepared, the groups' sums by atomics) in place of
 # `_act_kernel`'s launch. MIXDESK_FUSE_ACT=0 (a switch in kernels/gemv.py while this ran) keeps
