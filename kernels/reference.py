@@ -133,6 +133,15 @@ def add_norm(x: Tensor, a: Tensor, norm_weight: Tensor, *, eps: float,
     return h, lane_major(normed, lane_group) if lane_group else normed
 
 
+def dense_gemv(x: Tensor, weight: Tensor, out: Tensor | None = None) -> Tensor:
+    """Reference of `kernels.dense.dense_gemv`: weight @ x in fp32, in weight's dtype."""
+    y = (weight.float() @ x.reshape(-1).float()).to(weight.dtype)
+    if out is not None:
+        out.copy_(y)
+        return out
+    return y
+
+
 def embed_norm(token: Tensor, table: Tensor, norm_weight: Tensor, *, eps: float,
                lane_group: int = 0) -> tuple[Tensor, Tensor]:
     """Reference of `kernels.router.embed_norm`: the token's row of the table and
