@@ -479,8 +479,10 @@ class Transformer(nn.Module):
         and the first norm in one launch (`kernels.router.embed_norm`), each layer's normed
         input lane-major where its q/k/v GEMV reads it so (written so by the layer before's
         add_norm: no copy between), the RoPE tables whole where every attention reads its rows
-        at pos (`Attention.rope_at_pos`), and no causal mask (one token reads 0..pos)."""
-        from mixdesk.kernels.router import embed_norm  # noqa: PLC0415 - triton only here
+        at pos (`Attention.rope_at_pos`), no causal mask (one token reads 0..pos), and the
+        lm_head as `kernels.dense.dense_gemv`."""
+        from mixdesk.kernels.dense import dense_gemv  # noqa: PLC0415 - triton only here
+        from mixdesk.kernels.router import embed_norm  # noqa: PLC0415
 
         assert self.cos is not None and self.sin is not None
         groups = [block.self_attn.lane_group() for block in blocks] + [0]
@@ -498,4 +500,5 @@ class Transformer(nn.Module):
                 x, cos, sin, pos, normed=normed,
                 next_norm=self.norm if last else blocks[i + 1].input_layernorm,
                 next_lane_group=groups[i + 1])
-        return self.lm_head(normed)
+        return dense_gemv(normed, self.lm_head.weight).view(1, 1, -1)  # on the PDL chain
+
