@@ -584,7 +584,7 @@ def time_decode_graph(model: Any, tokens: Tensor, positions: Tensor, steps: int,
     for i in range(steps):  # the next step queued before the last id is read back
         nxt = graph.greedy_token()  # the graph's own argmax, as generate takes it greedy
         assert nxt is not None
-        readback.start(nxt)
+        readback.start(nxt, written=graph.greedy_written())  # the graph wrote it to the host
         graph.step(model, nxt, prompt + 1 + i)
         readback.result()
     torch.cuda.synchronize()

@@ -309,6 +309,9 @@ def disable_kernels(model: nn.Module) -> None:
 # ---------------------------------------------------------------------------- CUDA graph
 
 
+HOST_RING = 64  # slots of `DecodeGraph.host_tokens`: replays before one is written again
+
+
 class DecodeGraph:
     """One decode step of a model (forward of one token, all layers, lm_head) as one CUDA graph.
 
@@ -318,7 +321,9 @@ class DecodeGraph:
     argument), then replays: no host sync. Sampling runs on the logits after it, on
     the device (`engine.generate.sample`). The graph ends by writing its logits' argmax
     into the token buffer and advancing the position: greedy decoding hands that token
-    back (`greedy_token`) and the next step launches nothing before its replay.
+    back (`greedy_token`) and the next step launches nothing before its replay. It also
+    writes the argmax into a ring of pinned host memory (`greedy_written`), where the host
+    reads it once the replay is done, with no copy launched between replays.
 
     Attributes:
         replays: steps run, for tests and stats.
@@ -339,6 +344,9 @@ class DecodeGraph:
         self.captures = 0
         self.failed = False
         self.next_pos = -1  # what the pos buffer holds after the last replay (-1: unknown)
+        # the replays' argmax by position (`greedy_written`), written by the graph itself
+        self.host_tokens = torch.zeros(HOST_RING, dtype=torch.long,
+                                       pin_memory=device.type == "cuda")
 
     def _capture(self, model: Transformer) -> None:
         from mixdesk.kernels.greedy import greedy_next  # noqa: PLC0415 - triton only here
@@ -354,7 +362,8 @@ class DecodeGraph:
                 self.logits = forward(model, self.token, self.pos)
                 # the next greedy step's token and position, so that it needs no launch of
                 # its own before the replay (`greedy_token`, `step`): one launch
-                greedy_next(self.logits.contiguous(), self.token, self.pos)
+                greedy_next(self.logits.contiguous(), self.token, self.pos,
+                            host=self.host_tokens)
         self.graph = graph
         self.cache_ptr = _cache_ptr(model)
         self.captures += 1
@@ -418,6 +427,15 @@ class DecodeGraph:
         step did not replay (eager after a failed capture). Read it before the next step:
         that step's replay overwrites it (work queued before the step sees this token)."""
         return self.token.view(1) if self.next_pos >= 0 else None
+
+    def greedy_written(self) -> tuple[torch.Tensor, int] | None:
+        """Where the last replay also wrote `greedy_token`'s id in pinned host memory: the
+        ring and the slot (its position modulo the ring), readable once the replay is done
+        (`engine.generate.TokenReadback.start(..., written=)`), until HOST_RING replays
+        later; None when the last step did not replay."""
+        if self.next_pos < 0:
+            return None
+        return self.host_tokens, (self.next_pos - 1) % HOST_RING
 
 
 def _decode_forward(model: Transformer, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

@@ -148,23 +148,46 @@ def _next_id(logits: Tensor, params: SamplingParams, history: Tensor,
     return greedy if greedy is not None else sample(logits, params, history, generator)
 
 
+def _take_next(logits: Tensor, params: SamplingParams, history: Tensor,
+               generator: torch.Generator | None, replayed: DecodeGraph | None, *,
+               readback: TokenReadback) -> tuple[Tensor, Tensor]:
+    """The next id (`_next_id`; `replayed`: the graph these logits came from) with its
+    readback started, and the history with it where a later step reads the history (the
+    eager step, the repetition penalty): else none is appended, one launch fewer between
+    two replays. The graph's own argmax is read from where the graph wrote it on the host."""
+    next_id = _next_id(logits, params, history, generator, replayed)
+    if replayed is None or params.repetition_penalty != 1.0:
+        history = torch.cat([history, next_id])
+    greedy = replayed is not None and next_id.data_ptr() == replayed.token.data_ptr()
+    readback.start(next_id, written=replayed.greedy_written() if replayed and greedy else None)
+    return next_id, history
+
+
 class TokenReadback:
     """One id read back to the host behind only the work queued before it.
 
     `start` copies the id into pinned host memory on the stream and records an event;
     `result` waits for that event. So a decode step queued between the two runs while the
     host waits: `.item()` at that point would wait for that step too, and the GPU would
-    idle while the host sampled and queued the step after it. On the CPU the copy is plain.
+    idle while the host sampled and queued the step after it. An id that a decode graph
+    wrote into pinned host memory itself (`DecodeGraph.greedy_written`) needs no copy: only
+    the event. On the CPU the copy is plain.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
         self.host = torch.zeros(1, dtype=torch.long, pin_memory=self.cuda)
         self.copied = torch.cuda.Event() if self.cuda else None
+        self.slot = (self.host, 0)  # where `result` reads the id
 
-    def start(self, token: Tensor) -> None:
-        """Queue the copy of `token` (one id on the device)."""
-        self.host.copy_(token.reshape(1), non_blocking=self.cuda)
+    def start(self, token: Tensor, written: tuple[Tensor, int] | None = None) -> None:
+        """Queue the copy of `token` (one id on the device); with `written`, (pinned host
+        tensor, index) where the work queued before already writes it, no copy."""
+        if written is not None and self.copied is not None:
+            self.slot = written
+        else:
+            self.slot = (self.host, 0)
+            self.host.copy_(token.reshape(1), non_blocking=self.cuda)
         if self.copied is not None:  # on the stream the copy went to (cuda:1 is not current)
             self.copied.record(torch.cuda.current_stream(token.device))
 
@@ -172,7 +195,8 @@ class TokenReadback:
         """The id of the last `start`, once its copy landed."""
         if self.copied is not None:
             self.copied.synchronize()
-        return int(self.host[0])
+        host, index = self.slot
+        return int(host[index])
 
 
 class _AnswerText:
@@ -317,10 +341,9 @@ def _decode_loop(lm: LoadedModel, prompt_ids: list[int], params: SamplingParams,
         elif ids:
             pos = torch.tensor([n_prompt + len(ids) - 1], device=device)
             logits = lm.model(history[-1:][None], pos)[0, -1]
-        next_id = _next_id(logits, params, history, generator,
-                           graph if queued is not None else None)
-        history = torch.cat([history, next_id])
-        readback.start(next_id)
+        next_id, history = _take_next(logits, params, history, generator,
+                                      graph if queued is not None else None,
+                                      readback=readback)
         # the next step (one CUDA-graph replay, no host sync) goes on the queue before this
         # token is read back, and the read waits for the copy queued before it, not for that
         # step: the GPU does not wait for the host between steps. After an end it is one

@@ -156,9 +156,13 @@ def lane_major(x: Tensor, group: int) -> Tensor:
     return x.reshape(-1, group).t().reshape(x.shape)
 
 
-def greedy_next(logits: Tensor, token: Tensor, pos: Tensor) -> None:
-    """Reference of `kernels.greedy.greedy_next`: token = argmax(logits), pos += 1."""
+def greedy_next(logits: Tensor, token: Tensor, pos: Tensor, host: Tensor | None = None
+                ) -> None:
+    """Reference of `kernels.greedy.greedy_next`: token = argmax(logits) (also into
+    host[pos % R] if given), pos += 1."""
     token.copy_(logits.argmax().reshape(token.shape))
+    if host is not None:
+        host[int(pos.reshape(-1)[0]) % host.numel()] = token.reshape(-1)[0].cpu()
     pos.add_(1)
 
 

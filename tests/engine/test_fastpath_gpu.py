@@ -15,6 +15,7 @@ import torch
 
 from mixdesk.engine import fastpath
 from mixdesk.engine.checkpoint import save_hub_checkpoint
+from mixdesk.engine.fastpath import HOST_RING
 from mixdesk.engine.loader import LoadedModel, load_model
 from mixdesk.engine.model import MoE, Transformer
 from mixdesk.engine.qformat import quantize_model
@@ -228,17 +229,25 @@ def test_decode_graph_equals_eager_and_never_syncs(kernel_src: Path, tmp_path: P
     assert [int(g.argmax()) for g in got] == tokens[1:]
     # greedy: each replay writes its argmax into the token buffer and advances pos, so the
     # steps after the first (back at the start: pos filled) launch nothing before the replay
+    # each replay also writes its argmax into pinned host memory (`greedy_written`): read
+    # there once the steps are done, they are the eager step's tokens
     chained = [graph.step(graphed, ids[0:1], start).clone()]
+    slots: list[tuple[torch.Tensor, int]] = []
     torch.cuda.set_sync_debug_mode("error")
     try:
         for step in range(1, 16):
             greedy = graph.greedy_token()
             assert greedy is not None and greedy.data_ptr() == graph.token.data_ptr()
+            written = graph.greedy_written()
+            assert written is not None and written[1] == (start + step - 1) % HOST_RING
+            slots.append(written)
             chained.append(graph.step(graphed, greedy, start + step).clone())
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert max(rel_error(g, w) for g, w in zip(chained, want, strict=True)) < 1e-4
     assert int(graph.token) == tokens[16] and int(graph.pos) == start + 16
+    torch.cuda.synchronize()
+    assert [int(ring[slot]) for ring, slot in slots] == tokens[1:16]
 
 
 @torch.inference_mode()
@@ -283,6 +292,20 @@ def test_token_readback_does_not_wait_for_work_queued_after_it() -> None:
         assert readback.result() == token
         assert not torch.cuda.current_stream().query()  # the sleep is still running
         torch.cuda.synchronize()
+    # an id that the work queued before writes into pinned host memory itself (a decode
+    # graph's greedy_next): no copy, only the event
+    from mixdesk.kernels.greedy import greedy_next  # noqa: PLC0415
+
+    ring = torch.full((4,), -1, dtype=torch.long, pin_memory=True)
+    logits = torch.zeros(32000, device="cuda")
+    logits[1234] = 1.0
+    token = torch.zeros((1, 1), dtype=torch.long, device="cuda")
+    greedy_next(logits, token, torch.tensor([6], device="cuda"), host=ring)
+    readback.start(token, written=(ring, 6 % 4))
+    torch.cuda._sleep(500_000_000)
+    assert readback.result() == 1234 and ring.tolist() == [-1, -1, 1234, -1]
+    assert not torch.cuda.current_stream().query()
+    torch.cuda.synchronize()
 
 
 def rel_error(y: torch.Tensor, ref: torch.Tensor) -> float:

@@ -14,13 +14,19 @@ DEVICE = "cuda" if CUDA else "cpu"
 
 
 def check(logits: torch.Tensor) -> int:
-    """The kernel's token and pos against the reference's; returns the token."""
+    """The kernel's token and pos against the reference's, and the token in the host ring at
+    pos % 5 (slot 1; pinned host memory on a GPU); returns the token."""
     token = torch.full((1, 1), -1, dtype=torch.long, device=logits.device)
     pos = torch.tensor([41], device=logits.device)
     want_token, want_pos = token.clone(), pos.clone()
-    greedy_next(logits, token, pos)
-    reference.greedy_next(logits, want_token, want_pos)
+    ring = torch.full((5,), -1, dtype=torch.long, pin_memory=CUDA)
+    want_ring = ring.clone()
+    greedy_next(logits, token, pos, host=ring)
+    reference.greedy_next(logits, want_token, want_pos, host=want_ring)
+    if CUDA:
+        torch.cuda.synchronize()  # the kernel wrote the ring over the bus
     assert torch.equal(token, want_token) and int(pos) == int(want_pos) == 42
+    assert torch.equal(ring, want_ring) and ring.tolist() == [-1, int(token), -1, -1, -1]
     return int(token)
 
 
@@ -55,3 +61,10 @@ def test_greedy_next_refuses_what_it_cannot_write() -> None:
         greedy_next(logits, pos.clone(), torch.zeros(2, dtype=torch.long, device=DEVICE))
     with pytest.raises(ValueError, match="contiguous"):
         greedy_next(torch.randn(2, 16, device=DEVICE)[:, 0], pos.clone(), pos)
+    with pytest.raises(ValueError, match="host must be a pinned int64"):
+        greedy_next(logits, pos.clone(), pos, host=torch.zeros(4, dtype=torch.int32))
+    if CUDA:  # device memory, or host memory the GPU cannot write
+        for host in (torch.zeros(4, dtype=torch.long, device=DEVICE),
+                     torch.zeros(4, dtype=torch.long)):
+            with pytest.raises(ValueError, match="host must be a pinned int64"):
+                greedy_next(logits, pos.clone(), pos, host=host)
