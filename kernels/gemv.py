@@ -706,12 +706,14 @@ TUNED_MOE: dict[tuple[int, int, int, int, int], Tile] = {
     # given), swept again (moe_sweep.py --axis 1, tests/bench/results/h100-s13-xp/): the MoE
     # 97.0 us (X8, (64, 32, 4, True, 8) and (16, 128, 4, True)) -> 87.5 us. X8's w2 tile
     # (16, 128, 4) took 120.6 us with it: its loop moves vectors through shared memory.
-    # Tried in the decode step (tests/bench/results/h100-s13-tiles/): w2 at (128, 32, 4, no
-    # prefetch, 4 a SM) 3.7137 -> 3.7001 ms in step_ab.py, but `mixdesk bench` read 59.94% and
-    # 59.52% of the floor at axis 1 with it (h100-s13-final3/, final4/) against 60.18-60.73%
-    # in four runs with this one; w1/w3 at (64, 64, 8) was slower (3.7606 ms)
+    # w1/w3 at (64, 64, 8) was slower in the decode step (3.7137 -> 3.7606 ms,
+    # tests/bench/results/h100-s13-tiles/). w2 at (128, 32, 4, no prefetch, 4 a SM): faster in
+    # the decode step in both one-process A/Bs, 3.7137 -> 3.7001 ms (h100-s13-tiles/) and
+    # 3.7329 -> 3.7268 ms over 7 rounds, each round faster (h100-s14-ab/). (Session 13's bench
+    # runs with it, 59.94% and 59.52% of the floor, were on other machines than those of the
+    # shipped tile's 60.18-60.73%: a machine moves the step by ~1.3%.)
     (2, 8, 1, 14336, 4096): (32, 64, 4, True, 4),
-    (2, 8, 1, 4096, 14336): (64, 32, 4, True, 8),
+    (2, 8, 1, 4096, 14336): (128, 32, 4, False, 4),
 }
 
 
