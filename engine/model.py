@@ -135,7 +135,7 @@ class Attention(nn.Module):
             qkv = gemv(x.reshape(-1), self.qkv_packed, self.qkv_out,
                        x_lane_major=x_lane_major)  # fp32 [Q + 2, K*Hd]
             n = self.q_parts
-            if n and self.decode_kernel and self.kv_cache is not None:
+            if self.rope_at_pos() and self.kv_cache is not None:  # the check narrows for mypy
                 # RoPE, q's row order, the cache writes and attention in one launch; its
                 # output lane-major where o's GEMV reads it so (no copy between)
                 from mixdesk.kernels.attention import qkv_attention  # noqa: PLC0415 - triton
