@@ -139,27 +139,23 @@ def sample(logits: Tensor, params: SamplingParams, history: Tensor,
     return (probs / noise).argmax(-1, keepdim=True)
 
 
-def _next_id(logits: Tensor, params: SamplingParams, history: Tensor,
-             generator: torch.Generator | None, graph: DecodeGraph | None) -> Tensor:
-    """`sample`; or, greedy and unpenalised after a replay of `graph` (whose logits these
-    are), the argmax that replay wrote into the buffer the next one reads: no launch."""
-    greedy = (graph.greedy_token() if graph is not None and params.temperature == 0
-              and params.repetition_penalty == 1.0 else None)
-    return greedy if greedy is not None else sample(logits, params, history, generator)
-
-
 def _take_next(logits: Tensor, params: SamplingParams, history: Tensor,
                generator: torch.Generator | None, replayed: DecodeGraph | None, *,
                readback: TokenReadback) -> tuple[Tensor, Tensor]:
-    """The next id (`_next_id`; `replayed`: the graph these logits came from) with its
-    readback started, and the history with it where a later step reads the history (the
-    eager step, the repetition penalty): else none is appended, one launch fewer between
-    two replays. The graph's own argmax is read from where the graph wrote it on the host."""
-    next_id = _next_id(logits, params, history, generator, replayed)
+    """The next id with its readback started, and the history with it where a later step
+    reads the history (the eager step, the repetition penalty): else none is appended, one
+    launch fewer between two replays.
+
+    Greedy and unpenalised after a replay of `replayed` (whose logits these are), the id is
+    the argmax that replay wrote into the buffer the next one reads, and into pinned host
+    memory, where the readback takes it: no launch, no copy. Else `sample`."""
+    greedy = written = None
+    if replayed is not None and params.temperature == 0 and params.repetition_penalty == 1.0:
+        greedy, written = replayed.greedy_token(), replayed.greedy_written()
+    next_id = greedy if greedy is not None else sample(logits, params, history, generator)
     if replayed is None or params.repetition_penalty != 1.0:
         history = torch.cat([history, next_id])
-    greedy = replayed is not None and next_id.data_ptr() == replayed.token.data_ptr()
-    readback.start(next_id, written=replayed.greedy_written() if replayed and greedy else None)
+    readback.start(next_id, written=written)  # None with greedy: both need a replay
     return next_id, history
 
 
